@@ -1,0 +1,99 @@
+"""Apply a trained U-Net: ``python -m cmr.predict --checkpoint C --input DIR_or_PNG --out DIR``.
+
+Writes one mask per image as an 8-bit PNG holding the labels 0..3 (``NAME_mask.png``, as in
+the data sets) and a colour overlay for looking at (``overlay/NAME.png``: RV red, Myo green,
+LV blue).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import minicnn
+from minicnn import functional as F
+
+from . import checkpoint, data
+
+COLOURS = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 80], [70, 110, 240]], np.float32)
+
+
+def predict_logits(model, images, batch_size=16, device="cpu"):
+    """Softmax probabilities ``(N, C, H, W)`` for float images ``(N, H, W)``."""
+    out = []
+    with minicnn.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = minicnn.Tensor(np.ascontiguousarray(images[start:start + batch_size, None],
+                                                    dtype=np.float32)).to(device)
+            out.append(F.softmax(model(x), dim=1).numpy())
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def predict_masks(model, images, batch_size=16, device="cpu", flip_tta=False):
+    """Label maps ``(N, H, W)`` (uint8): argmax of the class probabilities. With
+    ``flip_tta`` the probabilities of the image and its left-right mirror are averaged."""
+    probs = predict_logits(model, images, batch_size, device)
+    if flip_tta:
+        probs = 0.5 * (probs + predict_logits(model, images[:, :, ::-1], batch_size,
+                                              device)[:, :, :, ::-1])
+    return probs.argmax(axis=1).astype(np.uint8)
+
+
+def overlay(image, mask, alpha=0.45):
+    """An RGB uint8 picture of ``image`` (float in [0, 1]) with the labels blended on top."""
+    grey = np.repeat(image[..., None] * 255, 3, axis=-1)
+    colour = COLOURS[mask]
+    blend = np.where(mask[..., None] > 0, (1 - alpha) * grey + alpha * colour, grey)
+    return np.clip(blend, 0, 255).astype(np.uint8)
+
+
+def _inputs(path):
+    path = Path(path)
+    if path.is_file():
+        return [path.stem], data.load_png(path, "image")[None].astype(np.float32) / 255.0
+    if (path / "image").is_dir():
+        path = path / "image"
+    if not path.is_dir():
+        raise data.CMRDataError(f"input not found: {path}")
+    files = sorted(path.glob("*.png"), key=lambda p: data.natural_key(p.stem))
+    if not files:
+        raise data.CMRDataError(f"no PNG images in {path}")
+    images = [data.load_png(f, "image") for f in files]
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise data.CMRDataError(f"images in {path} have different sizes: {sorted(shapes)}")
+    return [f.stem for f in files], np.stack(images).astype(np.float32) / 255.0
+
+
+def main(argv=None):
+    from PIL import Image
+    parser = argparse.ArgumentParser(prog="python -m cmr.predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a .npz written by cmr.train")
+    parser.add_argument("--input", required=True, help="a PNG, a folder of PNGs, or a folder "
+                        "with an image/ sub-folder")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--backend", choices=["numpy", "cuda"], default="numpy")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--flip-tta", action="store_true", help="average with the mirrored image")
+    args = parser.parse_args(argv)
+    try:
+        device = "cuda" if args.backend == "cuda" else "cpu"
+        minicnn.backend.get(device)
+        model, _ = checkpoint.load_model(args.checkpoint, device)
+        names, images = _inputs(args.input)
+        masks = predict_masks(model, images, args.batch_size, device, args.flip_tta)
+    except (data.CMRDataError, checkpoint.CheckpointError, ValueError,
+            minicnn.backend.BackendUnavailable) as err:
+        parser.exit(2, f"error: {err}\n")
+    out = Path(args.out)
+    (out / "overlay").mkdir(parents=True, exist_ok=True)
+    for name, image, mask in zip(names, images, masks):
+        Image.fromarray(mask).save(out / f"{name}_mask.png")
+        Image.fromarray(overlay(image, mask)).save(out / "overlay" / f"{name}.png")
+    print(f"wrote {len(names)} masks to {out} and overlays to {out / 'overlay'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The original work's padded U-Net, built from minicnn layers.
+
+For a 96x96 input and ``base=64, depth=4``::
+
+    96x96   1 -> 64 -> 64  ──────────────────────────────────────────── cat -> 128 -> 64 -> 64 -> 4 (1x1)
+      pool                                                           up-conv 128 -> 64
+    48x48   64 -> 128 -> 128 ──────────────────────────────── cat -> 256 -> 128 -> 128
+      pool                                                  up-conv 256 -> 128
+    24x24   128 -> 256 -> 256 ─────────────────────── cat -> 512 -> 256 -> 256
+      pool                                          up-conv 512 -> 256
+    12x12   256 -> 512 -> 512 ────────────── cat -> 1024 -> 512 -> 512
+      pool                                up-conv 1024 -> 512
+    6x6     512 -> 1024 -> 1024 (bottleneck)
+
+Every arrow inside a level is a 3x3 convolution with padding 1 followed by ReLU, so sizes are
+kept ("padded" U-Net); pools are 2x2 with stride 2; up-convolutions are 2x2 transposed
+convolutions with stride 2. With base 64 the network has 31,030,788 parameters.
+"""
+from minicnn import functional as F, nn
+
+
+class DoubleConv(nn.Module):
+    """(3x3 conv, padding 1, ReLU) twice."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+
+    def forward(self, x):
+        return F.relu(self.conv2(F.relu(self.conv1(x))))
+
+
+class UNet(nn.Module):
+    """``UNet(in_channels=1, num_classes=4, base=64, depth=4)``: logits ``(N, classes, H, W)``
+    for an input ``(N, in_channels, H, W)`` whose H and W divide by ``2**depth``."""
+
+    def __init__(self, in_channels=1, num_classes=4, base=64, depth=4):
+        super().__init__()
+        if depth < 1 or base < 1 or in_channels < 1 or num_classes < 1:
+            raise ValueError(f"UNet: depth ({depth}), base ({base}), in_channels and "
+                             "num_classes must be >= 1")
+        self.config = {"in_channels": in_channels, "num_classes": num_classes, "base": base,
+                       "depth": depth}
+        self.depth = depth
+        widths = [base * 2 ** i for i in range(depth + 1)]
+        for i in range(depth):
+            setattr(self, f"down{i}", DoubleConv(in_channels if i == 0 else widths[i - 1],
+                                                 widths[i]))
+        self.bottleneck = DoubleConv(widths[depth - 1], widths[depth])
+        for i in reversed(range(depth)):
+            setattr(self, f"upconv{i}", nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2))
+            setattr(self, f"up{i}", DoubleConv(2 * widths[i], widths[i]))
+        self.head = nn.Conv2d(base, num_classes, 1)
+
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
+            raise ValueError(f"UNet expects input (N, {self.config['in_channels']}, H, W), "
+                             f"got {x.shape}")
+        f = 2 ** self.depth
+        if x.shape[2] % f or x.shape[3] % f:
+            raise ValueError(f"UNet with depth {self.depth}: height and width must divide by "
+                             f"{f}, got {x.shape[2]}x{x.shape[3]}")
+        skips = []
+        for i in range(self.depth):
+            x = getattr(self, f"down{i}")(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = self.bottleneck(x)
+        for i in reversed(range(self.depth)):
+            x = getattr(self, f"upconv{i}")(x)
+            x = getattr(self, f"up{i}")(F.cat([skips[i], x], dim=1))
+        return self.head(x)

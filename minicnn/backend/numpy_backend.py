@@ -1,0 +1,207 @@
+"""The NumPy backend: every primitive minicnn needs, on the CPU.
+
+A backend is one module that defines the names listed in ``minicnn.backend.PRIMITIVES``.
+The autograd layer (``minicnn.functional``) calls only these, plus plain elementwise glue
+through ``xp`` (the backend's array namespace: NumPy here, CuPy on the GPU).
+
+Shapes follow PyTorch: activations are NCHW, a convolution weight is ``(C_out, C_in, kH, kW)``.
+Everything keeps the input's dtype (float32 stays float32).
+
+The convolution is the classic *im2col* formulation: a strided view exposes every
+``C_in x kH x kW`` window of the padded input without copying, one copy lays the windows
+out as the columns of a matrix, and one matrix product with the flattened weight does all the
+multiply-adds::
+
+    cols[n, (c, i, j), (p, q)] = x_pad[n, c, p*sH + i, q*sW + j]
+    y[n, o, (p, q)]            = sum_k W[o, k] * cols[n, k, (p, q)]        (+ b[o])
+"""
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+name = "numpy"
+device = "cpu"
+xp = np
+
+
+def asarray(a, dtype=None):
+    """``a`` as an array of this backend (a copy only where needed)."""
+    return np.asarray(a, dtype=dtype)
+
+
+def to_host(a):
+    """A NumPy array holding ``a``'s values."""
+    return np.asarray(a)
+
+
+# --------------------------------------------------------------------------- convolution
+def _pad(x, padding):
+    pH, pW = padding
+    if pH == 0 and pW == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (pH, pH), (pW, pW)))
+
+
+def _windows(xp_, kernel, stride, out_hw):
+    """Read-only view ``(N, C, kH, kW, Ho, Wo)`` of every window of the padded input."""
+    N, C = xp_.shape[:2]
+    (kH, kW), (sH, sW), (Ho, Wo) = kernel, stride, out_hw
+    sn, sc, sh, sw = xp_.strides
+    return as_strided(xp_, shape=(N, C, kH, kW, Ho, Wo),
+                      strides=(sn, sc, sh, sw, sh * sH, sw * sW), writeable=False)
+
+
+def _im2col(x, kernel, stride, padding, out_hw):
+    """The ``(N, C*kH*kW, Ho*Wo)`` column matrix of ``x`` (one copy)."""
+    N, C = x.shape[:2]
+    cols = _windows(_pad(x, padding), kernel, stride, out_hw)
+    return cols.reshape(N, C * kernel[0] * kernel[1], out_hw[0] * out_hw[1])
+
+
+def conv2d_forward(x, w, b, stride, padding):
+    """``y = W * x + b`` (cross-correlation). x ``(N,C,H,W)``, w ``(O,C,kH,kW)`` -> ``(N,O,Ho,Wo)``."""
+    N, C, H, W = x.shape
+    O, _, kH, kW = w.shape
+    Ho = (H + 2 * padding[0] - kH) // stride[0] + 1
+    Wo = (W + 2 * padding[1] - kW) // stride[1] + 1
+    cols = _im2col(x, (kH, kW), stride, padding, (Ho, Wo))
+    y = np.matmul(w.reshape(O, -1), cols)                     # (N, O, Ho*Wo), contiguous NCHW
+    if b is not None:
+        y += b.reshape(1, O, 1)
+    return y.reshape(N, O, Ho, Wo)
+
+
+def conv2d_backward_input(gy, w, x_shape, stride, padding):
+    """``dL/dx``: scatter ``W^T gy`` back onto the input positions (col2im).
+
+    ``gx_pad[n, c, p*sH + i, q*sW + j] += sum_o W[o, c, i, j] * gy[n, o, p, q]``; one matrix
+    product, then one strided add per kernel offset ``(i, j)``.
+    """
+    N, C, H, W = x_shape
+    O, _, kH, kW = w.shape
+    _, _, Ho, Wo = gy.shape
+    sH, sW = stride
+    pH, pW = padding
+    gcols = np.matmul(w.reshape(O, -1).T, gy.reshape(N, O, Ho * Wo))  # (N, C*kH*kW, Ho*Wo)
+    gcols = gcols.reshape(N, C, kH, kW, Ho, Wo)
+    if kH == 1 and kW == 1 and sH == 1 and sW == 1 and pH == 0 and pW == 0:
+        return gcols.reshape(N, C, H, W)
+    gx = np.zeros((N, C, H + 2 * pH, W + 2 * pW), dtype=gy.dtype)
+    for i in range(kH):
+        for j in range(kW):
+            gx[:, :, i:i + sH * Ho:sH, j:j + sW * Wo:sW] += gcols[:, :, i, j]
+    return gx[:, :, pH:pH + H, pW:pW + W]
+
+
+def conv2d_backward_weight(gy, x, w_shape, stride, padding):
+    """``dL/dW[o, c, i, j] = sum_{n,p,q} gy[n, o, p, q] * x_pad[n, c, p*sH + i, q*sW + j]``."""
+    O, C, kH, kW = w_shape
+    N, _, Ho, Wo = gy.shape
+    cols = _im2col(x, (kH, kW), stride, padding, (Ho, Wo))    # (N, K, L)
+    gw = np.tensordot(gy.reshape(N, O, Ho * Wo), cols, axes=([0, 2], [0, 2]))
+    return gw.reshape(w_shape).astype(gy.dtype, copy=False)
+
+
+# --------------------------------------------------------------------------- pooling
+def maxpool2d_forward(x, kernel, stride):
+    """Max over each window; also returns, per output, the window offset ``i*kW + j`` of the max."""
+    N, C, H, W = x.shape
+    (kH, kW), (sH, sW) = kernel, stride
+    Ho, Wo = (H - kH) // sH + 1, (W - kW) // sW + 1
+    if (kH, kW) == (sH, sW):  # non-overlapping windows: a reshape, no copy of the windows
+        win = x[:, :, :Ho * kH, :Wo * kW].reshape(N, C, Ho, kH, Wo, kW).transpose(0, 1, 2, 4, 3, 5)
+    else:
+        win = _windows(x, kernel, stride, (Ho, Wo)).transpose(0, 1, 4, 5, 2, 3)
+    win = win.reshape(N, C, Ho, Wo, kH * kW)
+    idx = win.argmax(axis=-1).astype(np.uint8 if kH * kW <= 256 else np.int32)
+    y = np.take_along_axis(win, idx[..., None].astype(np.intp), axis=-1)[..., 0]
+    return y, idx
+
+
+def maxpool2d_backward(gy, idx, x_shape, kernel, stride):
+    """Route each output gradient to the input position that held the max."""
+    (kH, kW), (sH, sW) = kernel, stride
+    _, _, Ho, Wo = gy.shape
+    gx = np.zeros(x_shape, dtype=gy.dtype)
+    for i in range(kH):
+        for j in range(kW):
+            gx[:, :, i:i + sH * Ho:sH, j:j + sW * Wo:sW] += np.where(idx == i * kW + j, gy, 0)
+    return gx
+
+
+# --------------------------------------------------------------------------- activations
+def relu_forward(x):
+    """``max(x, 0)``."""
+    return np.maximum(x, 0)
+
+
+def relu_backward(gy, y):
+    """``gy * [y > 0]``."""
+    return gy * (y > 0)
+
+
+# --------------------------------------------------------------------------- loss
+def softmax_cross_entropy_forward(x, t, w):
+    """Per-position weighted cross-entropy of logits ``x`` (N, C, ...) and integer targets t.
+
+    Returns ``(loss, wt, p)``: ``loss = -w[t] * log softmax(x)[t]`` and ``wt = w[t]`` of shape
+    ``t.shape``, and the probabilities ``p = softmax(x)`` kept for the backward pass.
+    Uses the stable ``log softmax = x - max - log(sum(exp(x - max)))``.
+    """
+    z = x - x.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    s = e.sum(axis=1, keepdims=True)
+    logp_t = np.take_along_axis(z, t[:, None], axis=1)[:, 0] - np.log(s[:, 0])
+    wt = np.ones(t.shape, dtype=x.dtype) if w is None else w[t]
+    return -wt * logp_t, wt, e / s
+
+
+def softmax_cross_entropy_backward(p, t, w, g):
+    """``dL/dx = g * w[t] * (p - onehot(t))``.
+
+    ``g`` is the upstream gradient per position, of ``t``'s shape (possibly a broadcast view of
+    one value, as for a mean or sum reduction).
+    """
+    scale = g if w is None else g * w[t]
+    gx = p.copy()
+    np.put_along_axis(gx, t[:, None], np.take_along_axis(p, t[:, None], axis=1) - 1, axis=1)
+    gx *= np.expand_dims(scale, 1)
+    return gx
+
+
+# --------------------------------------------------------------------------- optimizers
+# Each updates the parameter and its state in place, with PyTorch's exact arithmetic order.
+def adam_update(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step):
+    """Adam: ``m <- lerp(m, g, 1-b1)``, ``v <- b2 v + (1-b2) g^2``,
+    ``p <- p - lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)``."""
+    if weight_decay:
+        g = g + weight_decay * p
+    m += (1 - beta1) * (g - m)
+    v *= beta2
+    v += (1 - beta2) * (g * g)
+    denom = np.sqrt(v) / math.sqrt(1 - beta2 ** step) + eps
+    p -= (lr / (1 - beta1 ** step)) * (m / denom)
+
+
+def sgd_update(p, g, buf, *, lr, momentum, dampening, nesterov, weight_decay, first):
+    """SGD: ``b <- mu b + (1-dampening) g`` (``b <- g`` on the first step); ``p <- p - lr d``
+    with ``d = g + mu b`` (Nesterov) or ``d = b``. ``buf`` is None without momentum."""
+    if weight_decay:
+        g = g + weight_decay * p
+    if momentum:
+        if first:
+            buf[...] = g
+        else:
+            buf *= momentum
+            buf += (1 - dampening) * g
+        g = g + momentum * buf if nesterov else buf
+    p -= lr * g
+
+
+def adagrad_update(p, g, s, *, clr, eps, weight_decay):
+    """AdaGrad: ``s <- s + g^2``, ``p <- p - clr * g / (sqrt(s) + eps)``."""
+    if weight_decay:
+        g = g + weight_decay * p
+    s += g * g
+    p -= clr * g / (np.sqrt(s) + eps)

@@ -1,0 +1,209 @@
+"""Every op of minicnn.functional against PyTorch: forward and the gradient of every input,
+over hypothesis-drawn shapes, in float32 and float64, on every available backend."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+from hypothesis import given, strategies as st
+
+import minicnn.functional as F
+from helpers import (check_op, conv_case, dtypes, pool_case, rand, rand_away_from_zero,
+                     rand_distinct, seeds, shapes_4d)
+
+
+# ---------------------------------------------------------------- convolution
+@given(case=conv_case(), bias=st.booleans(), dtype=dtypes, seed=seeds)
+def test_conv2d(device, case, bias, dtype, seed):
+    N, C, O, H, W, kH, kW, stride, padding = case
+    rng = np.random.default_rng(seed)
+    inputs = [rand(rng, (N, C, H, W), dtype), rand(rng, (O, C, kH, kW), dtype)]
+    if bias:
+        inputs.append(rand(rng, (O,), dtype))
+    check_op(lambda *t: F.conv2d(*t, stride=stride, padding=padding),
+             lambda *t: TF.conv2d(*t, stride=stride, padding=padding), inputs, device, seed)
+
+
+@given(case=conv_case(transposed=True), bias=st.booleans(), dtype=dtypes, seed=seeds)
+def test_conv_transpose2d(device, case, bias, dtype, seed):
+    N, C, O, H, W, kH, kW, stride, padding = case
+    rng = np.random.default_rng(seed)
+    inputs = [rand(rng, (N, C, H, W), dtype), rand(rng, (C, O, kH, kW), dtype)]
+    if bias:
+        inputs.append(rand(rng, (O,), dtype))
+    check_op(lambda *t: F.conv_transpose2d(*t, stride=stride, padding=padding),
+             lambda *t: TF.conv_transpose2d(*t, stride=stride, padding=padding),
+             inputs, device, seed)
+
+
+def test_conv2d_unet_shapes(device):
+    """The U-Net's own layer kinds: 3x3 pad 1, 1x1, and the 2x2 stride-2 up-convolution."""
+    rng = np.random.default_rng(0)
+    x = rand(rng, (2, 8, 12, 12), np.float32)
+    check_op(lambda a, w, b: F.conv2d(a, w, b, padding=1),
+             lambda a, w, b: TF.conv2d(a, w, b, padding=1),
+             [x, rand(rng, (16, 8, 3, 3), np.float32), rand(rng, (16,), np.float32)], device)
+    check_op(F.conv2d, TF.conv2d,
+             [x, rand(rng, (4, 8, 1, 1), np.float32), rand(rng, (4,), np.float32)], device)
+    check_op(lambda a, w, b: F.conv_transpose2d(a, w, b, stride=2),
+             lambda a, w, b: TF.conv_transpose2d(a, w, b, stride=2),
+             [x, rand(rng, (8, 4, 2, 2), np.float32), rand(rng, (4,), np.float32)], device)
+
+
+# ---------------------------------------------------------------- pooling and activations
+@given(case=pool_case(), dtype=dtypes, seed=seeds)
+def test_max_pool2d(device, case, dtype, seed):
+    N, C, H, W, kernel, stride = case
+    x = rand_distinct(np.random.default_rng(seed), (N, C, H, W), dtype)
+    check_op(lambda t: F.max_pool2d(t, kernel, stride),
+             lambda t: TF.max_pool2d(t, kernel, stride), [x], device, seed)
+
+
+@given(shape=shapes_4d, dtype=dtypes, seed=seeds)
+def test_relu(device, shape, dtype, seed):
+    x = rand_away_from_zero(np.random.default_rng(seed), shape, dtype)
+    check_op(F.relu, torch.relu, [x], device, seed)
+
+
+@given(shape=shapes_4d, dim=st.integers(-4, 3), dtype=dtypes, seed=seeds)
+def test_softmax_and_log_softmax(device, shape, dim, dtype, seed):
+    x = rand(np.random.default_rng(seed), shape, dtype) * 3
+    check_op(lambda t: F.softmax(t, dim), lambda t: torch.softmax(t, dim), [x], device, seed)
+    check_op(lambda t: F.log_softmax(t, dim), lambda t: torch.log_softmax(t, dim), [x],
+             device, seed)
+
+
+@given(n=st.integers(1, 4), dim=st.integers(0, 3), dtype=dtypes, seed=seeds,
+       base=shapes_4d, sizes=st.lists(st.integers(1, 4), min_size=4, max_size=4))
+def test_cat(device, n, dim, dtype, seed, base, sizes):
+    rng = np.random.default_rng(seed)
+    shapes = [tuple(sizes[i] if d == dim else s for d, s in enumerate(base)) for i in range(n)]
+    inputs = [rand(rng, s, dtype) for s in shapes]
+    check_op(lambda *t: F.cat(t, dim), lambda *t: torch.cat(t, dim), inputs, device, seed)
+
+
+# ---------------------------------------------------------------- arithmetic and reductions
+BINARY = {"add": (F.add, torch.add), "sub": (F.sub, torch.sub), "mul": (F.mul, torch.mul),
+          "div": (F.div, torch.div)}
+
+
+@pytest.mark.parametrize("name", sorted(BINARY))
+@given(shape=shapes_4d, bshape=st.integers(0, 15), dtype=dtypes, seed=seeds)
+def test_binary_broadcasting(device, name, shape, bshape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    other = tuple(1 if bshape >> i & 1 else s for i, s in enumerate(shape))[1:]  # drop a dim too
+    ours, theirs = BINARY[name]
+    y = rand(rng, other, dtype)
+    if name == "div":
+        y = np.sign(y) * (np.abs(y) + 0.5)
+    check_op(ours, theirs, [rand(rng, shape, dtype), y.astype(dtype)], device, seed)
+
+
+@given(shape=shapes_4d, dim=st.one_of(st.none(), st.integers(-4, 3),
+                                      st.sampled_from([(0, 2), (1, 3), (0, 2, 3)])),
+       keepdim=st.booleans(), dtype=dtypes, seed=seeds)
+def test_sum_mean(device, shape, dim, keepdim, dtype, seed):
+    x = rand(np.random.default_rng(seed), shape, dtype)
+    if dim is None:
+        check_op(F.sum, torch.sum, [x], device, seed)
+        check_op(F.mean, torch.mean, [x], device, seed)
+    else:
+        check_op(lambda t: F.sum(t, dim, keepdim), lambda t: torch.sum(t, dim, keepdim), [x],
+                 device, seed)
+        check_op(lambda t: F.mean(t, dim, keepdim), lambda t: torch.mean(t, dim, keepdim), [x],
+                 device, seed)
+
+
+@given(shape=shapes_4d, dtype=dtypes, seed=seeds, p=st.sampled_from([2, 3, 0.5, -1.0]))
+def test_unary(device, shape, dtype, seed, p):
+    rng = np.random.default_rng(seed)
+    x = rand(rng, shape, dtype)
+    pos = (np.abs(x) + 0.5).astype(dtype)
+    check_op(F.exp, torch.exp, [x], device, seed)
+    check_op(F.log, torch.log, [pos], device, seed)
+    check_op(F.neg, torch.neg, [x], device, seed)
+    check_op(lambda t: F.pow(t, p), lambda t: torch.pow(t, p), [pos], device, seed)
+    check_op(lambda t: F.reshape(t, (shape[0], -1)), lambda t: t.reshape(shape[0], -1), [x],
+             device, seed)
+    check_op(lambda t: t[:, 1:, ::2], lambda t: t[:, 1:, ::2], [x], device, seed)
+
+
+# ---------------------------------------------------------------- losses
+@st.composite
+def loss_case(draw):
+    spatial = draw(st.sampled_from([(), (1, 1), (3, 5), (7, 4)]))
+    return draw(st.integers(1, 4)), draw(st.integers(2, 6)), spatial
+
+
+def _targets(rng, N, C, spatial):
+    return rng.integers(0, C, size=(N,) + spatial)
+
+
+@given(case=loss_case(), weighted=st.booleans(), reduction=st.sampled_from(["mean", "sum", "none"]),
+       dtype=dtypes, seed=seeds)
+def test_cross_entropy(device, case, weighted, reduction, dtype, seed):
+    N, C, spatial = case
+    rng = np.random.default_rng(seed)
+    x = rand(rng, (N, C) + spatial, dtype) * 3
+    t = _targets(rng, N, C, spatial)
+    w = (rng.random(C) + 0.1).astype(dtype) if weighted else None
+    check_op(lambda a: F.cross_entropy(a, t, w, reduction),
+             lambda a: TF.cross_entropy(a, torch.tensor(t),
+                                        None if w is None else torch.tensor(w),
+                                        reduction=reduction), [x], device, seed)
+
+
+def torch_dice(x, t, smooth, classes, per_image):
+    p = torch.softmax(x, 1)
+    y = TF.one_hot(torch.tensor(t), x.shape[1]).movedim(-1, 1).to(x.dtype)
+    axes = tuple(range(2, x.ndim)) if per_image else (0,) + tuple(range(2, x.ndim))
+    def total(a):   # torch's sum(()) would reduce every axis
+        return a.sum(axes) if axes else a
+    dice = (2 * total(p * y) + smooth) / (total(p) + total(y) + smooth)
+    return 1 - dice[..., classes].mean()
+
+
+@given(case=loss_case(), smooth=st.sampled_from([0.0, 1e-5, 1.0]), per_image=st.booleans(),
+       dtype=dtypes, seed=seeds, data=st.data())
+def test_dice_loss(device, case, smooth, per_image, dtype, seed, data):
+    N, C, spatial = case
+    classes = data.draw(st.lists(st.integers(0, C - 1), min_size=1, max_size=C, unique=True))
+    rng = np.random.default_rng(seed)
+    x = rand(rng, (N, C) + spatial, dtype)
+    t = _targets(rng, N, C, spatial)
+    if smooth == 0:   # an absent class would divide 0 by 0: make every class present somewhere
+        t.reshape(-1)[:C] = np.arange(C)[: t.size]
+        if t.size < C:
+            smooth = 1.0
+    check_op(lambda a: F.dice_loss(a, t, smooth, classes, per_image),
+             lambda a: torch_dice(a, t, smooth, classes, per_image), [x], device, seed)
+
+
+def torch_focal(x, t, gamma, w, reduction):
+    tt = torch.tensor(t)
+    logp_t = torch.log_softmax(x, 1).gather(1, tt.unsqueeze(1)).squeeze(1)
+    wt = torch.ones_like(logp_t) if w is None else torch.tensor(w)[tt]
+    loss = -wt * (1 - logp_t.exp()) ** gamma * logp_t
+    return {"mean": loss.sum() / wt.sum(), "sum": loss.sum(), "none": loss}[reduction]
+
+
+@given(case=loss_case(), gamma=st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.5]), weighted=st.booleans(),
+       reduction=st.sampled_from(["mean", "sum", "none"]), dtype=dtypes, seed=seeds)
+def test_focal_loss(device, case, gamma, weighted, reduction, dtype, seed):
+    N, C, spatial = case
+    rng = np.random.default_rng(seed)
+    x = rand(rng, (N, C) + spatial, dtype)
+    t = _targets(rng, N, C, spatial)
+    w = (rng.random(C) + 0.1).astype(dtype) if weighted else None
+    check_op(lambda a: F.focal_loss(a, t, gamma, w, reduction),
+             lambda a: torch_focal(a, t, gamma, w, reduction), [x], device, seed)
+
+
+def test_focal_with_gamma_zero_is_cross_entropy():
+    rng = np.random.default_rng(1)
+    x = rand(rng, (3, 4, 5, 5), np.float64)
+    t = _targets(rng, 3, 4, (5, 5))
+    w = np.array([0.1, 0.3, 0.3, 0.3])
+    import minicnn
+    a = F.focal_loss(minicnn.Tensor(x), t, 0.0, w).item()
+    b = F.cross_entropy(minicnn.Tensor(x), t, w).item()
+    assert abs(a - b) < 1e-12
