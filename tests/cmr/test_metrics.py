@@ -1,0 +1,110 @@
+"""Tests of cmr.metrics on hand-made cases."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from cmr.metrics import (dice_per_class, evaluate_masks, hd95_per_class, surface,
+                         surface_distances)
+
+
+def square(top, left, side=20, label=1, size=64):
+    m = np.zeros((size, size), np.uint8)
+    m[top:top + side, left:left + side] = label
+    return m
+
+
+def three_class_mask():
+    m = np.zeros((64, 64), np.uint8)
+    m[10:30, 10:30] = 1
+    m[30:50, 30:50] = 2
+    m[35:45, 35:45] = 3
+    return m
+
+
+def test_identical_masks():
+    m = three_class_mask()
+    assert dice_per_class(m, m) == {1: 1.0, 2: 1.0, 3: 1.0}
+    assert hd95_per_class(m, m) == {1: 0.0, 2: 0.0, 3: 0.0}
+
+
+def test_disjoint_masks():
+    a, b = square(0, 0), square(40, 40)
+    assert dice_per_class(a, b, classes=(1,)) == {1: 0.0}
+    assert hd95_per_class(a, b, classes=(1,))[1] > 20
+
+
+def test_partial_overlap_dice():
+    a, b = square(0, 0, side=10), square(0, 5, side=10)   # overlap 50 of 100 + 100
+    assert dice_per_class(a, b, classes=(1,))[1] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("shift", [1, 3, 5])
+def test_square_shifted_gives_hd95_equal_to_shift(shift):
+    a, b = square(20, 20), square(20, 20 + shift)
+    assert hd95_per_class(a, b, classes=(1,))[1] == pytest.approx(shift)
+    assert hd95_per_class(b, a, classes=(1,))[1] == pytest.approx(shift)   # symmetric
+
+
+def test_diagonal_shift():
+    # boundary to boundary, the sides are 3 and 4 px apart; only the corners are 5 apart
+    a, b = square(10, 10, side=30), square(13, 14, side=30)
+    assert hd95_per_class(a, b, classes=(1,))[1] == pytest.approx(4.0)
+    d = surface_distances(a == 1, b == 1)
+    assert d.max() == pytest.approx(5.0)
+
+
+def test_empty_cases():
+    empty = np.zeros((32, 32), np.uint8)
+    some = square(5, 5, side=8, size=32)
+    assert dice_per_class(empty, empty) == {1: 1.0, 2: 1.0, 3: 1.0}
+    assert hd95_per_class(empty, empty) == {1: 0.0, 2: 0.0, 3: 0.0}
+    assert dice_per_class(some, empty, classes=(1,)) == {1: 0.0}
+    assert dice_per_class(empty, some, classes=(1,)) == {1: 0.0}
+    assert math.isnan(hd95_per_class(some, empty, classes=(1,))[1])
+    assert math.isnan(hd95_per_class(empty, some, classes=(1,))[1])
+
+
+def test_spacing_scales_distances():
+    a, b = square(20, 20), square(20, 23)
+    assert hd95_per_class(a, b, (1,), spacing=1.5)[1] == pytest.approx(4.5)
+
+
+def test_surface_of_a_square():
+    s = surface(square(2, 2, side=5, size=9))
+    assert s.sum() == 16 and not s[4, 4]
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError):
+        dice_per_class(np.zeros((4, 4)), np.zeros((4, 5)))
+
+
+def test_evaluate_masks_averages_per_image():
+    t = np.stack([three_class_mask(), three_class_mask()])
+    p = t.copy()
+    p[1][p[1] == 1] = 0                      # second image: RV missed completely
+    res = evaluate_masks(p, t, names=["a", "b"])
+    assert res["n_images"] == 2
+    assert res["dice"]["RV"] == pytest.approx(0.5)
+    assert res["dice"]["Myo"] == pytest.approx(1.0) and res["dice"]["LV"] == pytest.approx(1.0)
+    assert res["dice"]["mean"] == pytest.approx((0.5 + 1 + 1) / 3)
+    assert res["hd95"]["RV"] == 0.0 and res["hd95_undefined"]["RV"] == 1
+    assert res["hd95"]["mean"] == 0.0
+    assert [r["name"] for r in res["per_image"]] == ["a", "b"]
+    assert res["per_image"][1]["dice"]["RV"] == 0.0
+    assert math.isnan(res["per_image"][1]["hd95"]["RV"])
+    assert set(res["dice"]) == set(res["hd95"]) == {"RV", "Myo", "LV", "mean"}
+    json.dumps(res)                          # JSON friendly
+
+
+def test_evaluate_masks_all_undefined_gives_nan_without_warning():
+    t = np.zeros((1, 16, 16), np.uint8)
+    p = t.copy()
+    p[0, 2:6, 2:6] = 3
+    with np.errstate(all="raise"):
+        res = evaluate_masks(p, t)
+    assert math.isnan(res["hd95"]["LV"]) and res["dice"]["LV"] == 0.0
+    assert res["dice"]["RV"] == 1.0 and res["per_image"][0]["name"] == "0"
