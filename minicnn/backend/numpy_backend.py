@@ -52,11 +52,32 @@ def _windows(xp_, kernel, stride, out_hw):
                       strides=(sn, sc, sh, sw, sh * sH, sw * sW), writeable=False)
 
 
-def _im2col(x, kernel, stride, padding, out_hw):
-    """The ``(N, C*kH*kW, Ho*Wo)`` column matrix of ``x`` (one copy)."""
+# The column matrix is the largest temporary of a convolution (kH*kW times the input). A fresh
+# array of that size costs more in page faults than the copy itself, so it lives in one scratch
+# buffer that is reused by every call (the backend is therefore not thread-safe).
+_scratch = {"buffer": np.empty(0, np.uint8)}
+
+
+def _scratch_array(shape, dtype):
+    """A scratch array of ``shape`` (contents undefined, valid until the next call)."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if _scratch["buffer"].nbytes < nbytes:
+        _scratch["buffer"] = np.empty(nbytes, np.uint8)
+    return _scratch["buffer"][:nbytes].view(dtype).reshape(shape)
+
+
+def _im2col(x, kernel, stride, padding, out_hw, channels_first=False):
+    """The column matrix of ``x``: ``(N, C*kH*kW, Ho*Wo)``, or ``(C*kH*kW, N*Ho*Wo)`` with
+    ``channels_first`` (one copy, into the scratch buffer)."""
     N, C = x.shape[:2]
-    cols = _windows(_pad(x, padding), kernel, stride, out_hw)
-    return cols.reshape(N, C * kernel[0] * kernel[1], out_hw[0] * out_hw[1])
+    (kH, kW), (Ho, Wo) = kernel, out_hw
+    win = _windows(_pad(x, padding), kernel, stride, out_hw)     # (N, C, kH, kW, Ho, Wo)
+    if channels_first:
+        win = win.transpose(1, 2, 3, 0, 4, 5)
+    cols = _scratch_array(win.shape, x.dtype)
+    np.copyto(cols, win)
+    K = C * kH * kW
+    return cols.reshape((K, N * Ho * Wo) if channels_first else (N, K, Ho * Wo))
 
 
 def conv2d_forward(x, w, b, stride, padding):
@@ -73,20 +94,24 @@ def conv2d_forward(x, w, b, stride, padding):
 
 
 def conv2d_backward_input(gy, w, x_shape, stride, padding):
-    """``dL/dx``: scatter ``W^T gy`` back onto the input positions (col2im).
+    """``dL/dx``: every output gradient flows back through the kernel onto the input pixels.
 
-    ``gx_pad[n, c, p*sH + i, q*sW + j] += sum_o W[o, c, i, j] * gy[n, o, p, q]``; one matrix
-    product, then one strided add per kernel offset ``(i, j)``.
+    ``gx_pad[n, c, p*sH + i, q*sW + j] += sum_o W[o, c, i, j] * gy[n, o, p, q]``
+
+    With stride 1 this is a "full" correlation of ``gy`` with the kernel flipped in space and
+    with in/out channels swapped, i.e. one more forward convolution (padding ``k - 1 - p``).
+    Otherwise: one matrix product ``W^T gy`` and one strided add per kernel offset (col2im).
     """
     N, C, H, W = x_shape
     O, _, kH, kW = w.shape
     _, _, Ho, Wo = gy.shape
     sH, sW = stride
     pH, pW = padding
+    if (sH, sW) == (1, 1) and pH < kH and pW < kW:
+        w_flip = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        return conv2d_forward(gy, w_flip, None, (1, 1), (kH - 1 - pH, kW - 1 - pW))
     gcols = np.matmul(w.reshape(O, -1).T, gy.reshape(N, O, Ho * Wo))  # (N, C*kH*kW, Ho*Wo)
     gcols = gcols.reshape(N, C, kH, kW, Ho, Wo)
-    if kH == 1 and kW == 1 and sH == 1 and sW == 1 and pH == 0 and pW == 0:
-        return gcols.reshape(N, C, H, W)
     gx = np.zeros((N, C, H + 2 * pH, W + 2 * pW), dtype=gy.dtype)
     for i in range(kH):
         for j in range(kW):
@@ -95,12 +120,16 @@ def conv2d_backward_input(gy, w, x_shape, stride, padding):
 
 
 def conv2d_backward_weight(gy, x, w_shape, stride, padding):
-    """``dL/dW[o, c, i, j] = sum_{n,p,q} gy[n, o, p, q] * x_pad[n, c, p*sH + i, q*sW + j]``."""
+    """``dL/dW[o, c, i, j] = sum_{n,p,q} gy[n, o, p, q] * x_pad[n, c, p*sH + i, q*sW + j]``.
+
+    One matrix product over all images and pixels at once: ``gy`` as ``(O, N*Ho*Wo)`` times
+    the columns laid out as ``(C*kH*kW, N*Ho*Wo)``, transposed.
+    """
     O, C, kH, kW = w_shape
     N, _, Ho, Wo = gy.shape
-    cols = _im2col(x, (kH, kW), stride, padding, (Ho, Wo))    # (N, K, L)
-    gw = np.tensordot(gy.reshape(N, O, Ho * Wo), cols, axes=([0, 2], [0, 2]))
-    return gw.reshape(w_shape).astype(gy.dtype, copy=False)
+    cols = _im2col(x, (kH, kW), stride, padding, (Ho, Wo), channels_first=True)
+    gy_t = gy.reshape(N, O, Ho * Wo).transpose(1, 0, 2).reshape(O, N * Ho * Wo)
+    return (gy_t @ cols.T).reshape(w_shape)
 
 
 # --------------------------------------------------------------------------- pooling

@@ -1,0 +1,609 @@
+"""The CUDA backend: minicnn's own kernels (``kernels/*.cu``), launched through CuPy.
+
+Every primitive of ``minicnn.backend.PRIMITIVES`` is here with the signature, output shapes,
+dtypes and argmax encoding of ``numpy_backend`` (its docstrings state the maths). The named
+ops run our kernels only -- no cuDNN, no cuBLAS; CuPy provides the arrays, the NVRTC
+compiler, plain elementwise glue (``xp``) and the kernel launches.
+
+This module is imported only when something asks for the ``"cuda"`` device (see
+``minicnn.backend.get``), so it may import CuPy at the top; a failed import is remembered and
+reported by ``check_available()`` as ``BackendUnavailable`` with the reason.
+
+Every launch first validates its inputs and raises ``ValueError`` (never launches) for a
+wrong dtype (float32 / float64 only, all operands alike), inconsistent shapes, or sizes whose
+32-bit index arithmetic could overflow; inputs that are not C-contiguous are made so (for
+the in-place optimizer updates, whose arrays must be updated where they are, a
+non-contiguous parameter or state is an error). Empty outputs are returned without a launch.
+
+Kernel map (``kernels/<file>.cu``, entry points ``<name>_f32`` / ``<name>_f64``):
+
+=====================================  ==========================================
+primitive                              kernel(s)
+=====================================  ==========================================
+conv2d_forward                         conv.cu  conv2d_forward_<tile>  (bias fused)
+conv2d_backward_input                  conv.cu  conv2d_backward_input_<tile>
+conv2d_backward_weight                 conv.cu  conv2d_backward_weight_<tile> + splitk_reduce
+maxpool2d_forward / _backward          pool.cu  maxpool2d_{forward,backward}_{u8,i32}
+relu_forward / relu_backward           activation.cu
+softmax_cross_entropy_forward / _bwd   loss.cu  softmax_xent_{forward,backward}
+adam_update, sgd_update, adagrad_update  optim.cu (compiled with --fmad=false)
+=====================================  ==========================================
+"""
+import functools
+import importlib.util
+import math
+import os
+import sys
+
+import numpy as np
+
+from . import BackendUnavailable
+
+try:
+    import cupy
+except Exception as _err:   # noqa: BLE001  ImportError, or a CuPy that breaks while importing
+    cupy = None
+    _IMPORT_ERROR = _err
+else:
+    _IMPORT_ERROR = None
+
+name = "cuda"
+device = "cuda"
+xp = cupy
+
+INSTALL_HINT = "CuPy is not installed: pip install 'cupy-cuda13x' (or the extra `.[cuda]`)"
+
+_availability = None   # None: not probed yet; True: usable; else the reason (a str)
+
+
+def _probe():
+    if cupy is None:
+        err = _IMPORT_ERROR
+        if isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] == "cupy":
+            return INSTALL_HINT
+        return f"CuPy is installed but could not be imported: {type(err).__name__}: {err}"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:   # noqa: BLE001  CUDARuntimeError: no driver, no device, ...
+        return f"CuPy found no CUDA GPU: {type(err).__name__}: {err}"
+    if count < 1:
+        return "CuPy found no CUDA GPU: cudaGetDeviceCount() returned 0"
+    return True
+
+
+def check_available():
+    """Raise ``BackendUnavailable`` (with the reason) unless CuPy and a GPU are usable.
+
+    Called by ``minicnn.backend.get("cuda")``, i.e. for every CuPy array's backend lookup, so
+    the probe runs once and its answer is kept.
+    """
+    global _availability
+    if _availability is None:
+        _availability = _probe()
+    if _availability is not True:
+        raise BackendUnavailable(_availability)
+
+
+def asarray(a, dtype=None):
+    """``a`` as a CuPy array (copied to the GPU if needed)."""
+    return cupy.asarray(a, dtype=dtype)
+
+
+def to_host(a):
+    """A NumPy array holding ``a``'s values."""
+    return cupy.asnumpy(a)
+
+
+# =========================================================================== kernel loading
+def _kernels_package():
+    """``minicnn.kernels``: installed (setup.py maps the repo's ``kernels/`` there), or, in a
+    source checkout, loaded from ``<repo>/kernels`` under that same name (never ``kernels``)."""
+    try:
+        from .. import kernels
+        return kernels
+    except ImportError:
+        pass
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "kernels")
+    spec = importlib.util.spec_from_file_location(
+        "minicnn.kernels", os.path.join(folder, "__init__.py"),
+        submodule_search_locations=[folder])
+    if spec is None:
+        raise ImportError(f"minicnn.kernels is not installed and {folder} has no __init__.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["minicnn.kernels"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# The optimizer kernels must round like NumPy (no a*b + c fused into one rounding).
+_MODULE_OPTIONS = {"optim": ("--fmad=false",)}
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(module_name, kernel_name):
+    mod = _kernels_package().module(module_name, _MODULE_OPTIONS.get(module_name, ()))
+    return mod.get_function(kernel_name)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_id):
+    return int(cupy.cuda.Device(device_id).attributes["MultiProcessorCount"])
+
+
+def _num_sms():
+    return _sm_count(cupy.cuda.Device().id)
+
+
+# =========================================================================== validation
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+_SCALAR = {"f32": np.float32, "f64": np.float64}
+
+# Kernels index with 32-bit ints; leave room for one tile (<= 256) of overhang past the end.
+INDEX_LIMIT = 2**31 - 2**16
+
+
+def _i32(v):
+    return np.int32(v)
+
+
+def _suffix(op, dtype, what):
+    try:
+        return _SUFFIX[np.dtype(dtype)]
+    except KeyError:
+        raise ValueError(f"{op}: {what} must be float32 or float64, got dtype {dtype}") from None
+
+
+def _device_array(op, a, what):
+    """``a`` as a CuPy array (a host array or number is copied to the GPU)."""
+    if not isinstance(a, cupy.ndarray):
+        a = cupy.asarray(a)
+    return a
+
+
+def _contiguous(a):
+    """``a`` C-contiguous (a copy only if needed), keeping its shape (also a 0-d shape, which
+    ``ascontiguousarray`` may turn into 1-d)."""
+    c = cupy.ascontiguousarray(a)
+    return c if c.shape == a.shape else c.reshape(a.shape)
+
+
+def _input(op, a, what, dtype=None):
+    """A read-only float operand: a C-contiguous CuPy array of ``dtype`` (if given)."""
+    a = _device_array(op, a, what)
+    _suffix(op, a.dtype, what)
+    if dtype is not None and a.dtype != dtype:
+        raise ValueError(f"{op}: {what} has dtype {a.dtype} but the other operands have {dtype}")
+    return _contiguous(a)
+
+
+def _inplace(op, a, what, like=None):
+    """An array a kernel updates in place: must already be a contiguous CuPy float array."""
+    if not isinstance(a, cupy.ndarray):
+        raise ValueError(f"{op}: {what} must be a CuPy array (it is updated in place), "
+                         f"got {type(a).__name__}")
+    _suffix(op, a.dtype, what)
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{op}: {what} (shape {a.shape}) must be C-contiguous: it is updated "
+                         "in place")
+    if like is not None and (a.shape != like.shape or a.dtype != like.dtype):
+        raise ValueError(f"{op}: {what} has shape {a.shape} and dtype {a.dtype}, expected "
+                         f"{like.shape} and {like.dtype} like the parameter")
+    return a
+
+
+def _ndim(op, a, ndim, what, layout):
+    if a.ndim != ndim:
+        raise ValueError(f"{op}: {what} must be {ndim}-D {layout}, got shape {a.shape}")
+
+
+def _pair(op, value, what, minimum):
+    try:
+        a, b = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: {what} must be a pair of ints, got {value!r}") from None
+    if min(a, b) < minimum:
+        raise ValueError(f"{op}: {what} must be >= {minimum}, got {(a, b)}")
+    return a, b
+
+
+def _check_index_range(op, desc, **extents):
+    """Refuse a launch whose index arithmetic could overflow a 32-bit int."""
+    for what, v in extents.items():
+        if v >= INDEX_LIMIT:
+            raise ValueError(f"{op}: {desc} is too large for the kernels' 32-bit index "
+                             f"arithmetic ({what} = {v} >= {INDEX_LIMIT})")
+
+
+def _launch_1d(kernel, n, args, threads=256):
+    """Launch a grid-stride kernel over ``n`` items (nothing for n == 0)."""
+    if n <= 0:
+        return
+    blocks = min((n + threads - 1) // threads, 65535)
+    kernel((blocks,), (threads,), args)
+
+
+# =========================================================================== convolution
+# Tile configurations of kernels/conv.cu: name -> (BM, BN, BK, TM, TN), 256 threads each.
+TILES = {
+    "m32n128": (32, 128, 16, 4, 4),
+    "m64n64": (64, 64, 16, 4, 4),
+    "m128n128": (128, 128, 8, 8, 8),   # float32 only
+}
+GEMM_THREADS = 256
+MAX_SPLITS = 256          # split-K slabs of the weight gradient at most
+MIN_K_PER_SPLIT = 512     # do not split K finer than this
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def plan_gemm(M, Ncols, K, suffix, sm_count, split_k=False):
+    """Launch plan of an implicit GEMM ``(M x K) * (K x Ncols)``: returns
+    ``(tile, grid, k_chunk)``; ``grid[2]`` is the number of split-K slices (1 unless
+    ``split_k``), each ``k_chunk`` long (a multiple of BK). Pure Python (tested without a GPU).
+    """
+    if M <= 32:
+        tile = "m32n128"
+    elif (suffix == "f32" and M >= 128
+          and _cdiv(M, 128) * _cdiv(Ncols, 128) >= 2 * sm_count):
+        tile = "m128n128"
+    else:
+        tile = "m64n64"
+    BM, BN, BK = TILES[tile][:3]
+    gx, gy = _cdiv(Ncols, BN), _cdiv(M, BM)
+    k_chunk, splits = K, 1
+    if split_k and K > 0:
+        want = _cdiv(4 * sm_count, gx * gy)           # about four waves of blocks
+        splits = max(1, min(want, _cdiv(K, MIN_K_PER_SPLIT), MAX_SPLITS))
+        k_chunk = _cdiv(_cdiv(K, splits), BK) * BK    # whole K tiles per slice
+        splits = _cdiv(K, k_chunk)                    # no empty slices
+    return tile, (gx, gy, splits), k_chunk
+
+
+def _check_grid(op, desc, grid):
+    if grid[0] > 2**31 - 1 or grid[1] > 65535 or grid[2] > 65535:
+        raise ValueError(f"{op}: {desc} needs a grid {grid} beyond CUDA's limits")
+
+
+def _conv_params(op, stride, padding):
+    return _pair(op, stride, "stride", 1), _pair(op, padding, "padding", 0)
+
+
+def _conv_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo):
+    return tuple(_i32(v) for v in (N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo))
+
+
+def _check_conv_sizes(op, desc, N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo):
+    _check_index_range(op, desc, x_size=N * C * H * W, w_size=O * C * kH * kW,
+                       y_size=N * O * Ho * Wo, padded_height_plus_stride=H + 2 * pH + sH,
+                       padded_width_plus_stride=W + 2 * pW + sW)
+
+
+def conv2d_forward(x, w, b, stride, padding):
+    """``y = W * x + b`` (cross-correlation). x ``(N,C,H,W)``, w ``(O,C,kH,kW)`` -> ``(N,O,Ho,Wo)``."""
+    op = "conv2d_forward"
+    x = _input(op, x, "input")
+    w = _input(op, w, "weight", x.dtype)
+    _ndim(op, x, 4, "input", "(N, C, H, W)")
+    _ndim(op, w, 4, "weight", "(C_out, C_in, kH, kW)")
+    (sH, sW), (pH, pW) = _conv_params(op, stride, padding)
+    N, C, H, W = x.shape
+    O, Cw, kH, kW = w.shape
+    if C != Cw:
+        raise ValueError(f"{op}: input {x.shape} has {C} channels, weight {w.shape} expects {Cw}")
+    if b is not None:
+        b = _input(op, b, "bias", x.dtype)
+        if b.shape != (O,):
+            raise ValueError(f"{op}: bias must have shape ({O},), got {b.shape}")
+    Ho, Wo = (H + 2 * pH - kH) // sH + 1, (W + 2 * pW - kW) // sW + 1
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"{op}: kernel {kH}x{kW} is larger than the padded input "
+                         f"{H + 2 * pH}x{W + 2 * pW} (input {x.shape}, padding {(pH, pW)})")
+    desc = f"input {x.shape} with weight {w.shape}"
+    _check_conv_sizes(op, desc, N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)
+    sfx = _suffix(op, x.dtype, "input")
+    y = cupy.empty((N, O, Ho, Wo), dtype=x.dtype)
+    if y.size == 0:
+        return y
+    tile, grid, k_chunk = plan_gemm(O, N * Ho * Wo, C * kH * kW, sfx, _num_sms())
+    _check_grid(op, desc, grid)
+    kernel = _kernel("conv", f"conv2d_forward_{tile}_{sfx}")
+    kernel(grid, (GEMM_THREADS,),
+           (x, w, w if b is None else b, y, _i32(b is not None),
+            *_conv_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)))
+    return y
+
+
+def conv2d_backward_input(gy, w, x_shape, stride, padding):
+    """``dL/dx[n,c,h,v] = sum_{o,i,j} W[o,c,i,j] gy[n,o,p,q]`` over the (p, q) with
+    ``h + pH = p*sH + i`` and ``v + pW = q*sW + j`` (col2im, computed as a gather)."""
+    op = "conv2d_backward_input"
+    gy = _input(op, gy, "output gradient")
+    w = _input(op, w, "weight", gy.dtype)
+    _ndim(op, gy, 4, "output gradient", "(N, C_out, Ho, Wo)")
+    _ndim(op, w, 4, "weight", "(C_out, C_in, kH, kW)")
+    (sH, sW), (pH, pW) = _conv_params(op, stride, padding)
+    try:
+        N, C, H, W = (int(v) for v in x_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: x_shape must be (N, C, H, W), got {x_shape!r}") from None
+    O, Cw, kH, kW = w.shape
+    Ho, Wo = (H + 2 * pH - kH) // sH + 1, (W + 2 * pW - kW) // sW + 1
+    if Cw != C or gy.shape != (N, O, Ho, Wo):
+        raise ValueError(f"{op}: output gradient {gy.shape}, weight {w.shape} and input shape "
+                         f"{(N, C, H, W)} do not match (stride {(sH, sW)}, padding "
+                         f"{(pH, pW)}: expected output gradient {(N, O, Ho, Wo)})")
+    desc = f"input {(N, C, H, W)} with weight {w.shape}"
+    _check_conv_sizes(op, desc, N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)
+    sfx = _suffix(op, gy.dtype, "output gradient")
+    gx = cupy.empty((N, C, H, W), dtype=gy.dtype)
+    if gx.size == 0:
+        return gx
+    tile, grid, k_chunk = plan_gemm(C, N * H * W, O * kH * kW, sfx, _num_sms())
+    _check_grid(op, desc, grid)
+    kernel = _kernel("conv", f"conv2d_backward_input_{tile}_{sfx}")
+    kernel(grid, (GEMM_THREADS,),
+           (gy, w, gx, *_conv_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)))
+    return gx
+
+
+def conv2d_backward_weight(gy, x, w_shape, stride, padding):
+    """``dL/dW[o, c, i, j] = sum_{n,p,q} gy[n, o, p, q] * x_pad[n, c, p*sH + i, q*sW + j]``."""
+    op = "conv2d_backward_weight"
+    gy = _input(op, gy, "output gradient")
+    x = _input(op, x, "input", gy.dtype)
+    _ndim(op, gy, 4, "output gradient", "(N, C_out, Ho, Wo)")
+    _ndim(op, x, 4, "input", "(N, C_in, H, W)")
+    (sH, sW), (pH, pW) = _conv_params(op, stride, padding)
+    try:
+        O, C, kH, kW = (int(v) for v in w_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: w_shape must be (C_out, C_in, kH, kW), got {w_shape!r}") from None
+    N, Cx, H, W = x.shape
+    Ho, Wo = (H + 2 * pH - kH) // sH + 1, (W + 2 * pW - kW) // sW + 1
+    if Cx != C or gy.shape != (N, O, Ho, Wo) or min(kH, kW) < 1:
+        raise ValueError(f"{op}: output gradient {gy.shape}, input {x.shape} and weight shape "
+                         f"{(O, C, kH, kW)} do not match (stride {(sH, sW)}, padding "
+                         f"{(pH, pW)}: expected output gradient {(N, O, Ho, Wo)})")
+    desc = f"input {x.shape} with weight {(O, C, kH, kW)}"
+    _check_conv_sizes(op, desc, N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)
+    sfx = _suffix(op, gy.dtype, "output gradient")
+    gw = cupy.empty((O, C, kH, kW), dtype=gy.dtype)
+    if gw.size == 0:
+        return gw
+    K = N * Ho * Wo
+    tile, grid, k_chunk = plan_gemm(O, C * kH * kW, K, sfx, _num_sms(), split_k=True)
+    splits = grid[2]
+    _check_grid(op, desc, grid)
+    _check_index_range(op, desc, split_k_workspace=splits * gw.size,
+                       split_k_range=splits * k_chunk + 256)
+    ws = gw if splits == 1 else cupy.empty((splits,) + gw.shape, dtype=gw.dtype)
+    kernel = _kernel("conv", f"conv2d_backward_weight_{tile}_{sfx}")
+    kernel(grid, (GEMM_THREADS,),
+           (gy, x, ws, _i32(k_chunk),
+            *_conv_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)))
+    if splits > 1:
+        _launch_1d(_kernel("conv", f"splitk_reduce_{sfx}"), gw.size,
+                   (ws, gw, _i32(splits), np.int64(gw.size)))
+    return gw
+
+
+# =========================================================================== pooling
+def maxpool2d_forward(x, kernel, stride):
+    """Max over each window; also returns, per output, the window offset ``i*kW + j`` of the
+    max (uint8 when kH*kW <= 256, else int32, as numpy_backend)."""
+    op = "maxpool2d_forward"
+    x = _input(op, x, "input")
+    _ndim(op, x, 4, "input", "(N, C, H, W)")
+    (kH, kW), (sH, sW) = _pair(op, kernel, "kernel", 1), _pair(op, stride, "stride", 1)
+    N, C, H, W = x.shape
+    Ho, Wo = (H - kH) // sH + 1, (W - kW) // sW + 1
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"{op}: kernel {(kH, kW)} is larger than the input {x.shape}")
+    _check_index_range(op, f"input {x.shape}", x_size=x.size, height_plus_stride=H + sH,
+                       width_plus_stride=W + sW, window=kH * kW)
+    sfx = _suffix(op, x.dtype, "input")
+    itype, isfx = (np.uint8, "u8") if kH * kW <= 256 else (np.int32, "i32")
+    y = cupy.empty((N, C, Ho, Wo), dtype=x.dtype)
+    idx = cupy.empty((N, C, Ho, Wo), dtype=itype)
+    _launch_1d(_kernel("pool", f"maxpool2d_forward_{isfx}_{sfx}"), y.size,
+               (x, y, idx, _i32(N * C), _i32(H), _i32(W), _i32(Ho), _i32(Wo),
+                _i32(kH), _i32(kW), _i32(sH), _i32(sW)))
+    return y, idx
+
+
+def maxpool2d_backward(gy, idx, x_shape, kernel, stride):
+    """Route each output gradient to the input position that held the max (a gather per
+    input pixel over the windows that cover it: overlapping windows need no atomics)."""
+    op = "maxpool2d_backward"
+    gy = _input(op, gy, "output gradient")
+    idx = _device_array(op, idx, "argmax")
+    if idx.dtype == np.uint8:
+        isfx = "u8"
+    elif idx.dtype.kind in "iu":
+        idx, isfx = idx.astype(np.int32, copy=False), "i32"
+    else:
+        raise ValueError(f"{op}: argmax must be an integer array, got dtype {idx.dtype}")
+    idx = _contiguous(idx)
+    (kH, kW), (sH, sW) = _pair(op, kernel, "kernel", 1), _pair(op, stride, "stride", 1)
+    try:
+        N, C, H, W = (int(v) for v in x_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: x_shape must be (N, C, H, W), got {x_shape!r}") from None
+    Ho, Wo = (H - kH) // sH + 1, (W - kW) // sW + 1
+    if gy.shape != (N, C, Ho, Wo) or idx.shape != gy.shape:
+        raise ValueError(f"{op}: output gradient {gy.shape} and argmax {idx.shape} must both "
+                         f"be {(N, C, Ho, Wo)} for input {(N, C, H, W)}, kernel {(kH, kW)}, "
+                         f"stride {(sH, sW)}")
+    _check_index_range(op, f"input {(N, C, H, W)}", x_size=N * C * H * W,
+                       height_plus_stride=H + sH, width_plus_stride=W + sW, window=kH * kW)
+    sfx = _suffix(op, gy.dtype, "output gradient")
+    gx = cupy.empty((N, C, H, W), dtype=gy.dtype)
+    _launch_1d(_kernel("pool", f"maxpool2d_backward_{isfx}_{sfx}"), gx.size,
+               (gy, idx, gx, _i32(N * C), _i32(H), _i32(W), _i32(Ho), _i32(Wo),
+                _i32(kH), _i32(kW), _i32(sH), _i32(sW)))
+    return gx
+
+
+# =========================================================================== activations
+def relu_forward(x):
+    """``max(x, 0)``."""
+    op = "relu_forward"
+    x = _input(op, x, "input")
+    sfx = _suffix(op, x.dtype, "input")
+    y = cupy.empty(x.shape, dtype=x.dtype)
+    _launch_1d(_kernel("activation", f"relu_forward_{sfx}"), x.size, (x, y, np.int64(x.size)))
+    return y
+
+
+def relu_backward(gy, y):
+    """``gy * [y > 0]``."""
+    op = "relu_backward"
+    gy = _input(op, gy, "output gradient")
+    y = _input(op, y, "output", gy.dtype)
+    if gy.shape != y.shape:
+        raise ValueError(f"{op}: output gradient {gy.shape} and output {y.shape} differ in shape")
+    sfx = _suffix(op, gy.dtype, "output gradient")
+    gx = cupy.empty(gy.shape, dtype=gy.dtype)
+    _launch_1d(_kernel("activation", f"relu_backward_{sfx}"), gy.size,
+               (gy, y, gx, np.int64(gy.size)))
+    return gx
+
+
+# =========================================================================== loss
+def _loss_operands(op, x, t, w, what):
+    """(x, t, w, N, C, S) validated: x float (N, C, *rest), t int64 (N, *rest), w (C,) or None."""
+    x = _input(op, x, what)
+    if x.ndim < 2:
+        raise ValueError(f"{op}: {what} must be (N, C, ...), got shape {x.shape}")
+    N, C = x.shape[:2]
+    S = int(np.prod(x.shape[2:], dtype=np.int64))
+    if C < 1:
+        raise ValueError(f"{op}: {what} {x.shape} has no classes")
+    t = _device_array(op, t, "target")
+    if t.dtype.kind not in "iu":
+        raise ValueError(f"{op}: target must hold integer class indices, got dtype {t.dtype}")
+    expected = (N,) + x.shape[2:]
+    if t.shape != expected:
+        raise ValueError(f"{op}: target shape {t.shape} does not match {what} {x.shape} "
+                         f"(expected {expected})")
+    t = _contiguous(t.astype(np.int64, copy=False))
+    if w is not None:
+        w = _contiguous(_device_array(op, w, "class weight").astype(x.dtype, copy=False))
+        if w.shape != (C,):
+            raise ValueError(f"{op}: class weight must have shape ({C},), got {w.shape}")
+    _check_index_range(op, f"{what} {x.shape}", size=x.size, classes=C, positions=N * S)
+    return x, t, w, N, C, S
+
+
+def softmax_cross_entropy_forward(x, t, w):
+    """Per-position weighted cross-entropy of logits ``x`` (N, C, ...) and integer targets t.
+
+    Returns ``(loss, wt, p)``: ``loss = -w[t] * log softmax(x)[t]`` and ``wt = w[t]`` of shape
+    ``t.shape``, and ``p = softmax(x)``. A target outside ``[0, C)`` raises ValueError.
+    """
+    op = "softmax_cross_entropy_forward"
+    x, t, w, N, C, S = _loss_operands(op, x, t, w, "logits")
+    sfx = _suffix(op, x.dtype, "logits")
+    loss = cupy.empty(t.shape, dtype=x.dtype)
+    wt = cupy.empty(t.shape, dtype=x.dtype)
+    p = cupy.empty(x.shape, dtype=x.dtype)
+    if t.size == 0:
+        return loss, wt, p
+    bad = cupy.zeros((1,), dtype=np.int32)
+    _launch_1d(_kernel("loss", f"softmax_xent_forward_{sfx}"), t.size,
+               (x, t, x if w is None else w, _i32(w is not None), loss, wt, p, bad,
+                _i32(N), _i32(C), _i32(S)))
+    if int(bad[0]):   # one flag read (a sync) instead of a min/max pass over t
+        raise ValueError(f"{op}: target values must be in [0, {C}), found values outside "
+                         f"(target shape {t.shape})")
+    return loss, wt, p
+
+
+def softmax_cross_entropy_backward(p, t, w, g):
+    """``dL/dx = g * w[t] * (p - onehot(t))``; ``g`` of ``t``'s shape, possibly a broadcast view
+    of one value (read once, never materialised)."""
+    op = "softmax_cross_entropy_backward"
+    p, t, w, N, C, S = _loss_operands(op, p, t, w, "probabilities")
+    sfx = _suffix(op, p.dtype, "probabilities")
+    g = _device_array(op, g, "upstream gradient")
+    if g.dtype.kind != "f":
+        raise ValueError(f"{op}: upstream gradient must be floating, got dtype {g.dtype}")
+    if g.size == 1 or (g.size > 0 and all(s == 0 for s in g.strides)):
+        if g.size != 1 and g.shape != t.shape:
+            raise ValueError(f"{op}: upstream gradient {g.shape} does not match target {t.shape}")
+        # One value for every position (e.g. broadcast_to(g * scale, t.shape) of a mean):
+        # a one-element view of it, so the broadcast is never materialised.
+        g = g[(slice(0, 1),) * g.ndim]
+        g, g_step = _contiguous(g.astype(p.dtype, copy=False)), 0
+    else:
+        if g.shape != t.shape:
+            raise ValueError(f"{op}: upstream gradient {g.shape} does not match target {t.shape}")
+        g, g_step = _contiguous(g.astype(p.dtype, copy=False)), 1
+    gx = cupy.empty(p.shape, dtype=p.dtype)
+    _launch_1d(_kernel("loss", f"softmax_xent_backward_{sfx}"), p.size,
+               (p, t, p if w is None else w, _i32(w is not None), g, _i32(g_step), gx,
+                _i32(N), _i32(C), _i32(S)))
+    return gx
+
+
+# =========================================================================== optimizers
+# Each updates the parameter and its state in place, with PyTorch's exact arithmetic order;
+# the scalar coefficients are computed here in double precision, as numpy_backend does in
+# Python, and passed in the parameter's dtype.
+def _grad_operand(op, g, p):
+    g = _device_array(op, g, "gradient")
+    if g.shape != p.shape:
+        raise ValueError(f"{op}: gradient {g.shape} and parameter {p.shape} differ in shape")
+    if g.dtype.kind != "f":
+        raise ValueError(f"{op}: gradient must be floating, got dtype {g.dtype}")
+    return _contiguous(g.astype(p.dtype, copy=False))
+
+
+def adam_update(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step):
+    """Adam: ``m <- lerp(m, g, 1-b1)``, ``v <- b2 v + (1-b2) g^2``,
+    ``p <- p - lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)``."""
+    op = "adam_update"
+    p = _inplace(op, p, "parameter")
+    m = _inplace(op, m, "first moment", p)
+    v = _inplace(op, v, "second moment", p)
+    g = _grad_operand(op, g, p)
+    sfx = _suffix(op, p.dtype, "parameter")
+    T = _SCALAR[sfx]
+    _launch_1d(_kernel("optim", f"adam_update_{sfx}"), p.size,
+               (p, g, m, v, np.int64(p.size), T(weight_decay), _i32(bool(weight_decay)),
+                T(1 - beta1), T(beta2), T(1 - beta2), T(math.sqrt(1 - beta2 ** step)), T(eps),
+                T(lr / (1 - beta1 ** step))))
+
+
+def sgd_update(p, g, buf, *, lr, momentum, dampening, nesterov, weight_decay, first):
+    """SGD: ``b <- mu b + (1-dampening) g`` (``b <- g`` on the first step); ``p <- p - lr d``
+    with ``d = g + mu b`` (Nesterov) or ``d = b``. ``buf`` is None without momentum."""
+    op = "sgd_update"
+    p = _inplace(op, p, "parameter")
+    if momentum:
+        if buf is None:
+            raise ValueError(f"{op}: momentum {momentum} needs a momentum buffer, got None")
+        buf = _inplace(op, buf, "momentum buffer", p)
+    g = _grad_operand(op, g, p)
+    sfx = _suffix(op, p.dtype, "parameter")
+    T = _SCALAR[sfx]
+    _launch_1d(_kernel("optim", f"sgd_update_{sfx}"), p.size,
+               (p, g, buf if momentum else p, np.int64(p.size), T(lr), T(weight_decay),
+                _i32(bool(weight_decay)), T(momentum), T(1 - dampening), _i32(bool(momentum)),
+                _i32(bool(nesterov)), _i32(bool(first))))
+
+
+def adagrad_update(p, g, s, *, clr, eps, weight_decay):
+    """AdaGrad: ``s <- s + g^2``, ``p <- p - clr * g / (sqrt(s) + eps)``."""
+    op = "adagrad_update"
+    p = _inplace(op, p, "parameter")
+    s = _inplace(op, s, "sum of squares", p)
+    g = _grad_operand(op, g, p)
+    sfx = _suffix(op, p.dtype, "parameter")
+    T = _SCALAR[sfx]
+    _launch_1d(_kernel("optim", f"adagrad_update_{sfx}"), p.size,
+               (p, g, s, np.int64(p.size), T(clr), T(eps), T(weight_decay),
+                _i32(bool(weight_decay))))
