@@ -32,11 +32,13 @@ from .unet import UNet
 CLASSES = ("RV", "Myo", "LV")
 DEFAULTS = dict(data=None, backend="numpy", epochs=50, batch_size=25, lr=2e-4, betas=(0.9, 0.99),
                 class_weights=(0.1, 0.3, 0.3, 0.3), loss="ce", optimizer="adam", base=64,
-                depth=4, augment=True, seed=0, schedule="constant", weight_decay=0.0,
-                phantom_train=200, phantom_val=40, extra_data=None, flip_tta=False)
+                depth=4, init="torch", augment=True, seed=0, schedule="constant", weight_decay=0.0,
+                phantom_train=200, phantom_val=40, extra_data=None, extra_transpose=False,
+                flip_tta=False)
 PRESETS = {
     # the README's first command: a few minutes on a 2-core CPU, on the phantom
-    "quick": dict(epochs=4, base=8, batch_size=10, lr=2e-3, phantom_train=120, phantom_val=20),
+    "quick": dict(epochs=8, base=8, batch_size=8, lr=3e-3, loss="ce+dice", init="he",
+                  phantom_train=160, phantom_val=20),
     # the original coursework recipe, as written
     "original": dict(),
 }
@@ -82,6 +84,8 @@ def load_data(cfg, say):
     train, val = data.load_dataset(cfg["data"], seed=cfg["seed"])
     if cfg["extra_data"]:
         extra_train, _ = data.load_dataset(cfg["extra_data"], seed=cfg["seed"])
+        if cfg["extra_transpose"]:    # acdc96 is stored transposed relative to the cmr set
+            extra_train = extra_train.transposed()
         train = data.Split.concatenate([train, extra_train])
     say(f"Data: {len(train)} training and {len(val)} validation slices from {cfg['data']}"
         + (f" (+ training part of {cfg['extra_data']})" if cfg["extra_data"] else ""))
@@ -102,7 +106,7 @@ def run(cfg, out, resume=False, say=print, progress=True):
     minicnn.backend.get(device)                      # a clear error if CUDA is unusable
     train, val = load_data(cfg, say)
     minicnn.manual_seed(cfg["seed"])
-    model = UNet(1, 4, cfg["base"], cfg["depth"]).to(device)
+    model = UNet(1, 4, cfg["base"], cfg["depth"], cfg["init"]).to(device)
     opt = make_optimizer(cfg, model.parameters())
     rng = np.random.default_rng(cfg["seed"])
     history, start, best = [], 0, -1.0
@@ -205,6 +209,8 @@ def build_parser():
     p.add_argument("--data", help="data folder (coursework root, flat folder with manifest.json,"
                    " or image/+mask/); default: synthetic phantom")
     p.add_argument("--extra-data", help="a second data folder whose training split is added")
+    p.add_argument("--extra-transpose", action="store_const", const=True,
+                   help="transpose the --extra-data slices (acdc96 vs the coursework set)")
     p.add_argument("--backend", choices=["numpy", "cuda"])
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults; "
                    "explicit flags override it")
@@ -219,6 +225,8 @@ def build_parser():
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--base", type=int, help="U-Net width (64 in the original)")
     p.add_argument("--depth", type=int, help="number of poolings (4)")
+    p.add_argument("--init", choices=["torch", "he"], help="weight initialisation (torch: "
+                   "PyTorch's default, as the original; he: N(0, 2/fan_in))")
     p.add_argument("--no-augment", dest="augment", action="store_const", const=False)
     p.add_argument("--flip-tta", action="store_const", const=True,
                    help="validate with test-time left-right flips")

@@ -16,7 +16,10 @@ Every arrow inside a level is a 3x3 convolution with padding 1 followed by ReLU,
 kept ("padded" U-Net); pools are 2x2 with stride 2; up-convolutions are 2x2 transposed
 convolutions with stride 2. With base 64 the network has 31,030,788 parameters.
 """
+import numpy as np
+
 from minicnn import functional as F, nn
+from minicnn.random import generator
 
 
 class DoubleConv(nn.Module):
@@ -32,16 +35,25 @@ class DoubleConv(nn.Module):
 
 
 class UNet(nn.Module):
-    """``UNet(in_channels=1, num_classes=4, base=64, depth=4)``: logits ``(N, classes, H, W)``
-    for an input ``(N, in_channels, H, W)`` whose H and W divide by ``2**depth``."""
+    """``UNet(in_channels=1, num_classes=4, base=64, depth=4, init="torch")``: logits
+    ``(N, classes, H, W)`` for an input ``(N, in_channels, H, W)`` whose H and W divide by
+    ``2**depth``.
 
-    def __init__(self, in_channels=1, num_classes=4, base=64, depth=4):
+    ``init="torch"`` keeps PyTorch's default initialisation (as the original work did);
+    ``init="he"`` draws every weight from N(0, 2/fan_in) (He et al. 2015; 1/fan_in for the final
+    1x1 layer, which has no ReLU after it) and zeroes the biases, which keeps the activations'
+    scale through the 23 layers and lets training start much faster.
+    """
+
+    def __init__(self, in_channels=1, num_classes=4, base=64, depth=4, init="torch"):
         super().__init__()
         if depth < 1 or base < 1 or in_channels < 1 or num_classes < 1:
             raise ValueError(f"UNet: depth ({depth}), base ({base}), in_channels and "
                              "num_classes must be >= 1")
+        if init not in ("torch", "he"):
+            raise ValueError(f"UNet: init must be 'torch' or 'he', got {init!r}")
         self.config = {"in_channels": in_channels, "num_classes": num_classes, "base": base,
-                       "depth": depth}
+                       "depth": depth, "init": init}
         self.depth = depth
         widths = [base * 2 ** i for i in range(depth + 1)]
         for i in range(depth):
@@ -52,6 +64,21 @@ class UNet(nn.Module):
             setattr(self, f"upconv{i}", nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2))
             setattr(self, f"up{i}", DoubleConv(2 * widths[i], widths[i]))
         self.head = nn.Conv2d(base, num_classes, 1)
+        if init == "he":
+            self._he_init()
+
+    def _he_init(self):
+        for name, module in self.named_modules():
+            if isinstance(module, nn.ConvTranspose2d):
+                fan_in = module.weight.shape[0]          # a 2x2/2 up-conv: one tap per output
+            elif isinstance(module, nn.Conv2d):
+                fan_in = int(np.prod(module.weight.shape[1:]))
+            else:
+                continue
+            gain = 1.0 if name == "head" else 2.0
+            w = module.weight
+            w.data = (generator().standard_normal(w.shape) * np.sqrt(gain / fan_in)).astype(w.dtype)
+            module.bias.data = np.zeros_like(module.bias.data)
 
     def forward(self, x):
         if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:

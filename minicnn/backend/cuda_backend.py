@@ -154,7 +154,7 @@ def _suffix(op, dtype, what):
         raise ValueError(f"{op}: {what} must be float32 or float64, got dtype {dtype}") from None
 
 
-def _device_array(op, a, what):
+def _device_array(a):
     """``a`` as a CuPy array (a host array or number is copied to the GPU)."""
     if not isinstance(a, cupy.ndarray):
         a = cupy.asarray(a)
@@ -170,7 +170,7 @@ def _contiguous(a):
 
 def _input(op, a, what, dtype=None):
     """A read-only float operand: a C-contiguous CuPy array of ``dtype`` (if given)."""
-    a = _device_array(op, a, what)
+    a = _device_array(a)
     _suffix(op, a.dtype, what)
     if dtype is not None and a.dtype != dtype:
         raise ValueError(f"{op}: {what} has dtype {a.dtype} but the other operands have {dtype}")
@@ -419,7 +419,7 @@ def maxpool2d_backward(gy, idx, x_shape, kernel, stride):
     input pixel over the windows that cover it: overlapping windows need no atomics)."""
     op = "maxpool2d_backward"
     gy = _input(op, gy, "output gradient")
-    idx = _device_array(op, idx, "argmax")
+    idx = _device_array(idx)
     if idx.dtype == np.uint8:
         isfx = "u8"
     elif idx.dtype.kind in "iu":
@@ -482,7 +482,7 @@ def _loss_operands(op, x, t, w, what):
     S = int(np.prod(x.shape[2:], dtype=np.int64))
     if C < 1:
         raise ValueError(f"{op}: {what} {x.shape} has no classes")
-    t = _device_array(op, t, "target")
+    t = _device_array(t)
     if t.dtype.kind not in "iu":
         raise ValueError(f"{op}: target must hold integer class indices, got dtype {t.dtype}")
     expected = (N,) + x.shape[2:]
@@ -491,7 +491,7 @@ def _loss_operands(op, x, t, w, what):
                          f"(expected {expected})")
     t = _contiguous(t.astype(np.int64, copy=False))
     if w is not None:
-        w = _contiguous(_device_array(op, w, "class weight").astype(x.dtype, copy=False))
+        w = _contiguous(_device_array(w).astype(x.dtype, copy=False))
         if w.shape != (C,):
             raise ValueError(f"{op}: class weight must have shape ({C},), got {w.shape}")
     _check_index_range(op, f"{what} {x.shape}", size=x.size, classes=C, positions=N * S)
@@ -528,7 +528,7 @@ def softmax_cross_entropy_backward(p, t, w, g):
     op = "softmax_cross_entropy_backward"
     p, t, w, N, C, S = _loss_operands(op, p, t, w, "probabilities")
     sfx = _suffix(op, p.dtype, "probabilities")
-    g = _device_array(op, g, "upstream gradient")
+    g = _device_array(g)
     if g.dtype.kind != "f":
         raise ValueError(f"{op}: upstream gradient must be floating, got dtype {g.dtype}")
     if g.size == 1 or (g.size > 0 and all(s == 0 for s in g.strides)):
@@ -554,7 +554,7 @@ def softmax_cross_entropy_backward(p, t, w, g):
 # the scalar coefficients are computed here in double precision, as numpy_backend does in
 # Python, and passed in the parameter's dtype.
 def _grad_operand(op, g, p):
-    g = _device_array(op, g, "gradient")
+    g = _device_array(g)
     if g.shape != p.shape:
         raise ValueError(f"{op}: gradient {g.shape} and parameter {p.shape} differ in shape")
     if g.dtype.kind != "f":

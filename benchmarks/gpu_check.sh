@@ -1,0 +1,329 @@
+#!/usr/bin/env bash
+# gpu_check.sh -- the checks to run on a machine with an NVIDIA GPU, in one go (< 5 minutes:
+# the step limits add up to 280 s).
+#
+#   bash benchmarks/gpu_check.sh            (from the repository root)
+#
+# Steps (each bounded by `timeout`; a failing step does not stop the others):
+#   1. versions: nvidia-smi, python, numpy, cupy (+ its CUDA runtime), torch, nvcc
+#   2. a direct self-check of every kernel against numpy_backend (all conv tile shapes,
+#      split-K, U-Net-sized layers, pool / relu / loss / optimizers bit for bit), and timings
+#   3. the CUDA op tests:     MINICNN_TEST_CUDA=1 pytest -q -x tests -k cuda
+#   4. the same ops under compute-sanitizer memcheck (CuPy's memory pool switched off, so that
+#      an out-of-bounds access is outside any allocation and gets reported), with the bounded
+#      hypothesis profile HYPOTHESIS_PROFILE=ci
+#   5. a short training run on the GPU (skipped when the data is not there)
+# A summary with each step's status ends the output. Everything is also written to
+# $OUT/gpu_check.log when $OUT is set. Exit status: 0 if no step failed, else 1.
+#
+# Environment: PYTHON (default: python3, else python), CMR_DATA (folder holding cmr/;
+# default: shared/data), OUT (optional).
+set -u
+
+cd "$(dirname "$0")/.." || exit 1
+
+if [ -n "${OUT:-}" ]; then
+    mkdir -p "$OUT"
+    exec > >(tee "$OUT/gpu_check.log") 2>&1
+fi
+
+PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
+CMR_DATA="${CMR_DATA:-shared/data}"
+export PYTHON
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+STEPS=()
+STATUS=()
+START=$SECONDS
+
+# step NAME TIMEOUT_S CMD...: run CMD with a time limit, record PASS / FAIL (rc) / TIMEOUT.
+step() {
+    local name="$1" limit="$2"
+    shift 2
+    echo
+    echo "=================================================================== $name"
+    echo "+ $*"
+    local t0=$SECONDS rc
+    timeout -k 10 "$limit" "$@"
+    rc=$?
+    local took=$((SECONDS - t0))
+    STEPS+=("$name")
+    if [ $rc -eq 0 ]; then
+        STATUS+=("PASS (${took}s)")
+    elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+        STATUS+=("TIMEOUT after ${limit}s")
+    else
+        STATUS+=("FAIL rc=$rc (${took}s)")
+    fi
+}
+
+skip() {
+    echo
+    echo "=================================================================== $1"
+    echo "skipped: $2"
+    STEPS+=("$1")
+    STATUS+=("SKIP ($2)")
+}
+
+versions() {
+    nvidia-smi || echo "nvidia-smi failed"
+    echo "python: $PYTHON"
+    local rc
+    "$PYTHON" - <<'EOF'
+import sys
+print("python", sys.version.split()[0])
+import numpy; print("numpy", numpy.__version__)
+try:
+    import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)
+except Exception as e:
+    print("torch: not importable:", e)
+import cupy
+print("cupy", cupy.__version__, "runtime", cupy.cuda.runtime.runtimeGetVersion(),
+      "driver", cupy.cuda.runtime.driverGetVersion())
+d = cupy.cuda.Device()
+print("device", d.id, cupy.cuda.runtime.getDeviceProperties(d.id)["name"].decode(),
+      "SMs", d.attributes["MultiProcessorCount"], "cc", d.compute_capability)
+from minicnn import backend
+backend.get("cuda")
+print("minicnn cuda backend: available")
+EOF
+    rc=$?
+    command -v nvcc >/dev/null && nvcc --version | tail -2
+    command -v compute-sanitizer >/dev/null && compute-sanitizer --version | head -2
+    return $rc      # fails when CuPy or the GPU is not usable
+}
+
+selfcheck() {
+    # Our kernels against numpy_backend, directly: every conv tile configuration (forced),
+    # split-K, U-Net-sized layers with the default plan, pool / relu / loss / optimizers, the
+    # refusals; then a few timings. (The op tests use small shapes: one tile, rarely split-K.)
+    "$PYTHON" - <<'EOF'
+import sys, time
+import numpy as np
+import cupy
+from minicnn import backend
+from minicnn.backend import numpy_backend as nb
+cb = backend.get("cuda")
+FAKE = cupy.__version__ == "fake"     # a CPU stand-in used to test this script itself
+TOL = {np.float32: 3e-4, np.float64: 1e-10}
+fails, checks = [], [0]
+
+def close(name, got, ref, dtype, exact=False):
+    checks[0] += 1
+    got = cb.to_host(got)
+    ok = got.shape == ref.shape and got.dtype == ref.dtype
+    if ok and exact:
+        ok = np.array_equal(got, ref, equal_nan=True)
+    elif ok:
+        scale = max(1.0, float(np.abs(ref).max(initial=0)))
+        ok = np.allclose(got, ref, rtol=TOL[dtype], atol=TOL[dtype] * scale)
+    if not ok:
+        err = (np.nanmax(np.abs(got.astype(np.float64) - ref)) if got.shape == ref.shape
+               else "shapes differ")
+        fails.append(f"{name}: got {got.shape} {got.dtype}, want {ref.shape} {ref.dtype}, "
+                     f"max abs err {err}")
+        print("FAIL", fails[-1], flush=True)
+
+def conv_all(tag, rng, dtype, N, C, O, H, W, k, s, p, bias):
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = (rng.standard_normal((O, C) + k) / np.sqrt(C * k[0] * k[1])).astype(dtype)
+    b = rng.standard_normal(O).astype(dtype) if bias else None
+    xd, wd = cb.asarray(x), cb.asarray(w)
+    bd = None if b is None else cb.asarray(b)
+    yr = nb.conv2d_forward(x, w, b, s, p)
+    close(f"{tag} forward", cb.conv2d_forward(xd, wd, bd, s, p), yr, dtype)
+    gy = rng.standard_normal(yr.shape).astype(dtype)
+    gyd = cb.asarray(gy)
+    close(f"{tag} backward_input", cb.conv2d_backward_input(gyd, wd, x.shape, s, p),
+          nb.conv2d_backward_input(gy, w, x.shape, s, p), dtype)
+    close(f"{tag} backward_weight", cb.conv2d_backward_weight(gyd, xd, w.shape, s, p),
+          nb.conv2d_backward_weight(gy, x, w.shape, s, p), dtype)
+
+orig_plan = cb.plan_gemm
+def cdiv(a, b):
+    return -(-a // b)
+def forced(tile, max_splits):
+    def plan(M, Ncols, K, suffix, sm_count, split_k=False):
+        BM, BN, BK = cb.TILES[tile][:3]
+        k_chunk, splits = K, 1
+        if split_k and K > 0:
+            splits = max(1, min(max_splits, cdiv(K, BK)))
+            k_chunk = cdiv(cdiv(K, splits), BK) * BK
+            splits = cdiv(K, k_chunk)
+        return tile, (cdiv(Ncols, BN), cdiv(M, BM), splits), k_chunk
+    return plan
+
+t0 = time.time()
+rng = np.random.default_rng(0)
+cases = 0
+for dtype in (np.float32, np.float64):
+    for tile in cb.TILES:
+        if tile == "m128n128" and dtype == np.float64:
+            continue
+        for i in range(2 if FAKE else 8):
+            cb.plan_gemm = forced(tile, int(rng.integers(1, 8)))
+            N, C, O = int(rng.integers(1, 4)), int(rng.integers(1, 41)), int(rng.integers(1, 141))
+            H, W = int(rng.integers(1, 21)), int(rng.integers(1, 21))
+            k = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
+            s = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+            p = (int(rng.integers(0, 4)), int(rng.integers(0, 4)))
+            k = (min(k[0], H + 2 * p[0]), min(k[1], W + 2 * p[1]))
+            conv_all(f"{tile} {np.dtype(dtype).name} N{N} C{C} O{O} {H}x{W} k{k} s{s} p{p}",
+                     rng, dtype, N, C, O, H, W, k, s, p, bias=bool(i % 2))
+            cases += 1
+cb.plan_gemm = orig_plan
+unet = [(4, 1, 16, 96, 96), (4, 16, 16, 96, 96), (4, 32, 64, 48, 48), (4, 64, 256, 72, 72),
+        (4, 256, 128, 12, 12)] if not FAKE else [(1, 3, 20, 9, 9)]
+for dtype in (np.float32, np.float64):
+    for N, C, O, H, W in unet:
+        conv_all(f"default plan {np.dtype(dtype).name} N{N} C{C} O{O} {H}x{W} k3 p1", rng, dtype,
+                 N, C, O, H, W, (3, 3), (1, 1), (1, 1), bias=True)
+        cases += 1
+print(f"conv: {cases} shapes x 3 ops in {time.time() - t0:.1f}s", flush=True)
+
+for dtype in (np.float32, np.float64):
+    for (N, C, H, W), k, s in [((2, 3, 13, 11), (3, 3), (2, 2)), ((2, 3, 13, 11), (2, 2), (2, 2)),
+                               ((1, 2, 9, 12), (4, 3), (1, 2)), ((1, 1, 20, 20), (17, 16), (2, 3))]:
+        x = rng.integers(-2, 3, size=(N, C, H, W)).astype(dtype)   # many ties
+        x[0, 0, 0, :2] = np.nan
+        y, idx = cb.maxpool2d_forward(cb.asarray(x), k, s)
+        yr, ir = nb.maxpool2d_forward(x, k, s)
+        close(f"maxpool fwd {x.shape} k{k} s{s}", y, yr, dtype, exact=True)
+        checks[0] += 1
+        if cb.to_host(idx).dtype != ir.dtype or not (cb.to_host(idx) == ir).all():
+            fails.append(f"maxpool argmax {x.shape} k{k} s{s}")
+        gy = rng.standard_normal(yr.shape).astype(dtype)
+        close(f"maxpool bwd {x.shape} k{k} s{s}",
+              cb.maxpool2d_backward(cb.asarray(gy), idx, x.shape, k, s),
+              nb.maxpool2d_backward(gy, ir, x.shape, k, s), dtype, exact=True)
+    x = np.array([[-0.0, 0.0, np.nan], [-1, 2, np.inf]], dtype)
+    close("relu fwd", cb.relu_forward(cb.asarray(x)), nb.relu_forward(x), dtype, exact=True)
+    gy = rng.standard_normal(x.shape).astype(dtype)
+    close("relu bwd", cb.relu_backward(cb.asarray(gy), cb.relu_forward(cb.asarray(x))),
+          nb.relu_backward(gy, nb.relu_forward(x)), dtype, exact=True)
+    for shape in [(5, 4), (2, 4, 7, 9)]:
+        x = (rng.standard_normal(shape) * 3).astype(dtype)
+        t = rng.integers(0, shape[1], size=(shape[0],) + shape[2:])
+        for w in (None, rng.random(shape[1]).astype(dtype)):
+            out = cb.softmax_cross_entropy_forward(cb.asarray(x), cb.asarray(t),
+                                                   None if w is None else cb.asarray(w))
+            ref = nb.softmax_cross_entropy_forward(x, t, w)
+            for name, o, r in zip(("loss", "wt", "p"), out, ref):
+                close(f"xent fwd {name} {shape}", o, r, dtype)
+            for g in (rng.standard_normal(t.shape).astype(dtype),
+                      np.broadcast_to(np.asarray(0.25, dtype), t.shape)):
+                gd = cupy.broadcast_to(cb.asarray(g[(0,) * g.ndim]), t.shape) \
+                    if g.strides == (0,) * g.ndim else cb.asarray(g)
+                close(f"xent bwd {shape}", cb.softmax_cross_entropy_backward(
+                          cb.asarray(ref[2]), cb.asarray(t), None if w is None else cb.asarray(w), gd),
+                      nb.softmax_cross_entropy_backward(ref[2], t, w, g), dtype, exact=True)
+    p0 = rng.standard_normal(1000).astype(dtype)
+    g0 = rng.standard_normal(1000).astype(dtype)
+    for step in (1, 7):
+        for wdecay in (0.0, 0.01):
+            P, M, V = (cb.asarray(a) for a in (p0, p0 * 0.1, np.abs(p0)))
+            Pr, Mr, Vr = p0.copy(), p0 * 0.1, np.abs(p0)
+            kw = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=wdecay, step=step)
+            cb.adam_update(P, cb.asarray(g0), M, V, **kw)
+            nb.adam_update(Pr, g0, Mr, Vr, **kw)
+            for name, a, r in (("p", P, Pr), ("m", M, Mr), ("v", V, Vr)):
+                close(f"adam {name} step{step} wd{wdecay}", a, r, dtype, exact=True)
+            for mom, nest, first in ((0.0, False, False), (0.9, False, True), (0.9, True, False)):
+                P, B = cb.asarray(p0), cb.asarray(p0 * 0.5)
+                Pr, Br = p0.copy(), p0 * 0.5
+                kw = dict(lr=0.01, momentum=mom, dampening=0.1, nesterov=nest,
+                          weight_decay=wdecay, first=first)
+                cb.sgd_update(P, cb.asarray(g0), B if mom else None, **kw)
+                nb.sgd_update(Pr, g0, Br if mom else None, **kw)
+                close(f"sgd p mom{mom} nest{nest} first{first}", P, Pr, dtype, exact=True)
+                close(f"sgd buf mom{mom} nest{nest} first{first}", B, Br, dtype, exact=True)
+            P, S = cb.asarray(p0), cb.asarray(np.abs(g0))
+            Pr, Sr = p0.copy(), np.abs(g0)
+            cb.adagrad_update(P, cb.asarray(g0), S, clr=0.01, eps=1e-10, weight_decay=wdecay)
+            nb.adagrad_update(Pr, g0, Sr, clr=0.01, eps=1e-10, weight_decay=wdecay)
+            close("adagrad p", P, Pr, dtype, exact=True)
+            close("adagrad s", S, Sr, dtype, exact=True)
+
+for what, fn in [
+        ("float16 input", lambda: cb.relu_forward(cupy.zeros(3, dtype=np.float16))),
+        ("target out of range", lambda: cb.softmax_cross_entropy_forward(
+            cupy.zeros((2, 3)), cupy.asarray(np.array([0, 3])), None)),
+        ("inconsistent conv shapes", lambda: cb.conv2d_backward_input(
+            cupy.zeros((1, 2, 3, 3)), cupy.zeros((2, 1, 3, 3)), (1, 1, 6, 6), (1, 1), (0, 0)))]:
+    checks[0] += 1
+    try:
+        fn()
+        fails.append(f"no ValueError for {what}")
+    except ValueError:
+        pass
+
+print(f"{checks[0]} checks, {len(fails)} failures, {time.time() - t0:.1f}s", flush=True)
+for f in fails:
+    print("FAIL", f)
+
+if not FAKE:   # timings (float32, CUDA events), for information
+    def timeit(fn, reps=10):
+        fn()
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        end.synchronize()
+        return cupy.cuda.get_elapsed_time(start, end) / reps
+    for N, C, O, H in [(16, 16, 16, 96), (16, 64, 128, 24), (16, 256, 256, 6)]:
+        x = cupy.random.standard_normal((N, C, H, H), dtype=np.float32)
+        w = cupy.random.standard_normal((O, C, 3, 3), dtype=np.float32)
+        b = cupy.zeros(O, dtype=np.float32)
+        y = cb.conv2d_forward(x, w, b, (1, 1), (1, 1))
+        flop = 2.0 * N * O * H * H * C * 9
+        for name, fn in [
+                ("fwd", lambda: cb.conv2d_forward(x, w, b, (1, 1), (1, 1))),
+                ("bwd_input", lambda: cb.conv2d_backward_input(y, w, x.shape, (1, 1), (1, 1))),
+                ("bwd_weight", lambda: cb.conv2d_backward_weight(y, x, w.shape, (1, 1), (1, 1)))]:
+            ms = timeit(fn)
+            print(f"conv3x3 f32 N{N} C{C} O{O} {H}x{H} {name:10s} {ms:8.3f} ms "
+                  f"{flop / ms / 1e6:8.1f} GFLOP/s")
+sys.exit(1 if fails else 0)
+EOF
+}
+
+sanitized_ops() {
+    # pytest in-process, with CuPy allocating each array by cudaMalloc (no pool), under memcheck
+    compute-sanitizer --tool memcheck --error-exitcode 99 \
+        "$PYTHON" -c '
+import sys, cupy, pytest
+cupy.cuda.set_allocator(None)
+sys.exit(pytest.main(["-q", "tests/test_ops.py", "-k", "cuda", "-x", "-p", "no:cacheprovider"]))
+'
+}
+
+# (functions run under `timeout` through a child bash, hence export -f)
+export -f versions selfcheck sanitized_ops
+export MINICNN_TEST_CUDA=1
+export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}"   # bounded example counts
+
+step "versions" 30 bash -c versions
+step "kernel self-check vs numpy_backend" 60 bash -c selfcheck
+step "pytest -k cuda" 80 "$PYTHON" -m pytest -q -x tests -k cuda
+if command -v compute-sanitizer >/dev/null; then
+    step "compute-sanitizer memcheck (test_ops -k cuda)" 60 bash -c sanitized_ops
+else
+    skip "compute-sanitizer memcheck (test_ops -k cuda)" "compute-sanitizer not on PATH"
+fi
+if [ -d "$CMR_DATA/cmr" ]; then
+    step "train 2 epochs on cuda" 50 \
+        "$PYTHON" -m cmr.train --backend cuda --data "$CMR_DATA/cmr" --epochs 2 --base 16 --out /tmp/run
+else
+    skip "train 2 epochs on cuda" "no data at $CMR_DATA/cmr (set CMR_DATA)"
+fi
+
+echo
+echo "=================================================================== summary ($((SECONDS - START))s)"
+failed=0
+for i in "${!STEPS[@]}"; do
+    printf '%-50s %s\n' "${STEPS[$i]}" "${STATUS[$i]}"
+    case "${STATUS[$i]}" in PASS*|SKIP*) ;; *) failed=1 ;; esac
+done
+exit $failed

@@ -1,0 +1,341 @@
+// conv.cu -- 2-D convolution (cross-correlation, NCHW) as three implicit GEMMs.
+//
+// Notation (as in minicnn/backend/numpy_backend.py):
+//   x  (N, C, H, W)        input            w  (O, C, kH, kW)   weight
+//   y  (N, O, Ho, Wo)      output           stride (sH, sW), padding (pH, pW)
+//   x_pad[n, c, h, v] = x[n, c, h - pH, v - pW], or 0 outside x
+//
+//   y[n, o, p, q] = b[o] + sum_{c, i, j} w[o, c, i, j] * x_pad[n, c, p*sH + i, q*sW + j]
+//
+// "Implicit GEMM": each of the three computations below is a matrix product
+// Out (M x Ncols) = A (M x K) * B (K x Ncols), but the matrices A and B are never built in
+// memory. A small "problem" struct says, for a row/column/k index, which tensor element that
+// matrix entry is (and that it is 0 where the window hangs over the padding); one GEMM engine
+// (`implicit_gemm` below) does the tiling. The three problems are:
+//
+//   forward          M = O,  Ncols = N*Ho*Wo,  K = C*kH*kW
+//                    A[o, (c,i,j)]        = w[o, c, i, j]          (w viewed as O x K: free)
+//                    B[(c,i,j), (n,p,q)]  = x_pad[n, c, p*sH + i, q*sW + j]   (im2col, gathered)
+//                    Out[o, (n,p,q)]      -> y[n, o, p, q] (+ b[o], fused in the epilogue)
+//
+//   backward input   M = C,  Ncols = N*H*W,    K = O*kH*kW
+//                    A[c, (o,i,j)]        = w[o, c, i, j]
+//                    B[(o,i,j), (n,h,v)]  = gy[n, o, p, q]  if  h + pH = p*sH + i  and
+//                                           v + pW = q*sW + j  for integers 0 <= p < Ho,
+//                                           0 <= q < Wo;  else 0
+//                    Out[c, (n,h,v)]      -> gx[n, c, h, v]
+//                    (a *gather*: each input pixel sums the outputs whose window covered it,
+//                    so no two threads write the same gx element and no atomics are needed.
+//                    With stride > 1 only the taps with (h + pH - i) divisible by sH hit an
+//                    output; the others are zeros of B.)
+//
+//   backward weight  M = O,  Ncols = C*kH*kW,  K = N*Ho*Wo
+//                    A[o, (n,p,q)]        = gy[n, o, p, q]
+//                    B[(n,p,q), (c,i,j)]  = x_pad[n, c, p*sH + i, q*sW + j]
+//                    Out[o, (c,i,j)]      -> gw[o, c, i, j]
+//                    K is huge (every output pixel of the batch) while M x Ncols is small, so
+//                    the K range is split over gridDim.z ("split-K"): block z sums its own
+//                    slice of K into its own slab ws[z] of a workspace, and `splitk_reduce`
+//                    adds the slabs in a fixed order (deterministic, no atomics). With one
+//                    split, the slab *is* gw.
+//
+// Tiling (all three problems, one engine): a thread block computes a BM x BN tile of Out.
+// It walks K in steps of BK: the block copies the BM x BK slice of A and the BK x BN slice of
+// B into shared memory (each element read from global memory once per block), synchronises,
+// and then every thread multiplies out its TM x TN register block from shared memory
+// (TM + TN shared loads feed TM*TN fused multiply-adds per k). Tile configurations
+// (threads = (BM/TM) * (BN/TN) = 256 in all of them):
+//
+//   name      BM   BN   BK  TM  TN   used for
+//   m32n128   32  128   16   4   4   M <= 32 (the first U-Net layers have 16..32 channels)
+//   m64n64    64   64   16   4   4   the general case (always for float64)
+//   m128n128 128  128    8   8   8   float32 with M >= 128 when the grid is still large
+//
+// Thread -> output mapping inside the tile: thread t has tx = t % (BN/TN), ty = t / (BN/TN)
+// and owns rows  ty + i*(BM/TM)  (i < TM)  and columns  tx + j*(BN/TN)  (j < TN), i.e. its
+// TM x TN block is *strided* over the tile. Neighbouring threads thus own neighbouring
+// columns: their shared-memory reads of B are conflict-free and their global stores of Out
+// are coalesced (columns are the contiguous (p, q) / (h, v) axis of y / gx).
+//
+// Index arithmetic is 32-bit `int` (the launcher checks that every tensor, and every GEMM
+// dimension plus one tile of overhang, fits).
+#include "common.cuh"
+
+// ================================================================== shapes
+struct ConvShape {
+    int N, C, H, W;        // x
+    int O, kH, kW;         // w is (O, C, kH, kW)
+    int sH, sW, pH, pW;    // stride, padding
+    int Ho, Wo;            // y is (N, O, Ho, Wo)
+};
+
+// ================================================================== the three problems
+// Each problem provides
+//   Column column(int col)          per-column values a thread computes once per block
+//                                   (the thread loads the same B column for the whole K loop)
+//   T a(int m, int k)               A[m, k]          (0 <= m < M, 0 <= k < K guaranteed)
+//   T b(int k, const Column& cl)    B[k, col]        (0 <= k < K, 0 <= col < Ncols)
+//   void store(int m, int col, T v) write Out[m, col] = v (+ epilogue)
+
+// ---------------------------------------------------------------- forward
+template <typename T>
+struct ConvForward {
+    const T* x; const T* w; const T* bias; T* y;
+    int has_bias;
+    ConvShape s;
+    int K, kHW, HW, HoWo;   // C*kH*kW, kH*kW, H*W, Ho*Wo
+
+    struct Column { int xbase, h0, w0; };   // x offset of image n; top-left of the window
+    __device__ Column column(int col) const {
+        const int n = col / HoWo, pq = col - n * HoWo;          // col = (n, p, q)
+        const int p = pq / s.Wo, q = pq - p * s.Wo;
+        return {n * s.C * HW, p * s.sH - s.pH, q * s.sW - s.pW};  // window origin in x coords
+    }
+    __device__ T a(int m, int k) const { return ldg(w + m * K + k); }  // w as (O, K) row-major
+    // Worked example: 3x3 kernel (kHW = 9), k = 14 -> c = 1, r = 5 -> i = 1, j = 2; for the
+    // column of output (p, q) = (0, 4) with stride 2, padding 1: h0 = -1, w0 = 7, so the
+    // entry is x[n, 1, 0, 9] (or 0 if W <= 9).
+    __device__ T b(int k, const Column& cl) const {
+        const int c = k / kHW, r = k - c * kHW;                 // k = (c, i, j)
+        const int i = r / s.kW, j = r - i * s.kW;
+        const int h = cl.h0 + i, v = cl.w0 + j;                 // x row/col (unpadded)
+        if (h < 0 || h >= s.H || v < 0 || v >= s.W) return T(0);  // in the zero padding
+        return ldg(x + cl.xbase + (c * s.H + h) * s.W + v);
+    }
+    __device__ void store(int m, int col, T v) const {
+        const int n = col / HoWo, pq = col - n * HoWo;
+        if (has_bias) v += ldg(bias + m);                       // fused bias: y = W*x + b
+        y[(n * s.O + m) * HoWo + pq] = v;
+    }
+};
+
+// ---------------------------------------------------------------- backward input
+template <typename T>
+struct ConvBackwardInput {
+    const T* gy; const T* w; T* gx;
+    ConvShape s;
+    int kHW, HW, HoWo;
+
+    struct Column { int gybase, hp, wp; };  // gy offset of image n; (h + pH, v + pW)
+    __device__ Column column(int col) const {
+        const int n = col / HW, hv = col - n * HW;              // col = (n, h, v)
+        const int h = hv / s.W, v = hv - h * s.W;
+        return {n * s.O * HoWo, h + s.pH, v + s.pW};            // position in x_pad
+    }
+    __device__ T a(int m, int k) const {                        // m = c, k = (o, i, j)
+        const int o = k / kHW, r = k - o * kHW;
+        return ldg(w + (o * s.C + m) * kHW + r);                // w[o, m, i, j]
+    }
+    __device__ T b(int k, const Column& cl) const {
+        const int o = k / kHW, r = k - o * kHW;
+        const int i = r / s.kW, j = r - i * s.kW;
+        // x_pad row hp is tap i of output row p iff hp = p*sH + i. Example: stride 2, hp = 5:
+        // tap i = 1 gives ph = 4 -> p = 2 (hit); tap i = 0 gives ph = 5, odd -> no output.
+        const int ph = cl.hp - i, pw = cl.wp - j;
+        if (ph < 0 || pw < 0) return T(0);                      // window would start above/left
+        const int p = ph / s.sH, q = pw / s.sW;
+        if (p * s.sH != ph || q * s.sW != pw) return T(0);      // not on the stride grid
+        if (p >= s.Ho || q >= s.Wo) return T(0);                // past the last output
+        return ldg(gy + cl.gybase + (o * s.Ho + p) * s.Wo + q);
+    }
+    __device__ void store(int m, int col, T v) const {
+        const int n = col / HW, hv = col - n * HW;
+        gx[(n * s.C + m) * HW + hv] = v;
+    }
+};
+
+// ---------------------------------------------------------------- backward weight
+template <typename T>
+struct ConvBackwardWeight {
+    const T* gy; const T* x; T* ws;
+    ConvShape s;
+    int kHW, HW, HoWo;
+    int Ncols;          // C*kH*kW
+    int slab;           // O*C*kH*kW: elements per split-K slab of ws
+
+    struct Column { int cbase, i0, j0; };   // x offset of channel c; (i - pH, j - pW)
+    __device__ Column column(int col) const {
+        const int c = col / kHW, r = col - c * kHW;             // col = (c, i, j)
+        const int i = r / s.kW, j = r - i * s.kW;
+        return {c * HW, i - s.pH, j - s.pW};
+    }
+    __device__ T a(int m, int k) const {                        // m = o, k = (n, p, q)
+        const int n = k / HoWo, pq = k - n * HoWo;
+        return ldg(gy + (n * s.O + m) * HoWo + pq);
+    }
+    __device__ T b(int k, const Column& cl) const {
+        const int n = k / HoWo, pq = k - n * HoWo;
+        const int p = pq / s.Wo, q = pq - p * s.Wo;
+        const int h = p * s.sH + cl.i0, v = q * s.sW + cl.j0;   // x row/col (unpadded)
+        if (h < 0 || h >= s.H || v < 0 || v >= s.W) return T(0);
+        return ldg(x + n * s.C * HW + cl.cbase + h * s.W + v);
+    }
+    __device__ void store(int m, int col, T v) const {
+        ws[blockIdx.z * slab + m * Ncols + col] = v;            // this split's slab
+    }
+};
+
+// ================================================================== the GEMM engine
+// Out[m, col] = sum_{k in this block's K slice} A[m, k] * B[k, col]
+//   grid  = (ceil(Ncols / BN), ceil(M / BM), splits),  block = THREADS threads (1-D)
+//   block (bx, by, bz) computes rows [by*BM, by*BM + BM), columns [bx*BN, bx*BN + BN),
+//   over k in [bz*k_chunk, min(K, bz*k_chunk + k_chunk)).
+template <typename T, int BM, int BN, int BK, int TM, int TN, class Problem>
+__device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Ncols, int K,
+                                              int k_chunk)
+{
+    constexpr int RS = BM / TM;            // row stride of a thread's rows (= threads per column)
+    constexpr int CS = BN / TN;            // column stride of a thread's columns
+    constexpr int THREADS = RS * CS;
+    constexpr int A_LOADS = BM * BK / THREADS;   // A-tile elements each thread copies
+    constexpr int B_LOADS = BK * BN / THREADS;   // B-tile elements each thread copies
+    constexpr int A_ROW_STEP = THREADS / BK;     // A rows covered by one pass of all threads
+    constexpr int B_K_STEP = THREADS / BN;       // B rows (k) covered by one pass
+    // Pad the transposed A tile so that the stores As[a_k][m] of one warp (a_k = 0..BK-1
+    // for 32/BK consecutive m) fall in 32 different banks: row length == 32/BK (mod 32).
+    constexpr int A_PAD = 32 / BK;
+    static_assert(BM % TM == 0 && BN % TN == 0, "tile must split into register blocks");
+    static_assert((BM * BK) % THREADS == 0 && (BK * BN) % THREADS == 0, "loads must divide");
+    static_assert(THREADS % BK == 0 && THREADS % BN == 0, "each thread keeps one k / one column");
+    static_assert(32 % BK == 0, "A_PAD assumes BK divides 32");
+
+    // A is stored transposed (As[k][m]) so that the inner loop reads a thread's TM values of
+    // A for one k from one shared-memory row, like its TN values of B.
+    __shared__ T As[BK][BM + A_PAD];
+    __shared__ T Bs[BK][BN];
+
+    const int tid = threadIdx.x;
+    const int tx = tid % CS, ty = tid / CS;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    // This block's K slice (k_chunk = K and gridDim.z = 1 when K is not split). The launcher
+    // guarantees gridDim.z * k_chunk < 2^31. An empty slice just stores zeros.
+    const int k_begin = blockIdx.z * k_chunk;
+    const int k_end = min(K, k_begin + k_chunk);
+
+    // Load assignment. A tile (BM x BK): element e = tid + r*THREADS has m = e / BK and
+    // k = e % BK, so consecutive threads read consecutive k of one A row (A is contiguous
+    // along k in all three problems -> coalesced) and each thread keeps one k: a_k.
+    const int a_k = tid % BK, a_m = tid / BK;
+    // B tile (BK x BN): element e has k = e / BN and column e % BN: each thread keeps one
+    // column b_n for the whole K loop, so the column's decomposition is done once, here.
+    const int b_n = tid % BN, b_k = tid / BN;
+    const int col = n0 + b_n;
+    const bool col_ok = col < Ncols;
+    const typename Problem::Column cl = prob.column(col_ok ? col : 0);
+
+    T acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+
+    for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+        // ---- global -> shared. Out-of-range entries (past M, Ncols or the K slice) are 0,
+        // so they add nothing and never touch memory.
+#pragma unroll
+        for (int r = 0; r < A_LOADS; ++r) {
+            const int m = a_m + r * A_ROW_STEP;
+            const int gm = m0 + m, gk = k0 + a_k;
+            As[a_k][m] = (gm < M && gk < k_end) ? prob.a(gm, gk) : T(0);
+        }
+#pragma unroll
+        for (int r = 0; r < B_LOADS; ++r) {
+            const int kk = b_k + r * B_K_STEP;
+            const int gk = k0 + kk;
+            Bs[kk][b_n] = (col_ok && gk < k_end) ? prob.b(gk, cl) : T(0);
+        }
+        __syncthreads();   // the tile is complete
+
+        // ---- the register-block product over this K tile
+#pragma unroll
+        for (int kk = 0; kk < BK; ++kk) {
+            T av[TM], bv[TN];
+#pragma unroll
+            for (int i = 0; i < TM; ++i) av[i] = As[kk][ty + i * RS];
+#pragma unroll
+            for (int j = 0; j < TN; ++j) bv[j] = Bs[kk][tx + j * CS];
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TN; ++j) acc[i][j] += av[i] * bv[j];
+        }
+        __syncthreads();   // everyone is done reading before the next tile overwrites it
+    }
+
+    // ---- epilogue: write the register block (problem-specific layout, bias, split slab)
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int gm = m0 + ty + i * RS;
+        if (gm >= M) continue;
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+            const int gc = n0 + tx + j * CS;
+            if (gc < Ncols) prob.store(gm, gc, acc[i][j]);
+        }
+    }
+}
+
+// ================================================================== extern "C" entry points
+#define CONV_SHAPE_PARAMS                                                              \
+    int N, int C, int H, int W, int O, int kH, int kW, int sH, int sW, int pH, int pW,     \
+    int Ho, int Wo
+#define CONV_SHAPE_INIT {N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo}
+
+// conv2d_forward_<cfg>_<dt>(x, w, bias, y, has_bias, shape...)
+//   grid (ceil(N*Ho*Wo / BN), ceil(O / BM), 1)
+// conv2d_backward_input_<cfg>_<dt>(gy, w, gx, shape...)
+//   grid (ceil(N*H*W / BN), ceil(C / BM), 1)
+// conv2d_backward_weight_<cfg>_<dt>(gy, x, ws, k_chunk, shape...)
+//   grid (ceil(C*kH*kW / BN), ceil(O / BM), splits); ws holds `splits` slabs of O*C*kH*kW
+#define CONV_KERNELS(CFG, BM, BN, BK, TM, TN, T, DT)                                      \
+extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN))                        \
+conv2d_forward_##CFG##_##DT(const T* __restrict__ x, const T* __restrict__ w,              \
+                            const T* __restrict__ bias, T* __restrict__ y, int has_bias,   \
+                            CONV_SHAPE_PARAMS)                                             \
+{                                                                                          \
+    ConvForward<T> prob{x, w, bias, y, has_bias, CONV_SHAPE_INIT,                          \
+                        C * kH * kW, kH * kW, H * W, Ho * Wo};                             \
+    const int K = C * kH * kW;                                                             \
+    implicit_gemm<T, BM, BN, BK, TM, TN>(prob, O, N * Ho * Wo, K, K);                     \
+}                                                                                          \
+extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN))                        \
+conv2d_backward_input_##CFG##_##DT(const T* __restrict__ gy, const T* __restrict__ w,      \
+                                   T* __restrict__ gx, CONV_SHAPE_PARAMS)                  \
+{                                                                                          \
+    ConvBackwardInput<T> prob{gy, w, gx, CONV_SHAPE_INIT, kH * kW, H * W, Ho * Wo};       \
+    const int K = O * kH * kW;                                                             \
+    implicit_gemm<T, BM, BN, BK, TM, TN>(prob, C, N * H * W, K, K);                       \
+}                                                                                          \
+extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN))                        \
+conv2d_backward_weight_##CFG##_##DT(const T* __restrict__ gy, const T* __restrict__ x,     \
+                                    T* __restrict__ ws, int k_chunk, CONV_SHAPE_PARAMS)    \
+{                                                                                          \
+    ConvBackwardWeight<T> prob{gy, x, ws, CONV_SHAPE_INIT, kH * kW, H * W, Ho * Wo,        \
+                               C * kH * kW, O * C * kH * kW};                              \
+    implicit_gemm<T, BM, BN, BK, TM, TN>(prob, O, C * kH * kW, N * Ho * Wo, k_chunk);     \
+}
+
+CONV_KERNELS(m32n128, 32, 128, 16, 4, 4, float, f32)
+CONV_KERNELS(m32n128, 32, 128, 16, 4, 4, double, f64)
+CONV_KERNELS(m64n64, 64, 64, 16, 4, 4, float, f32)
+CONV_KERNELS(m64n64, 64, 64, 16, 4, 4, double, f64)
+CONV_KERNELS(m128n128, 128, 128, 8, 8, 8, float, f32)
+// (no m128n128 for double: 64 double accumulators per thread would spill registers)
+
+// ================================================================== split-K reduction
+// out[e] = ws[0*size + e] + ws[1*size + e] + ... (slabs in order: deterministic)
+template <typename T>
+__device__ __forceinline__ void splitk_reduce(const T* __restrict__ ws, T* __restrict__ out,
+                                              int splits, long long size)
+{
+    GRID_STRIDE_LOOP(e, size) {
+        T s = ws[e];
+        for (int z = 1; z < splits; ++z) s += ws[z * size + e];
+        out[e] = s;
+    }
+}
+#define SPLITK_REDUCE(T, DT)                                                               \
+extern "C" __global__ void splitk_reduce_##DT(const T* __restrict__ ws, T* __restrict__ out, \
+                                              int splits, long long size)                  \
+{ splitk_reduce<T>(ws, out, splits, size); }
+INSTANTIATE_F32_F64(SPLITK_REDUCE)

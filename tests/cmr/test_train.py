@@ -1,0 +1,139 @@
+"""cmr.train / evaluate / predict end to end, on small phantom runs and on real data."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cmr import checkpoint, train
+
+TINY = dict(train.DEFAULTS, base=2, depth=2, epochs=2, batch_size=4, phantom_train=8,
+            phantom_val=4, lr=1e-2)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def quiet(*_):
+    pass
+
+
+def test_phantom_run_writes_everything(tmp_path):
+    history = train.run(TINY, tmp_path, say=quiet, progress=False)
+    assert [h["epoch"] for h in history] == [1, 2]
+    for name in ("last.npz", "best.npz", "log.jsonl", "curves.png", "config.json"):
+        assert (tmp_path / name).is_file(), name
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and set(json.loads(lines[0])["val_dice"]) == {"RV", "Myo", "LV", "mean"}
+
+
+def test_checkpoint_is_data_not_code(tmp_path):
+    train.run(dict(TINY, epochs=1), tmp_path, say=quiet, progress=False)
+    with np.load(tmp_path / "last.npz", allow_pickle=False) as z:     # raises if pickled
+        assert all(z[k].dtype != object for k in z.files)
+        meta = json.loads(str(z["meta"]))
+    assert meta["epoch"] == 1 and meta["model"]["base"] == 2
+    model, _ = checkpoint.load_model(tmp_path / "last.npz")
+    assert model.num_parameters() > 0
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
+    cfg = dict(TINY, epochs=3)
+    train.run(cfg, tmp_path / "straight", say=quiet, progress=False)
+    train.run(dict(cfg, epochs=1), tmp_path / "resumed", say=quiet, progress=False)
+    train.run(cfg, tmp_path / "resumed", resume=True, say=quiet, progress=False)
+    _, a, oa = checkpoint.load(tmp_path / "straight" / "last.npz")
+    _, b, ob = checkpoint.load(tmp_path / "resumed" / "last.npz")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    for sa, sb in zip(oa, ob):
+        for k in sa:
+            np.testing.assert_array_equal(sa[k], sb[k])
+
+
+def test_training_lowers_the_loss_on_the_phantom(tmp_path):
+    history = train.run(dict(TINY, base=4, epochs=4, phantom_train=16, lr=5e-3, init="he"),
+                        tmp_path, say=quiet, progress=False)
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+
+
+@pytest.mark.parametrize("loss", ["dice", "ce+dice", "focal"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "adagrad"])
+def test_every_loss_and_optimizer_runs(tmp_path, loss, optimizer):
+    history = train.run(dict(TINY, epochs=1, loss=loss, optimizer=optimizer,
+                             schedule="cosine"), tmp_path, say=quiet, progress=False)
+    assert np.isfinite(history[0]["loss"])
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    train.run(dict(TINY, epochs=1), tmp_path, say=quiet, progress=False)
+    before = (tmp_path / "last.npz").read_bytes()
+    with pytest.raises(train.NonFiniteLoss, match="loss became"):
+        train.run(dict(TINY, epochs=2, lr=1e30), tmp_path, resume=True, say=quiet,
+                  progress=False)
+    assert (tmp_path / "last.npz").read_bytes() == before
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=600)
+
+
+def test_cli_errors_are_one_clear_line(tmp_path):
+    r = run_cli("cmr.train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "error: data folder not found" in r.stderr.replace("\n", " ") \
+        or "not found" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run_cli("cmr.train", "--epochs", "0", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "--epochs must be >= 1" in r.stderr
+    r = run_cli("cmr.evaluate", "--checkpoint", str(tmp_path / "missing.npz"), "--data", ".")
+    assert r.returncode == 2 and "checkpoint not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cuda_backend_without_gpu_is_a_clear_message(tmp_path):
+    from minicnn import backend
+    try:
+        backend.get("cuda")
+        pytest.skip("a CUDA GPU is usable here")
+    except Exception:
+        pass
+    r = run_cli("cmr.train", "--backend", "cuda", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_evaluate_and_predict_cli(tmp_path):
+    from PIL import Image
+    from cmr.phantom import make_phantom
+    train.run(dict(TINY, epochs=1), tmp_path / "run", say=quiet, progress=False)
+    split = make_phantom(3, seed=5)
+    for sub in ("image", "mask"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    for name, im, m in zip(split.names, split.images, split.masks):
+        Image.fromarray((im * 255).astype(np.uint8)).save(tmp_path / "data" / "image" / f"{name}.png")
+        Image.fromarray(m).save(tmp_path / "data" / "mask" / f"{name}_mask.png")
+    ckpt = str(tmp_path / "run" / "best.npz")
+    r = run_cli("cmr.evaluate", "--checkpoint", ckpt, "--data", str(tmp_path / "data"),
+                "--json", str(tmp_path / "e.json"), "--csv", str(tmp_path / "e.csv"))
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert set(result["dice"]) == {"RV", "Myo", "LV", "mean"} and len(result["per_image"]) == 3
+    assert len((tmp_path / "e.csv").read_text().splitlines()) == 4
+    r = run_cli("cmr.predict", "--checkpoint", ckpt, "--input", str(tmp_path / "data"),
+                "--out", str(tmp_path / "pred"))
+    assert r.returncode == 0, r.stderr
+    masks = sorted((tmp_path / "pred").glob("*_mask.png"))
+    assert len(masks) == 3 and len(list((tmp_path / "pred" / "overlay").glob("*.png"))) == 3
+    values = np.array(Image.open(masks[0]))
+    assert values.shape == (96, 96) and values.max() <= 3
+
+
+REAL = os.environ.get("CMR_DATA")
+
+
+@pytest.mark.skipif(not REAL, reason="CMR_DATA not set: real-data test skipped")
+def test_short_training_on_real_data_lowers_the_loss(tmp_path):
+    cfg = dict(train.DEFAULTS, data=str(Path(REAL) / "cmr"), base=4, epochs=3, batch_size=10,
+               lr=3e-3, augment=False)
+    history = train.run(cfg, tmp_path, say=quiet, progress=False)
+    assert history[-1]["loss"] < history[0]["loss"]
