@@ -19,6 +19,21 @@ from .predict import predict_masks
 CLASSES = ("RV", "Myo", "LV")
 
 
+def load_split(directory, which="default", seed=0):
+    """The labelled slices to score. ``default``: a folder's every slice, or a coursework root's
+    val split; ``train``/``val``/``test``: that part of the 50/10/40 split that ``cmr.train``
+    makes with the same ``seed`` (by patient where patients are known)."""
+    if which == "default":
+        return data.load_eval_split(directory)
+    layout = data.detect_layout(directory)
+    if layout == "coursework":
+        return data.load_coursework(directory, which)
+    split = data.load_manifest_folder(directory) if layout == "flat" else data.load_folder(directory)
+    parts = (data.split_by_patient if split.patients is not None else data.split_by_slice)(
+        split, seed=seed)
+    return parts[("train", "val", "test").index(which)]
+
+
 def evaluate(model, split, device="cpu", batch_size=16, flip_tta=False):
     """The metrics dictionary of ``cmr.metrics.evaluate_masks`` for ``split``."""
     preds = predict_masks(model, split.images, batch_size, device, flip_tta)
@@ -42,12 +57,22 @@ def main(argv=None):
     parser.add_argument("--backend", choices=["numpy", "cuda"], default="numpy")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--flip-tta", action="store_true", help="test-time left-right flip")
+    parser.add_argument("--split", choices=["default", "train", "val", "test"], default="default",
+                        help="which part of DIR to score (default: all of an image/+mask/ folder,"
+                        " or the val split of a coursework root)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split (as in training)")
+    parser.add_argument("--transpose", action="store_true",
+                        help="transpose the slices first (acdc96 vs a model trained on cmr)")
     args = parser.parse_args(argv)
     try:
         device = "cuda" if args.backend == "cuda" else "cpu"
         minicnn.backend.get(device)
         model, _ = checkpoint.load_model(args.checkpoint, device)
-        split = data.load_eval_split(args.data)
+        split = load_split(args.data, args.split, args.seed)
+        if not split.has_masks:
+            raise data.CMRDataError(f"{args.data}: the {args.split} split has no masks to score")
+        if args.transpose:
+            split = split.transposed()
         result = evaluate(model, split, device, args.batch_size, args.flip_tta)
     except (data.CMRDataError, checkpoint.CheckpointError, ValueError,
             minicnn.backend.BackendUnavailable) as err:

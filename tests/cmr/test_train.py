@@ -137,3 +137,22 @@ def test_short_training_on_real_data_lowers_the_loss(tmp_path):
                lr=3e-3, augment=False)
     history = train.run(cfg, tmp_path, say=quiet, progress=False)
     assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_evaluate_can_score_the_held_out_part_of_a_split(tmp_path):
+    from PIL import Image
+    from cmr import data, evaluate
+    from cmr.phantom import make_phantom
+    split = make_phantom(10, seed=2)
+    for sub in ("image", "mask"):
+        (tmp_path / sub).mkdir()
+    for i, (im, m) in enumerate(zip(split.images, split.masks)):
+        name = f"patient{i // 2:03d}_frame01_slice{i % 2:02d}"
+        Image.fromarray((im * 255).astype(np.uint8)).save(tmp_path / "image" / f"{name}.png")
+        Image.fromarray(m).save(tmp_path / "mask" / f"{name}_mask.png")
+    whole = evaluate.load_split(tmp_path)
+    test = evaluate.load_split(tmp_path, "test", seed=3)
+    expected = data.split_by_patient(data.load_folder(tmp_path), seed=3)[2]
+    assert len(whole) == 10 and test.names == expected.names
+    train_part = evaluate.load_split(tmp_path, "train", seed=3)
+    assert not set(train_part.patients) & set(test.patients)
