@@ -207,3 +207,14 @@ def test_focal_with_gamma_zero_is_cross_entropy():
     a = F.focal_loss(minicnn.Tensor(x), t, 0.0, w).item()
     b = F.cross_entropy(minicnn.Tensor(x), t, w).item()
     assert abs(a - b) < 1e-12
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_focal_loss_saturated_logits_have_finite_zero_gradient(gamma):
+    """p_t rounding to 1: (1-p_t)^(gamma-1) is infinite, but the gradient's limit is 0."""
+    import minicnn
+    x = minicnn.Tensor(np.array([[50.0, 0.0, 0.0]]), requires_grad=True)
+    loss = F.focal_loss(x, np.array([0]), gamma)
+    loss.backward()
+    assert np.isfinite(loss.item()) and np.all(np.isfinite(x.grad))
+    np.testing.assert_allclose(x.grad, 0.0, atol=1e-20)

@@ -142,7 +142,10 @@ def focal_loss(logits, target, gamma=2.0, weight=None, reduction="mean"):
     logp_t = arithmetic.sum(logp * Tensor(one_hot(t, logits.shape[1], logits.dtype, xp)), 1)
     p_t = arithmetic.exp(logp_t)
     wt = xp.ones(t.shape, dtype=logits.dtype) if w is None else w[t]
-    loss = -(Tensor(wt) * (1.0 - p_t) ** float(gamma) * logp_t)
+    # u = 1 - p_t; adding the smallest normal number changes no u > 0, but keeps u^(gamma-1)
+    # finite where p_t rounds to 1 (there log p_t = 0 and the true gradient is 0, not NaN)
+    u = (1.0 - p_t) + float(xp.finfo(logits.dtype).tiny)
+    loss = -(Tensor(wt) * u ** float(gamma) * logp_t)
     if reduction == "none":
         return loss
     total = arithmetic.sum(loss)

@@ -1,0 +1,272 @@
+"""The documentation cannot lie: its examples run, its generated parts are fresh, it covers
+the whole API, the paths it names exist, and it builds with ``mkdocs build --strict``.
+
+* every ```` ```python ```` block of each ``docs/**/*.md`` page is executed; the blocks of one
+  page run in order in one shared namespace (a block is skipped only when its fence says
+  ``title="not run"``); a ```` ```text title="output" ```` block right after a Python block
+  must equal what that block printed;
+* the U-Net table and receptive field (``docs/generated/``) equal a fresh run of
+  ``docs/scripts/unet_table.py``, and the exact receptive field agrees with autograd;
+* every name of ``minicnn.functional.__all__`` and every optimizer has a heading on some page
+  and is called in an executed example of that page;
+* every repository path written in code formatting on a page (``minicnn/tensor.py``,
+  ``tests/test_ops.py::test_conv2d``) exists, and so does the function after ``::``;
+* every image a page shows is drawn by ``docs/scripts/make_figures.py``;
+* ``mkdocs build --strict`` succeeds (skipped, with the reason, where mkdocs or a plugin the
+  site needs is not installed).
+"""
+import contextlib
+import importlib.util
+import io
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+import minicnn.functional as F
+from minicnn import optim
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = os.path.join(ROOT, "docs")
+SCRIPTS = os.path.join(DOCS, "scripts")
+OPTIMIZERS = ("Adam", "SGD", "Adagrad")
+NOT_RUN = 'title="not run"'
+
+FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w+-]*)(?P<attrs>[^`]*)$")
+
+
+def pages():
+    """Every Markdown page, relative to docs/, sorted."""
+    found = []
+    for folder, _, files in os.walk(DOCS):
+        found += [os.path.relpath(os.path.join(folder, f), DOCS) for f in files if f.endswith(".md")]
+    return sorted(found)
+
+
+def read(page):
+    with open(os.path.join(DOCS, page), encoding="utf-8") as f:
+        return f.read()
+
+
+def fenced_blocks(text):
+    """``[(lang, attrs, code, first_line)]`` of the fenced code blocks of a Markdown text."""
+    blocks, lines, i = [], text.split("\n"), 0
+    while i < len(lines):
+        m = FENCE.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        indent, fence = m.group("indent"), m.group("fence")
+        body, j = [], i + 1
+        while j < len(lines) and not re.match(rf"^{re.escape(indent)}{fence[0]}{{{len(fence)},}}\s*$",
+                                              lines[j]):
+            body.append(lines[j][len(indent):] if lines[j].startswith(indent) else lines[j])
+            j += 1
+        if j == len(lines):
+            raise AssertionError(f"unclosed code fence at line {i + 1}")
+        blocks.append((m.group("lang"), m.group("attrs").strip(), "\n".join(body), i + 1,
+                       j + 1))
+        i = j + 1
+    return blocks
+
+
+def examples(page):
+    """``[(code, line, expected_output or None)]``: the page's Python blocks to execute."""
+    text = read(page)
+    lines = text.split("\n")
+    blocks = fenced_blocks(text)
+    out = []
+    for k, (lang, attrs, code, start, end) in enumerate(blocks):
+        if lang != "python" or NOT_RUN in attrs:
+            continue
+        expected = None
+        if k + 1 < len(blocks):
+            nlang, nattrs, ncode, nstart, _ = blocks[k + 1]
+            between = lines[end:nstart - 1]
+            if nlang == "text" and 'title="output"' in nattrs and not any(s.strip() for s in between):
+                expected = ncode
+        out.append((code, start, expected))
+    return out
+
+
+PAGES = pages()
+EXAMPLE_PAGES = [p for p in PAGES if examples(p)]
+
+
+def run_page(page):
+    """Execute the page's Python blocks in order, in one namespace; check printed outputs."""
+    namespace = {"__name__": f"docs:{page}"}
+    for code, line, expected in examples(page):
+        buffer = io.StringIO()
+        # leading newlines: tracebacks then give the line number in the .md file
+        compiled = compile("\n" * line + code, os.path.join(DOCS, page), "exec")
+        with contextlib.redirect_stdout(buffer):
+            exec(compiled, namespace)      # noqa: S102  (the docs' own examples)
+        if expected is not None:
+            printed = "\n".join(s.rstrip() for s in buffer.getvalue().rstrip("\n").split("\n"))
+            shown = "\n".join(s.rstrip() for s in expected.rstrip("\n").split("\n"))
+            assert printed == shown, (f"docs/{page}, block at line {line}: the output block "
+                                      f"says\n{shown}\nbut the code prints\n{printed}")
+    return namespace
+
+
+# ---------------------------------------------------------------------------------- examples
+def test_fence_parser():
+    text = "a\n```python\nx = 1\n```\n\n```text title=\"output\"\n1\n```\n    ```python\n    y = 2\n    ```\n"
+    blocks = fenced_blocks(text)
+    assert [(b[0], b[2]) for b in blocks] == [("python", "x = 1"), ("text", "1"), ("python", "y = 2")]
+
+
+def test_every_page_is_there():
+    expected = {"index.md", "autograd.md", "ops.md", "optimizers.md", "unet.md", "cuda.md",
+                "layers/conv2d.md", "layers/conv_transpose2d.md", "layers/max_pool2d.md",
+                "layers/relu.md", "layers/cat.md", "losses/cross_entropy.md",
+                "losses/dice_loss.md", "losses/focal_loss.md"}
+    assert expected <= set(PAGES)
+
+
+def test_examples_are_not_switched_off():
+    skipped = [p for p in PAGES for lang, attrs, *_ in fenced_blocks(read(p))
+               if lang == "python" and NOT_RUN in attrs]
+    assert len(skipped) <= 2, f"too many Python blocks marked not run: {skipped}"
+
+
+@pytest.mark.parametrize("page", EXAMPLE_PAGES)
+def test_page_examples_run(page):
+    run_page(page)
+
+
+def test_every_content_page_has_an_example():
+    content = [p for p in PAGES if not p.startswith("generated/")]
+    assert sorted(set(content) - set(EXAMPLE_PAGES)) == []
+
+
+# ---------------------------------------------------------------------------------- coverage
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(f"docs_{name}", os.path.join(SCRIPTS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _headings(text):
+    return [line for line in text.split("\n") if re.match(r"^#{1,6} ", line)]
+
+
+def _code(text):
+    return "\n".join(code for lang, attrs, code, *_ in fenced_blocks(text)
+                     if lang == "python" and NOT_RUN not in attrs)
+
+
+@pytest.mark.parametrize("name", F.__all__ + ["optim." + o for o in OPTIMIZERS])
+def test_api_is_documented(name):
+    """A heading names it (in code formatting) and an executed example on that page uses it."""
+    short = name.split(".")[-1]
+    heading = re.compile(rf"`(?:F\.|optim\.)?{re.escape(short)}(?:\(\))?`")
+    call = re.compile(rf"\b(?:F|functional|optim)\.{re.escape(short)}\b(?!\.)")   # called or passed
+    homes = [p for p in PAGES if any(heading.search(h) for h in _headings(read(p)))]
+    assert homes, f"no page has a heading with `{short}`"
+    assert any(call.search(_code(read(p))) for p in homes), \
+        f"no executed example calls {name} on its page(s) {homes}"
+
+
+def test_all_optimizers_are_the_documented_ones():
+    classes = {n for n, v in vars(optim).items()
+               if isinstance(v, type) and issubclass(v, optim.Optimizer) and v is not optim.Optimizer}
+    assert classes == set(OPTIMIZERS), "a new optimizer needs a section in docs/optimizers.md"
+
+
+PATH = re.compile(r"`((?:minicnn|cmr|kernels|tests|docs|benchmarks)/[\w./*-]+?)(?:::(\w+))?`")
+
+
+def test_named_source_paths_exist():
+    missing = []
+    for page in PAGES:
+        for path, name in PATH.findall(read(page)):
+            if "*" in path:
+                folder, pattern = os.path.split(path)
+                ok = os.path.isdir(os.path.join(ROOT, folder)) and any(
+                    re.fullmatch(pattern.replace(".", r"\.").replace("*", ".*"), f)
+                    for f in os.listdir(os.path.join(ROOT, folder)))
+                if not ok:
+                    missing.append(f"{page}: {path}")
+                continue
+            full = os.path.join(ROOT, path)
+            if not os.path.exists(full):
+                missing.append(f"{page}: {path}")
+            elif name:
+                with open(full, encoding="utf-8") as f:
+                    source = f.read()
+                if not re.search(rf"(\bdef|\bclass|__global__ void|\bstruct)\s+{name}\b|^{name}\s*=",
+                                 source, re.M) and not re.search(rf"\b{name}\b", source):
+                    missing.append(f"{page}: {path}::{name}")
+    assert not missing, "pages name paths that do not exist:\n" + "\n".join(missing)
+
+
+def test_images_are_drawn_by_the_figure_script():
+    figures = set(_load_script("make_figures").FIGURES)
+    shown = set()
+    for page in PAGES:
+        shown |= {os.path.splitext(os.path.basename(m))[0]
+                  for m in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", read(page))}
+    assert shown <= figures, f"images not drawn by make_figures.py: {shown - figures}"
+    missing = [f for f in figures if not os.path.exists(os.path.join(DOCS, "img", f + ".png"))]
+    assert not missing, f"run python docs/scripts/make_figures.py: missing {missing}"
+    content = [p for p in PAGES if not p.startswith("generated/")]
+    bare = [p for p in content if not re.search(r"!\[[^\]]*\]\([^)]+\.png\)", read(p))]
+    assert not bare, f"pages without a figure: {bare}"
+
+
+# ---------------------------------------------------------------------------------- U-Net
+@pytest.fixture(scope="module")
+def unet_table():
+    return _load_script("unet_table")
+
+
+def test_unet_table_is_up_to_date(unet_table):
+    for path, text in unet_table.generate().items():
+        rel = os.path.relpath(path, ROOT)
+        assert os.path.exists(path), f"{rel} is missing: run python docs/scripts/unet_table.py"
+        with open(path, encoding="utf-8") as f:
+            committed = f.read()
+        assert committed == text, f"{rel} is stale: run python docs/scripts/unet_table.py"
+
+
+def test_unet_page_includes_the_generated_files():
+    text = read("unet.md")
+    for name in ("unet_table.md", "unet_receptive_field.md"):
+        assert f'--8<-- "generated/{name}"' in text
+
+
+def test_exact_receptive_field_matches_autograd(unet_table):
+    exact = unet_table.exact_extents()
+    small, large = min(exact, key=exact.get), max(exact, key=exact.get)
+    measured, _ = unet_table.measured_receptive_field([small, large])
+    assert measured == {small: (exact[small],) * 2, large: (exact[large],) * 2}
+
+
+# ---------------------------------------------------------------------------------- the site
+def _missing_site_packages():
+    needed = {"mkdocs": "mkdocs", "material": "mkdocs-material", "pymdownx": "pymdown-extensions"}
+    return [pkg for module, pkg in needed.items() if importlib.util.find_spec(module) is None]
+
+
+def test_mkdocs_build_strict(tmp_path):
+    missing = _missing_site_packages()
+    if missing:
+        pytest.skip(f"cannot build the site: {', '.join(missing)} not installed "
+                    "(pip install '.[docs]')")
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet",
+                             "-f", os.path.join(ROOT, "mkdocs.yml"), "-d", str(tmp_path / "site")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
+    for page in PAGES:
+        if page.startswith("generated/"):
+            continue
+        html = page[:-3] + "/index.html" if page != "index.md" else "index.html"
+        assert (tmp_path / "site" / html).exists(), f"{page} was not built"
+    unet = (tmp_path / "site" / "unet" / "index.html").read_text(encoding="utf-8")
+    assert "31,030,788" in unet, "the generated U-Net table is not in the built page"
