@@ -41,6 +41,9 @@ PRESETS = {
                   phantom_train=160, phantom_val=20),
     # the original coursework recipe, as written
     "original": dict(),
+    # a width-16 U-Net that a 2-core CPU trains in about 15 minutes on the 100 coursework images
+    "cpu16": dict(base=16, init="he", loss="ce+dice", schedule="cosine", lr=1e-3, batch_size=10,
+                  epochs=60),
 }
 
 
