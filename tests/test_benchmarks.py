@@ -1,0 +1,82 @@
+"""The benchmark scripts run (``--quick``, tiny shapes) and write agreeing reports, so they
+cannot rot. Each script runs in a subprocess, exactly as a person would run it."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+
+
+def _torch_cuda():
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def _run(script, device, out):
+    cmd = [sys.executable, os.path.join(BENCH, f"{script}.py"), "--quick", "--device", device,
+           "--out", str(out)]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("script", ["bench_ops", "bench_train"])
+def test_quick_run_writes_agreeing_reports(script, device, tmp_path):
+    if device == "cuda" and not _torch_cuda():
+        pytest.skip("PyTorch has no CUDA here")
+    proc = _run(script, device, tmp_path)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    for ext in ("json", "md", "png"):
+        path = tmp_path / f"{script}.{ext}"
+        assert path.is_file() and path.stat().st_size > 0, f"{path} missing"
+    assert (tmp_path / f"{script}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    data = json.loads((tmp_path / f"{script}.json").read_text())
+    meta = data["meta"]
+    for key in ("date", "command", "cpu", "numpy", "torch", "device"):
+        assert meta.get(key), f"metadata {key} missing"
+    assert meta["device"] == device and "--quick" in meta["command"]
+    assert data["all_agree"] is True
+    rows = data["rows"]
+    assert rows
+    agree = [r["agree"] for r in rows if r.get("agree") is not None]
+    assert agree and all(v is True for v in agree)
+    for r in rows:
+        if r.get("ratio") is not None:
+            assert r["ratio"] > 0
+    if script == "bench_ops":
+        kinds = " ".join(r["layer"] for r in rows)
+        for name in ("conv3x3", "conv1x1", "upconv", "maxpool", "relu", "CE", "Adam"):
+            assert name in kinds
+        assert all(r["ours_ms"] > 0 and r["theirs_ms"] > 0 for r in rows)
+        assert all(r["rel_err"] <= r["tol"] for r in rows)
+    else:
+        assert all(v["agree"] is True for v in data["agreement"].values())
+        assert set(data["workers"]) == {"ours", "torch"}
+        assert {"training step", "forward, no_grad"} <= {r["metric"] for r in rows}
+
+    md = (tmp_path / f"{script}.md").read_text()
+    assert md.startswith(f"# {script}") and "--quick" in md and "| ratio ours/theirs |" in md
+
+
+def test_agreement_measure():
+    sys.path.insert(0, BENCH)
+    try:
+        import common
+    finally:
+        sys.path.remove(BENCH)
+    import numpy as np
+    ref = np.array([0.0, 2.0, -4.0])
+    assert common.agreement(ref, ref) == (0.0, True)
+    err, ok = common.agreement(ref + np.array([0, 0, 3e-3]), ref)
+    assert ok and err == pytest.approx(7.5e-4)               # 3e-3 / max(1, 4)
+    assert not common.agreement(ref + np.array([0, 0, 5e-3]), ref)[1]
+    assert not common.agreement(np.zeros(2), np.zeros(3))[1]            # shapes differ
+    assert not common.agreement(np.array([np.nan]), np.array([0.0]))[1]  # NaN never agrees
+    # small values: an absolute tolerance of 1e-3
+    assert common.agreement(np.array([5e-4]), np.array([0.0]))[1]
