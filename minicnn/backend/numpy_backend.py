@@ -151,7 +151,16 @@ def maxpool2d_forward(x, kernel, stride):
 def maxpool2d_backward(gy, idx, x_shape, kernel, stride):
     """Route each output gradient to the input position that held the max."""
     (kH, kW), (sH, sW) = kernel, stride
-    _, _, Ho, Wo = gy.shape
+    N, C, Ho, Wo = gy.shape
+    if (kH, kW) == (sH, sW) and x_shape[2:] == (Ho * kH, Wo * kW):
+        # windows tile the input exactly (the U-Net's 2x2/2): each input pixel belongs to one
+        # window, so every gradient element is written once, through a view of gx
+        gx = np.empty(x_shape, dtype=gy.dtype)
+        view = gx.reshape(N, C, Ho, kH, Wo, kW)
+        for i in range(kH):
+            for j in range(kW):
+                np.multiply(gy, idx == i * kW + j, out=view[:, :, :, i, :, j])
+        return gx
     gx = np.zeros(x_shape, dtype=gy.dtype)
     for i in range(kH):
         for j in range(kW):
