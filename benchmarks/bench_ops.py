@@ -448,7 +448,8 @@ def parse_args(argv=None):
     p.add_argument("--tf32", action="store_true",
                    help="CUDA: also time PyTorch's convolutions with TF32 (extra rows)")
     p.add_argument("--filter", default=None,
-                   help="only layers whose name contains this text (e.g. 'conv3x3', 'Adam')")
+                   help="only layers whose name contains this text (e.g. 'conv3x3', '@24px', "
+                        "'upconv', 'relu', 'maxpool', 'CE', 'Adam')")
     p.add_argument("--out", default=None, help="write OUT/bench_ops.{json,md,png}")
     args = p.parse_args(argv)
     if args.quick:
@@ -490,14 +491,22 @@ def main(argv=None):
     ops = unet_layers(args.base, args.depth, 1, 4, args.batch, args.size)
     t0 = time.perf_counter()
     for op in ops:
-        label = _conv_name(op) if op["kind"] in ("conv", "upconv") else op["kind"]
-        if args.filter and args.filter.lower() not in \
-                (label + (" Adam" if op["kind"] == "adam" else "")).lower():
+        kind = op["kind"]
+        if kind in ("conv", "upconv"):
+            label = _conv_name(op)
+        elif kind in ("relu", "pool"):
+            label = f"{'relu' if kind == 'relu' else 'maxpool'} {op['shape'][1]}ch @{op['shape'][2]}px"
+        else:
+            label = {"loss": "weighted CE loss", "adam": "Adam"}[kind]
+        if args.filter and args.filter.lower() not in label.lower():
             continue
         getattr(bench, op["kind"])(op)
     elapsed = time.perf_counter() - t0
 
     rows = bench.rows
+    if not rows:
+        print(f"no layer matches --filter {args.filter!r}", file=sys.stderr)
+        return 2
     unit = "TFLOP/s" if bench.cuda else "GFLOP/s"
     columns = [(k, h.format(unit=unit)) for k, h in COLUMNS]
     step_rows = [r for r in rows if not r["tf32"]]

@@ -172,15 +172,18 @@ def _median(values):
     return float(statistics.median(values)) if values else float("nan")
 
 
-def time_host(fn, repeats, warmup=1, budget_s=None, min_repeats=3):
-    """Milliseconds of each of up to ``repeats`` calls of ``fn`` (after ``warmup`` calls),
-    on the host clock. With ``budget_s``, fewer runs (at least ``min_repeats``) when the
-    warm-up shows they would take longer than that."""
-    t_warm = None
-    for _ in range(warmup):
+def time_host(fn, repeats, warmup=1, budget_s=None, min_repeats=3, warm_s=0.05):
+    """Milliseconds of each of up to ``repeats`` calls of ``fn`` (after ``warmup`` calls, and
+    more warm-up calls until ``warm_s`` seconds have passed: a fast op timed straight after a
+    pause would otherwise measure the wake-up of sleeping worker threads and an idle core's
+    clock, not the op), on the host clock. With ``budget_s``, fewer runs (at least
+    ``min_repeats``) when the warm-up shows they would take longer than that."""
+    t_warm, start, done = None, time.perf_counter(), 0
+    while done < warmup or (done < 1000 and time.perf_counter() - start < warm_s):
         t0 = time.perf_counter()
         fn()
         t_warm = time.perf_counter() - t0
+        done += 1
     n = repeats
     if budget_s is not None and t_warm:
         n = max(min(repeats, min_repeats), min(repeats, int(budget_s / t_warm)))

@@ -3,22 +3,29 @@
 # the step limits add up to 280 s).
 #
 #   bash benchmarks/gpu_check.sh            (from the repository root)
+#   bash benchmarks/gpu_check.sh --bench    (adds the full-size benchmarks: about 3 minutes more)
 #
 # Steps (each bounded by `timeout`; a failing step does not stop the others):
 #   1. versions: nvidia-smi, python, numpy, cupy (+ its CUDA runtime), torch, nvcc
 #   2. a direct self-check of every kernel against numpy_backend (all conv tile shapes,
 #      split-K, U-Net-sized layers, pool / relu / loss / optimizers bit for bit), and timings
-#   3. the CUDA op tests:     MINICNN_TEST_CUDA=1 pytest -q -x tests -k cuda
-#   4. the same ops under compute-sanitizer memcheck (CuPy's memory pool switched off, so that
+#   3. the CUDA tests against PyTorch (ops, optimizers, the U-Net, the first training steps
+#      against the NumPy backend):  MINICNN_TEST_CUDA=1 pytest -q tests -k cuda
+#   4. a short training on real data with --backend cuda, then cmr.evaluate and cmr.predict
+#      on the GPU (skipped when the data is not there)
+#   5. with --bench: bench_ops.py and bench_train.py at full size (reports in $OUT/ops, $OUT/train)
+#   6. the op tests under compute-sanitizer memcheck (CuPy's memory pool switched off, so that
 #      an out-of-bounds access is outside any allocation and gets reported), with the bounded
 #      hypothesis profile HYPOTHESIS_PROFILE=ci
-#   5. a short training run on the GPU (skipped when the data is not there)
 # A summary with each step's status ends the output. Everything is also written to
 # $OUT/gpu_check.log when $OUT is set. Exit status: 0 if no step failed, else 1.
 #
 # Environment: PYTHON (default: python3, else python), CMR_DATA (folder holding cmr/;
 # default: shared/data), OUT (optional).
 set -u
+
+BENCH=0
+[ "${1:-}" = "--bench" ] && BENCH=1
 
 cd "$(dirname "$0")/.." || exit 1
 
@@ -299,24 +306,46 @@ sys.exit(pytest.main(["-q", "tests/test_ops.py", "-k", "cuda", "-x", "-p", "no:c
 '
 }
 
+train_eval_predict() {
+    # a short training on real data with --backend cuda, then evaluate and predict on the GPU
+    local run=/tmp/gpu_check_run
+    rm -rf "$run"
+    "$PYTHON" -m cmr.train --backend cuda --data "$CMR_DATA/cmr" --epochs 3 --base 16 \
+        --init he --loss ce+dice --lr 1e-3 --batch-size 10 --out "$run" --no-progress || return 1
+    "$PYTHON" -m cmr.evaluate --backend cuda --checkpoint "$run/best.npz" \
+        --data "$CMR_DATA/cmr" || return 1
+    "$PYTHON" -m cmr.predict --backend cuda --checkpoint "$run/best.npz" \
+        --input "$CMR_DATA/cmr/test/image" --out "$run/pred" || return 1
+    ls "$run/pred" | head -3
+    [ -n "${OUT:-}" ] && cp "$run/log.jsonl" "$OUT/train_log.jsonl"
+    return 0
+}
+
 # (functions run under `timeout` through a child bash, hence export -f)
-export -f versions selfcheck sanitized_ops
-export MINICNN_TEST_CUDA=1
+export -f versions selfcheck sanitized_ops train_eval_predict
+export MINICNN_TEST_CUDA=1                              # a CUDA test fails, not skips, without GPU
 export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}"   # bounded example counts
+export CMR_DATA
 
 step "versions" 30 bash -c versions
 step "kernel self-check vs numpy_backend" 60 bash -c selfcheck
-step "pytest -k cuda" 80 "$PYTHON" -m pytest -q -x tests -k cuda
+step "pytest -k cuda" 120 "$PYTHON" -m pytest -q -p no:cacheprovider tests -k cuda -rs --tb=short
+if [ -d "$CMR_DATA/cmr" ]; then
+    step "train 3 epochs, evaluate, predict on cuda" 60 bash -c train_eval_predict
+else
+    skip "train 3 epochs, evaluate, predict on cuda" "no data at $CMR_DATA/cmr (set CMR_DATA)"
+fi
+if [ "$BENCH" = 1 ]; then
+    # full-size benchmarks (U-Net base 64, batch 25, 96x96): reports under $OUT/ops, $OUT/train
+    step "bench_ops --device cuda --tf32" 90 \
+        "$PYTHON" benchmarks/bench_ops.py --device cuda --tf32 ${OUT:+--out "$OUT/ops"}
+    step "bench_train --device cuda" 75 \
+        "$PYTHON" benchmarks/bench_train.py --device cuda ${OUT:+--out "$OUT/train"}
+fi
 if command -v compute-sanitizer >/dev/null; then
-    step "compute-sanitizer memcheck (test_ops -k cuda)" 60 bash -c sanitized_ops
+    step "compute-sanitizer memcheck (test_ops -k cuda)" 70 bash -c sanitized_ops
 else
     skip "compute-sanitizer memcheck (test_ops -k cuda)" "compute-sanitizer not on PATH"
-fi
-if [ -d "$CMR_DATA/cmr" ]; then
-    step "train 2 epochs on cuda" 50 \
-        "$PYTHON" -m cmr.train --backend cuda --data "$CMR_DATA/cmr" --epochs 2 --base 16 --out /tmp/run
-else
-    skip "train 2 epochs on cuda" "no data at $CMR_DATA/cmr (set CMR_DATA)"
 fi
 
 echo

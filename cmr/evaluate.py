@@ -14,7 +14,7 @@ from pathlib import Path
 import minicnn
 
 from . import checkpoint, data, metrics
-from .predict import predict_masks
+from .predict import overlay, predict_masks
 
 CLASSES = ("RV", "Myo", "LV")
 
@@ -34,10 +34,39 @@ def load_split(directory, which="default", seed=0):
     return parts[("train", "val", "test").index(which)]
 
 
-def evaluate(model, split, device="cpu", batch_size=16, flip_tta=False):
-    """The metrics dictionary of ``cmr.metrics.evaluate_masks`` for ``split``."""
+def evaluate(model, split, device="cpu", batch_size=16, flip_tta=False, return_masks=False):
+    """The metrics dictionary of ``cmr.metrics.evaluate_masks`` for ``split`` (and the
+    predicted label maps with ``return_masks``)."""
     preds = predict_masks(model, split.images, batch_size, device, flip_tta)
-    return metrics.evaluate_masks(preds, split.masks, split.names)
+    result = metrics.evaluate_masks(preds, split.masks, split.names)
+    return (result, preds) if return_masks else result
+
+
+def save_figure(path, split, preds, result, rows=6, title=""):
+    """A PNG grid: image | ground truth | prediction for ``rows`` slices spread evenly over the
+    split (labels blended over the image: RV red, Myo green, LV blue), each row titled with
+    the slice's name and mean Dice."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = len(split)
+    picks = sorted({int(round(i)) for i in
+                    (range(n) if n <= rows else [k * (n - 1) / (rows - 1) for k in range(rows)])})
+    fig, axes = plt.subplots(len(picks), 3, figsize=(6.6, 2.3 * len(picks)), squeeze=False)
+    for row, i in zip(axes, picks):
+        dice = result["per_image"][i]["dice"]
+        mean = sum(dice[c] for c in CLASSES) / len(CLASSES)
+        for ax, picture, label in zip(row, (split.images[i], overlay(split.images[i], split.masks[i]),
+                                            overlay(split.images[i], preds[i])),
+                                      ("image", "ground truth", f"prediction (Dice {mean:.3f})")):
+            ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1)
+            ax.set_title(f"{split.names[i]}: {label}" if label == "image" else label, fontsize=8)
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def format_table(result):
@@ -54,6 +83,8 @@ def main(argv=None):
     parser.add_argument("--data", required=True, help="image/+mask/ folder or coursework root")
     parser.add_argument("--json", help="write the full result (per image too) here")
     parser.add_argument("--csv", help="write one row per image here")
+    parser.add_argument("--figure", help="write a PNG of image | ground truth | prediction here")
+    parser.add_argument("--figure-rows", type=int, default=6, help="slices in --figure (6)")
     parser.add_argument("--backend", choices=["numpy", "cuda"], default="numpy")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--flip-tta", action="store_true", help="test-time left-right flip")
@@ -73,7 +104,8 @@ def main(argv=None):
             raise data.CMRDataError(f"{args.data}: the {args.split} split has no masks to score")
         if args.transpose:
             split = split.transposed()
-        result = evaluate(model, split, device, args.batch_size, args.flip_tta)
+        result, preds = evaluate(model, split, device, args.batch_size, args.flip_tta,
+                                 return_masks=True)
     except (data.CMRDataError, checkpoint.CheckpointError, ValueError,
             minicnn.backend.BackendUnavailable) as err:
         parser.exit(2, f"error: {err}\n")
@@ -81,6 +113,10 @@ def main(argv=None):
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.figure:
+        save_figure(args.figure, split, preds, result, args.figure_rows,
+                    f"{Path(args.checkpoint).name} on {args.data} ({args.split} split): "
+                    f"mean Dice {result['dice']['mean']:.3f}")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             writer = csv.writer(f)

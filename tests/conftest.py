@@ -30,9 +30,13 @@ def _cuda_reason():
 
 @pytest.fixture(params=["cpu", "cuda"], scope="session")
 def device(request):
-    """Run a test once per backend; the CUDA run skips, with the reason, where no GPU is usable."""
+    """Run a test once per backend; the CUDA run skips, with the reason, where no GPU is usable
+    (and fails instead when ``MINICNN_TEST_CUDA=1``, as on the GPU machine, so that a broken
+    CuPy install cannot pass as a row of skips)."""
     if request.param == "cuda":
         reason = _cuda_reason()
+        if reason and os.environ.get("MINICNN_TEST_CUDA") == "1":
+            pytest.fail(f"MINICNN_TEST_CUDA=1 but the CUDA backend is unavailable: {reason}")
         if reason:
             pytest.skip(f"CUDA backend unavailable: {reason}")
     return request.param

@@ -35,6 +35,19 @@ def test_conv_transpose2d(device, case, bias, dtype, seed):
              inputs, device, seed)
 
 
+@given(N=st.integers(1, 3), C=st.integers(1, 6), O=st.integers(1, 6), H=st.integers(1, 5),
+       W=st.integers(1, 5), k=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+       bias=st.booleans(), dtype=dtypes, seed=seeds)
+def test_conv_transpose2d_non_overlapping(device, N, C, O, H, W, k, bias, dtype, seed):
+    """stride = kernel size, no padding: the 1x1-convolution + pixel-shuffle path."""
+    rng = np.random.default_rng(seed)
+    inputs = [rand(rng, (N, C, H, W), dtype), rand(rng, (C, O) + k, dtype)]
+    if bias:
+        inputs.append(rand(rng, (O,), dtype))
+    check_op(lambda *t: F.conv_transpose2d(*t, stride=k),
+             lambda *t: TF.conv_transpose2d(*t, stride=k), inputs, device, seed)
+
+
 def test_conv2d_unet_shapes(device):
     """The U-Net's own layer kinds: 3x3 pad 1, 1x1, and the 2x2 stride-2 up-convolution."""
     rng = np.random.default_rng(0)
@@ -218,3 +231,45 @@ def test_focal_loss_saturated_logits_have_finite_zero_gradient(gamma):
     loss.backward()
     assert np.isfinite(loss.item()) and np.all(np.isfinite(x.grad))
     np.testing.assert_allclose(x.grad, 0.0, atol=1e-20)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_large_batches_split_over_threads(monkeypatch, threads):
+    """ReLU, max-pool and cross-entropy on tensors large enough for the NumPy backend to split the batch
+    over threads (``_over_batch``): same results as PyTorch, forward and gradients."""
+    from minicnn.backend import numpy_backend
+    monkeypatch.setattr(numpy_backend, "_THREADS", threads)
+    monkeypatch.setattr(numpy_backend, "_pool", None)
+    rng = np.random.default_rng(threads)
+    shape = (5, 8, 120, 120)
+    assert np.prod(shape) >= numpy_backend._PARALLEL_MIN_ELEMENTS
+    check_op(F.relu, TF.relu, [rand_away_from_zero(rng, shape, np.float32)])
+    x = rand_distinct(rng, shape, np.float32)
+    for k in (2, 3):
+        check_op(lambda t: F.max_pool2d(t, k), lambda t: TF.max_pool2d(t, k), [x])
+    logits = rand(rng, (5, 4, 180, 180), np.float32)
+    target = rng.integers(0, 4, (5, 180, 180))
+    w = np.array([0.1, 0.3, 0.3, 0.3], np.float32)
+    check_op(lambda a: F.cross_entropy(a, target, w),
+             lambda a: TF.cross_entropy(a, torch.from_numpy(target), torch.from_numpy(w)), [logits])
+
+
+def test_max_pool_offsets_on_ties_and_nan_match_argmax():
+    """The non-overlapping fast path keeps argmax's rules: the first max in row-major order
+    wins a tie, and a NaN counts as the max (the first NaN wins)."""
+    from minicnn.backend import numpy_backend
+
+    def windows(x, k):     # (N, C, Ho, Wo, kH*kW), each window's values in row-major order
+        N, C, H, W = x.shape
+        w = x.reshape(N, C, H // k[0], k[0], W // k[1], k[1]).transpose(0, 1, 2, 4, 3, 5)
+        return w.reshape(N, C, H // k[0], W // k[1], k[0] * k[1])
+    rng = np.random.default_rng(0)
+    for k in ((2, 2), (3, 2), (1, 4)):
+        x = rng.integers(-1, 2, size=(2, 3, 12, 12)).astype(np.float32)   # many ties
+        for nan in (False, True):
+            if nan:
+                x[0, 0, 0, :2] = np.nan
+                x[1, 2, 5, 5] = np.nan
+            y, idx = numpy_backend.maxpool2d_forward(x, k, k)
+            np.testing.assert_array_equal(idx, windows(x, k).argmax(-1))
+            np.testing.assert_array_equal(y, windows(x, k).max(-1))    # NaN where a NaN is

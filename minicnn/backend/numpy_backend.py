@@ -14,8 +14,16 @@ multiply-adds::
 
     cols[n, (c, i, j), (p, q)] = x_pad[n, c, p*sH + i, q*sW + j]
     y[n, o, (p, q)]            = sum_k W[o, k] * cols[n, k, (p, q)]        (+ b[o])
+
+The matrix products use every core through BLAS. The memory-bound elementwise primitives
+(ReLU, max-pool, the loss) would run on one core, since a NumPy ufunc is single-threaded; on
+large batches they split the batch over a few threads instead (``_over_batch``: NumPy releases
+the GIL inside its loops), which is what makes them as fast as PyTorch's. Set
+``MINICNN_NUM_THREADS`` to choose how many (default: the cores this process may use).
 """
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -23,6 +31,29 @@ from numpy.lib.stride_tricks import as_strided
 name = "numpy"
 device = "cpu"
 xp = np
+
+_THREADS = max(1, int(os.environ.get("MINICNN_NUM_THREADS", 0))
+               or len(getattr(os, "sched_getaffinity", lambda _: range(os.cpu_count() or 1))(0)))
+_PARALLEL_MIN_ELEMENTS = 1 << 19    # below ~half a million elements, threads cost more than they save
+_pool = None
+
+
+def _over_batch(fn, n, elements):
+    """Call ``fn(batch_slice)`` on consecutive slices of the batch ``range(n)`` that together
+    cover it: in a few threads when the work (``elements``) is large, else once. ``fn`` writes
+    its part of preallocated outputs, so the parts never overlap."""
+    parts = min(_THREADS, n) if elements >= _PARALLEL_MIN_ELEMENTS else 1
+    if parts <= 1:
+        fn(slice(0, n))
+        return
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="minicnn")
+    bounds = [n * k // parts for k in range(parts + 1)]
+    futures = [_pool.submit(fn, slice(a, b)) for a, b in zip(bounds[1:-1], bounds[2:])]
+    fn(slice(bounds[0], bounds[1]))             # the calling thread does the first part
+    for f in futures:
+        f.result()
 
 
 def asarray(a, dtype=None):
@@ -134,16 +165,38 @@ def conv2d_backward_weight(gy, x, w_shape, stride, padding):
 
 # --------------------------------------------------------------------------- pooling
 def maxpool2d_forward(x, kernel, stride):
-    """Max over each window; also returns, per output, the window offset ``i*kW + j`` of the max."""
+    """Max over each window; also returns, per output, the window offset ``i*kW + j`` of the max
+    (the first one in row-major order on ties; NaN counts as the max, as in ``argmax``)."""
     N, C, H, W = x.shape
     (kH, kW), (sH, sW) = kernel, stride
     Ho, Wo = (H - kH) // sH + 1, (W - kW) // sW + 1
+    itype = np.uint8 if kH * kW <= 256 else np.int32
+    if (kH, kW) == (sH, sW) and kH * kW <= 16:
+        # non-overlapping windows (the U-Net's 2x2/2): kH*kW strided views, one per offset;
+        # the max is a chain of np.maximum (NaN propagates), the offset the first view equal
+        # to it (found last to first, so that the first wins)
+        y = np.empty((N, C, Ho, Wo), x.dtype)
+        idx = np.empty((N, C, Ho, Wo), itype)
+
+        def part(b):
+            views = [x[b, :, i:Ho * kH:kH, j:Wo * kW:kW] for i in range(kH) for j in range(kW)]
+            yb, ib = y[b], idx[b]
+            yb[...] = views[0]
+            for v in views[1:]:
+                np.maximum(yb, v, out=yb)
+            ib[...] = len(views) - 1
+            for k in range(len(views) - 2, -1, -1):
+                np.copyto(ib, k, where=views[k] == yb)
+        _over_batch(part, N, x.size)
+        if not np.isnan(y).any():
+            return y, idx
+        # a NaN in a window matches no view: fall through to argmax for the exact offsets
     if (kH, kW) == (sH, sW):  # non-overlapping windows: a reshape, no copy of the windows
         win = x[:, :, :Ho * kH, :Wo * kW].reshape(N, C, Ho, kH, Wo, kW).transpose(0, 1, 2, 4, 3, 5)
     else:
         win = _windows(x, kernel, stride, (Ho, Wo)).transpose(0, 1, 4, 5, 2, 3)
     win = win.reshape(N, C, Ho, Wo, kH * kW)
-    idx = win.argmax(axis=-1).astype(np.uint8 if kH * kW <= 256 else np.int32)
+    idx = win.argmax(axis=-1).astype(itype)
     y = np.take_along_axis(win, idx[..., None].astype(np.intp), axis=-1)[..., 0]
     return y, idx
 
@@ -157,9 +210,12 @@ def maxpool2d_backward(gy, idx, x_shape, kernel, stride):
         # window, so every gradient element is written once, through a view of gx
         gx = np.empty(x_shape, dtype=gy.dtype)
         view = gx.reshape(N, C, Ho, kH, Wo, kW)
-        for i in range(kH):
-            for j in range(kW):
-                np.multiply(gy, idx == i * kW + j, out=view[:, :, :, i, :, j])
+
+        def part(b):
+            for i in range(kH):
+                for j in range(kW):
+                    np.multiply(gy[b], idx[b] == i * kW + j, out=view[b, :, :, i, :, j])
+        _over_batch(part, N, gx.size)
         return gx
     gx = np.zeros(x_shape, dtype=gy.dtype)
     for i in range(kH):
@@ -171,12 +227,20 @@ def maxpool2d_backward(gy, idx, x_shape, kernel, stride):
 # --------------------------------------------------------------------------- activations
 def relu_forward(x):
     """``max(x, 0)``."""
-    return np.maximum(x, 0)
+    if x.ndim == 0:
+        return np.maximum(x, 0)
+    y = np.empty_like(x)
+    _over_batch(lambda b: np.maximum(x[b], 0, out=y[b]), len(x), x.size)
+    return y
 
 
 def relu_backward(gy, y):
     """``gy * [y > 0]``."""
-    return gy * (y > 0)
+    if y.ndim == 0 or gy.shape != y.shape:
+        return gy * (y > 0)
+    gx = np.empty(y.shape, np.result_type(gy.dtype, y.dtype))
+    _over_batch(lambda b: np.multiply(gy[b], y[b] > 0, out=gx[b]), len(y), y.size)
+    return gx
 
 
 # --------------------------------------------------------------------------- loss
@@ -187,12 +251,21 @@ def softmax_cross_entropy_forward(x, t, w):
     ``t.shape``, and the probabilities ``p = softmax(x)`` kept for the backward pass.
     Uses the stable ``log softmax = x - max - log(sum(exp(x - max)))``.
     """
-    z = x - x.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    s = e.sum(axis=1, keepdims=True)
-    logp_t = np.take_along_axis(z, t[:, None], axis=1)[:, 0] - np.log(s[:, 0])
-    wt = np.ones(t.shape, dtype=x.dtype) if w is None else w[t]
-    return -wt * logp_t, wt, e / s
+    loss = np.empty(t.shape, x.dtype)
+    wt = np.empty(t.shape, x.dtype)
+    p = np.empty_like(x)
+
+    def part(b):        # the images b of the batch (every position is independent)
+        xb, tb = x[b], t[b]
+        z = xb - xb.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        s = e.sum(axis=1, keepdims=True)
+        logp_t = np.take_along_axis(z, tb[:, None], axis=1)[:, 0] - np.log(s[:, 0])
+        wt[b] = 1 if w is None else w[tb]
+        np.multiply(-wt[b], logp_t, out=loss[b])
+        np.divide(e, s, out=p[b])
+    _over_batch(part, len(x), x.size)
+    return loss, wt, p
 
 
 def softmax_cross_entropy_backward(p, t, w, g):
@@ -201,10 +274,16 @@ def softmax_cross_entropy_backward(p, t, w, g):
     ``g`` is the upstream gradient per position, of ``t``'s shape (possibly a broadcast view of
     one value, as for a mean or sum reduction).
     """
-    scale = g if w is None else g * w[t]
-    gx = p.copy()
-    np.put_along_axis(gx, t[:, None], np.take_along_axis(p, t[:, None], axis=1) - 1, axis=1)
-    gx *= np.expand_dims(scale, 1)
+    gx = np.empty_like(p)
+
+    def part(b):
+        tb = t[b]
+        scale = g[b] if w is None else g[b] * w[tb]
+        gx[b] = p[b]
+        np.put_along_axis(gx[b], tb[:, None], np.take_along_axis(p[b], tb[:, None], axis=1) - 1,
+                          axis=1)
+        gx[b] *= np.expand_dims(scale, 1)
+    _over_batch(part, len(p), p.size)
     return gx
 
 

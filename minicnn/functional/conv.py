@@ -84,6 +84,17 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
     * ``dL/dW[c,o,i,j] = sum_{n,p,q} x[n,c,p,q] g_pad[n,o,p*sH+i,q*sW+j]``
       (conv2d's weight gradient with the roles of input and output gradient swapped);
     * ``dL/db[o] = sum_{n,p,q} g[n,o,p,q]``.
+
+    When the kernel tiles the output without overlap (stride = kernel size, no padding, as
+    the U-Net's 2x2 stride-2 up-convolution), each input pixel owns its own ``kH x kW`` output
+    block, and the op is a 1x1 convolution to ``C_out*kH*kW`` channels followed by a
+    rearrangement of those channels into the blocks ("pixel shuffle")::
+
+        z = conv2d(x, W1),  W1[o*kH*kW + i*kW + j, c, 0, 0] = W[c, o, i, j]
+        y[n, o, p*kH + i, q*kW + j] = z[n, o*kH*kW + i*kW + j, p, q]
+
+    The gradients are then those of the 1x1 convolution on the un-shuffled ``g``. Same
+    numbers, one dense matrix product instead of a scatter.
     """
     bk, stride, padding = _check_common(x, weight, bias, stride, padding, "conv_transpose2d")
     N, C, H, W = x.shape
@@ -97,6 +108,8 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
     if Ho < 1 or Wo < 1:
         raise ValueError(f"conv_transpose2d: output size {Ho}x{Wo} is empty for input "
                          f"{x.shape}, kernel {kH}x{kW}, stride {stride}, padding {padding}")
+    if stride == (kH, kW) and padding == (0, 0):
+        return _conv_transpose2d_blocks(bk, x, weight, bias)
     y = bk.conv2d_backward_input(x.data, weight.data, (N, O, Ho, Wo), stride, padding)
     if bias is not None:
         y = y + bias.data.reshape(1, O, 1, 1)
@@ -106,6 +119,31 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
             if x.requires_grad else None
         gw = bk.conv2d_backward_weight(x.data, g, weight.shape, stride, padding) \
             if weight.requires_grad else None
+        gb = g.sum(axis=(0, 2, 3)) if bias is not None and bias.requires_grad else None
+        return gx, gw, gb
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    return make_result(y, parents, backward)
+
+
+def _conv_transpose2d_blocks(bk, x, weight, bias):
+    """``conv_transpose2d`` with stride = kernel size and no padding: a 1x1 convolution and a
+    pixel shuffle (see the docstring of ``conv_transpose2d``)."""
+    N, C, H, W = x.shape
+    _, O, kH, kW = weight.shape
+    w1 = weight.data.reshape(C, O * kH * kW).T.reshape(O * kH * kW, C, 1, 1)
+    one, zero = (1, 1), (0, 0)
+    z = bk.conv2d_forward(x.data, w1, None, one, zero)                   # (N, O*kH*kW, H, W)
+    y = z.reshape(N, O, kH, kW, H, W).transpose(0, 1, 4, 2, 5, 3).reshape(N, O, H * kH, W * kW)
+    if bias is not None:
+        y = y + bias.data.reshape(1, O, 1, 1)
+
+    def backward(g):
+        gz = g.reshape(N, O, H, kH, W, kW).transpose(0, 1, 3, 5, 2, 4).reshape(N, O * kH * kW, H, W)
+        gx = bk.conv2d_backward_input(gz, w1, x.shape, one, zero) if x.requires_grad else None
+        gw = None
+        if weight.requires_grad:
+            gw1 = bk.conv2d_backward_weight(gz, x.data, w1.shape, one, zero)
+            gw = gw1.reshape(O * kH * kW, C).T.reshape(C, O, kH, kW)
         gb = g.sum(axis=(0, 2, 3)) if bias is not None and bias.requires_grad else None
         return gx, gw, gb
     parents = (x, weight) if bias is None else (x, weight, bias)

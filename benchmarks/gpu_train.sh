@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# gpu_train.sh -- the full-width (base 64, 31M parameters) training runs of the README's results,
+# on one GPU with --backend cuda, side by side (the GPU has room for all three at once):
+#
+#   A   --preset gpu64 on cmr/train, scored on cmr/val                         (lr 5e-4)
+#   A2  the same with --lr 1e-3
+#   B   --preset gpu64 --epochs 30 on cmr/train + the training patients of acdc96, scored on
+#       cmr/val and on the held-out acdc96 patients (--split test --transpose)
+#
+#   A3, A4  (SET=lr) --preset gpu64 --epochs 150 on cmr/train with --lr 2e-4 and 3e-4
+#
+#   CMR_DATA=../shared/data OUT=results bash benchmarks/gpu_train.sh          (A, A2, B)
+#   CMR_DATA=../shared/data OUT=results SET=lr bash benchmarks/gpu_train.sh   (A3, A4)
+#
+# Each run is bounded by LIMIT seconds (default 330): a run cut short keeps its best.npz, which
+# is then evaluated, and results.json says how many epochs each run completed. Writes to $OUT:
+# results.json (every run's per-epoch log and evaluations), train.log, and figures
+# (image | ground truth | prediction). Checkpoints stay in $RUNS (default /dev/shm/cmr_runs):
+# a width-64 checkpoint with Adam's state is 372 MB.
+set -u
+cd "$(dirname "$0")/.." || exit 1
+PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
+CMR_DATA="${CMR_DATA:-shared/data}"
+OUT="${OUT:-runs/gpu_train}"
+RUNS="${RUNS:-/dev/shm/cmr_runs}"
+LIMIT="${LIMIT:-330}"
+SET="${SET:-main}"            # main: runs A, A2, B; lr: runs A3, A4 (see below)
+BACKEND="${BACKEND:-cuda}"    # BACKEND=numpy EXTRA="--base 4 --epochs 1" checks this script on a CPU
+EXTRA="${EXTRA:-}"
+mkdir -p "$OUT" "$RUNS"
+exec > >(tee "$OUT/train.log") 2>&1
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-4}"
+CMR="$CMR_DATA/cmr"
+ACDC="$CMR_DATA/acdc96"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+date -u
+
+train() {   # NAME ARGS...: one run, bounded, its console prefixed with the name
+    local name="$1"
+    shift
+    # shellcheck disable=SC2086
+    timeout -k 10 "$LIMIT" "$PYTHON" -m cmr.train --backend "$BACKEND" --no-progress \
+        --data "$CMR" --out "$RUNS/$name" "$@" $EXTRA 2>&1 | sed -u "s/^/[$name] /"
+}
+T0=$SECONDS
+rm -rf "${RUNS:?}"/*
+PIDS=()
+if [ "$SET" = lr ]; then       # a second set: lower learning rates, longer, on cmr/train only
+    train A3 --preset gpu64 --lr 2e-4 --epochs 150 &
+    PIDS+=($!)
+    train A4 --preset gpu64 --lr 3e-4 --epochs 150 &
+    PIDS+=($!)
+else
+    train A --preset gpu64 &
+    PIDS+=($!)
+    train A2 --preset gpu64 --lr 1e-3 &
+    PIDS+=($!)
+    train B --preset gpu64 --epochs 30 --extra-data "$ACDC" --extra-transpose &
+    PIDS+=($!)
+fi
+wait "${PIDS[@]}"     # (a bare `wait` would also wait for the tee above, forever)
+echo "training took $((SECONDS - T0)) s"
+
+evaluate() {   # RUN TAG ARGS...
+    local run="$1" tag="$2"
+    shift 2
+    [ -f "$RUNS/$run/best.npz" ] || { echo "$run: no best.npz"; return; }
+    echo "== $run on $tag"
+    "$PYTHON" -m cmr.evaluate --backend "$BACKEND" --checkpoint "$RUNS/$run/best.npz" \
+        --json "$RUNS/$run/eval_$tag.json" --figure "$OUT/figure_${run}_$tag.png" "$@"
+}
+for run in A A2 A3 A4 B; do
+    [ -d "$RUNS/$run" ] && evaluate $run cmr_val --data "$CMR"
+done
+[ -d "$RUNS/B" ] && evaluate B acdc96_test --data "$ACDC" --split test --transpose
+
+"$PYTHON" - "$RUNS" "$OUT/results.json" <<'PY'
+import json, sys
+from pathlib import Path
+runs, out = Path(sys.argv[1]), Path(sys.argv[2])
+result = {}
+for run in sorted(p for p in runs.iterdir() if p.is_dir()):
+    log = run / "log.jsonl"
+    entry = {"config": json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else None,
+             "epochs": [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []}
+    for ev in sorted(run.glob("eval_*.json")):
+        e = json.loads(ev.read_text())
+        entry[ev.stem] = {k: e[k] for k in ("dice", "hd95", "n_images")}
+    best = max(entry["epochs"], key=lambda r: r["val_dice"]["mean"], default=None)
+    print(f"{run.name}: {len(entry['epochs'])} epochs, best val mean Dice "
+          f"{best['val_dice']['mean'] if best else float('nan'):.3f} (epoch {best['epoch'] if best else '-'}); "
+          + "; ".join(f"{k}: {v['dice']}" for k, v in entry.items() if k.startswith("eval_")))
+    result[run.name] = entry
+out.write_text(json.dumps(result, indent=1))
+PY
+echo "all took $((SECONDS - T0)) s"
