@@ -27,10 +27,10 @@ CASES = {
 }
 
 
-def run_both(name, hyper, seed, device="cpu", steps=6, dtype=np.float32):
+def run_both(name, hyper, seed, device="cpu", steps=6, dtype=np.float32,
+             shapes=((4, 3, 3, 3), (4,), (7,))):
     ours_cls, theirs_cls, _ = CASES[name]
     rng = np.random.default_rng(seed)
-    shapes = [(4, 3, 3, 3), (4,), (7,)]
     init = [rng.standard_normal(s).astype(dtype) for s in shapes]
     mine = [minicnn.Tensor(a.copy(), requires_grad=True).to(device) for a in init]
     ref = [torch.tensor(a.copy(), requires_grad=True) for a in init]
@@ -98,3 +98,15 @@ def test_bad_arguments():
     o = optim.Adam([p])
     with pytest.raises(ValueError, match="parameters"):
         o.load_state_dict({"hyper": {}, "steps": [], "state": []})
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_adam_on_a_large_tensor_split_over_threads(monkeypatch, threads):
+    """A parameter large enough for the NumPy backend to split Adam's update over threads."""
+    from minicnn.backend import numpy_backend
+    monkeypatch.setattr(numpy_backend, "_THREADS", threads)
+    monkeypatch.setattr(numpy_backend, "_pool", None)
+    shapes = ((64, 32, 17, 17), (64,))
+    assert np.prod(shapes[0]) >= numpy_backend._PARALLEL_MIN_ELEMENTS
+    run_both("adam", {"lr": 1e-3, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.01},
+             threads, steps=3, shapes=shapes)

@@ -18,8 +18,9 @@ multiply-adds::
 The matrix products use every core through BLAS. The memory-bound elementwise primitives
 (ReLU, max-pool, the loss) would run on one core, since a NumPy ufunc is single-threaded; on
 large batches they split the batch over a few threads instead (``_over_batch``: NumPy releases
-the GIL inside its loops), which is what makes them as fast as PyTorch's. Set
-``MINICNN_NUM_THREADS`` to choose how many (default: the cores this process may use).
+the GIL inside its loops), which brings the large ones to PyTorch's speed (small tensors stay
+on one thread: waking a thread costs more than it saves). Set ``MINICNN_NUM_THREADS`` to choose
+how many (default: the cores this process may use).
 """
 import math
 import os
@@ -292,13 +293,19 @@ def softmax_cross_entropy_backward(p, t, w, g):
 def adam_update(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step):
     """Adam: ``m <- lerp(m, g, 1-b1)``, ``v <- b2 v + (1-b2) g^2``,
     ``p <- p - lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)``."""
-    if weight_decay:
-        g = g + weight_decay * p
-    m += (1 - beta1) * (g - m)
-    v *= beta2
-    v += (1 - beta2) * (g * g)
-    denom = np.sqrt(v) / math.sqrt(1 - beta2 ** step) + eps
-    p -= (lr / (1 - beta1 ** step)) * (m / denom)
+    def part(b):    # rows b of every array (elementwise: the split changes no number)
+        pb, gb, mb, vb = p[b], g[b], m[b], v[b]
+        if weight_decay:
+            gb = gb + weight_decay * pb
+        mb += (1 - beta1) * (gb - mb)
+        vb *= beta2
+        vb += (1 - beta2) * (gb * gb)
+        denom = np.sqrt(vb) / math.sqrt(1 - beta2 ** step) + eps
+        pb -= (lr / (1 - beta1 ** step)) * (mb / denom)
+    if p.ndim == 0:
+        part(Ellipsis)
+    else:
+        _over_batch(part, len(p), p.size)
 
 
 def sgd_update(p, g, buf, *, lr, momentum, dampening, nesterov, weight_decay, first):
