@@ -514,7 +514,7 @@ def main(argv=None):
     tot_theirs = sum(r["theirs_ms"] * r["n_per_step"] for r in step_rows)
     with_target = [r for r in step_rows if r["target"] is not None]
     missed = [r for r in with_target if not r["target_met"]]
-    worst = sorted(step_rows, key=lambda r: -r["ratio"])[:5]
+    worst = sorted((r for r in step_rows if r["n_per_step"]), key=lambda r: -r["ratio"])[:5]
     agree_text = "yes" if not bench.failed else "NO: " + ", ".join(bench.failed)
     target_text = "3x3/1x1 conv <= 1.5x, others <= 1.2x" if bench.cuda else "no op > 2x"
     summary = [
@@ -523,7 +523,8 @@ def main(argv=None):
         f"sum over one training step's ops (rows weighted by n/step): ours {tot_ours:.1f} ms, "
         f"theirs {tot_theirs:.1f} ms, ratio {tot_ours / tot_theirs:.2f} "
         "(excludes concatenation, bias gradients and other glue)",
-        "worst ratios: " + "; ".join(f"{r['layer']} {r['op']} {r['ratio']:.2f}x" for r in worst),
+        "worst ratios (ops used in a step): "
+        + "; ".join(f"{r['layer']} {r['op']} {r['ratio']:.2f}x" for r in worst),
         f"threads: PyTorch {bench.torch.get_num_threads()}, NumPy/OpenBLAS "
         f"{os.environ.get('OPENBLAS_NUM_THREADS', 'default (all cores)')}",
         f"load average (1/5/15 min) at the end: {common.load_average()}; run took {elapsed:.0f} s",
