@@ -8,6 +8,8 @@
 #       cmr/val and on the held-out acdc96 patients (--split test --transpose)
 #
 #   A3, A4  (SET=lr) --preset gpu64 --epochs 150 on cmr/train with --lr 2e-4 and 3e-4
+#   A5, B2  (SET=long, not run yet) A with 200 epochs, B with 60 epochs (about 7 minutes on an
+#           H100 for both side by side: set LIMIT=480)
 #
 #   CMR_DATA=../shared/data OUT=results bash benchmarks/gpu_train.sh          (A, A2, B)
 #   CMR_DATA=../shared/data OUT=results SET=lr bash benchmarks/gpu_train.sh   (A3, A4)
@@ -24,7 +26,7 @@ CMR_DATA="${CMR_DATA:-shared/data}"
 OUT="${OUT:-runs/gpu_train}"
 RUNS="${RUNS:-/dev/shm/cmr_runs}"
 LIMIT="${LIMIT:-330}"
-SET="${SET:-main}"            # main: runs A, A2, B; lr: runs A3, A4 (see below)
+SET="${SET:-main}"            # main: runs A, A2, B; lr: A3, A4; long: A5, B2 (see above)
 BACKEND="${BACKEND:-cuda}"    # BACKEND=numpy EXTRA="--base 4 --epochs 1" checks this script on a CPU
 EXTRA="${EXTRA:-}"
 mkdir -p "$OUT" "$RUNS"
@@ -45,7 +47,12 @@ train() {   # NAME ARGS...: one run, bounded, its console prefixed with the name
 T0=$SECONDS
 rm -rf "${RUNS:?}"/*
 PIDS=()
-if [ "$SET" = lr ]; then       # a second set: lower learning rates, longer, on cmr/train only
+if [ "$SET" = long ]; then     # the next set: the two best recipes, twice as long
+    train A5 --preset gpu64 --epochs 200 &
+    PIDS+=($!)
+    train B2 --preset gpu64 --epochs 60 --extra-data "$ACDC" --extra-transpose &
+    PIDS+=($!)
+elif [ "$SET" = lr ]; then     # a second set: lower learning rates, longer, on cmr/train only
     train A3 --preset gpu64 --lr 2e-4 --epochs 150 &
     PIDS+=($!)
     train A4 --preset gpu64 --lr 3e-4 --epochs 150 &
@@ -69,10 +76,12 @@ evaluate() {   # RUN TAG ARGS...
     "$PYTHON" -m cmr.evaluate --backend "$BACKEND" --checkpoint "$RUNS/$run/best.npz" \
         --json "$RUNS/$run/eval_$tag.json" --figure "$OUT/figure_${run}_$tag.png" "$@"
 }
-for run in A A2 A3 A4 B; do
+for run in A A2 A3 A4 A5 B B2; do
     [ -d "$RUNS/$run" ] && evaluate $run cmr_val --data "$CMR"
 done
-[ -d "$RUNS/B" ] && evaluate B acdc96_test --data "$ACDC" --split test --transpose
+for run in B B2; do
+    [ -d "$RUNS/$run" ] && evaluate $run acdc96_test --data "$ACDC" --split test --transpose
+done
 
 "$PYTHON" - "$RUNS" "$OUT/results.json" <<'PY'
 import json, sys
