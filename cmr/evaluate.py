@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 import minicnn
 
 from . import checkpoint, data, metrics
@@ -49,9 +51,7 @@ def save_figure(path, split, preds, result, rows=6, title=""):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    n = len(split)
-    picks = sorted({int(round(i)) for i in
-                    (range(n) if n <= rows else [k * (n - 1) / (rows - 1) for k in range(rows)])})
+    picks = sorted({int(round(i)) for i in np.linspace(0, len(split) - 1, min(rows, len(split)))})
     fig, axes = plt.subplots(len(picks), 3, figsize=(6.6, 2.3 * len(picks)), squeeze=False)
     for row, i in zip(axes, picks):
         dice = result["per_image"][i]["dice"]
@@ -95,6 +95,8 @@ def main(argv=None):
     parser.add_argument("--transpose", action="store_true",
                         help="transpose the slices first (acdc96 vs a model trained on cmr)")
     args = parser.parse_args(argv)
+    if args.figure_rows < 1:
+        parser.error("--figure-rows must be >= 1")
     try:
         device = "cuda" if args.backend == "cuda" else "cpu"
         minicnn.backend.get(device)
