@@ -20,7 +20,7 @@ The matrix products use every core through BLAS. The memory-bound elementwise pr
 large batches they split the batch over a few threads instead (``_over_batch``: NumPy releases
 the GIL inside its loops), which brings the large ones to PyTorch's speed (small tensors stay
 on one thread: waking a thread costs more than it saves). Set ``MINICNN_NUM_THREADS`` to choose
-how many (default: the cores this process may use).
+how many (default: the cores this process may use, at most 8).
 """
 import math
 import os
@@ -33,8 +33,9 @@ name = "numpy"
 device = "cpu"
 xp = np
 
-_THREADS = max(1, int(os.environ.get("MINICNN_NUM_THREADS", 0))
-               or len(getattr(os, "sched_getaffinity", lambda _: range(os.cpu_count() or 1))(0)))
+# memory-bound loops stop gaining beyond a few threads, so the default is capped at 8
+_THREADS = max(1, int(os.environ.get("MINICNN_NUM_THREADS", 0)) or min(8, len(
+    getattr(os, "sched_getaffinity", lambda _: range(os.cpu_count() or 1))(0))))
 _PARALLEL_MIN_ELEMENTS = 1 << 19    # below ~half a million elements, threads cost more than they save
 _pool = None
 
