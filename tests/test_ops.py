@@ -235,8 +235,8 @@ def test_focal_loss_saturated_logits_have_finite_zero_gradient(gamma):
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_large_batches_split_over_threads(monkeypatch, threads):
-    """ReLU, max-pool and cross-entropy on tensors large enough for the NumPy backend to split the batch
-    over threads (``_over_batch``): same results as PyTorch, forward and gradients."""
+    """ReLU, max-pool and cross-entropy on tensors large enough for the NumPy backend to split
+    the batch over threads (``_over_batch``): same results as PyTorch, forward and gradients."""
     from minicnn.backend import numpy_backend
     monkeypatch.setattr(numpy_backend, "_THREADS", threads)
     monkeypatch.setattr(numpy_backend, "_pool", None)
