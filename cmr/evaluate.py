@@ -56,9 +56,10 @@ def save_figure(path, split, preds, result, rows=6, title=""):
     for row, i in zip(axes, picks):
         dice = result["per_image"][i]["dice"]
         mean = sum(dice[c] for c in CLASSES) / len(CLASSES)
-        for ax, picture, label in zip(row, (split.images[i], overlay(split.images[i], split.masks[i]),
-                                            overlay(split.images[i], preds[i])),
-                                      ("image", "ground truth", f"prediction (Dice {mean:.3f})")):
+        image = split.images[i]
+        pictures = (image, overlay(image, split.masks[i]), overlay(image, preds[i]))
+        labels = ("image", "ground truth", f"prediction (Dice {mean:.3f})")
+        for ax, picture, label in zip(row, pictures, labels):
             ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1)
             ax.set_title(f"{split.names[i]}: {label}" if label == "image" else label, fontsize=8)
             ax.axis("off")

@@ -36,7 +36,7 @@ xp = np
 # memory-bound loops stop gaining beyond a few threads, so the default is capped at 8
 _THREADS = max(1, int(os.environ.get("MINICNN_NUM_THREADS", 0)) or min(8, len(
     getattr(os, "sched_getaffinity", lambda _: range(os.cpu_count() or 1))(0))))
-_PARALLEL_MIN_ELEMENTS = 1 << 19    # below ~half a million elements, threads cost more than they save
+_PARALLEL_MIN_ELEMENTS = 1 << 19    # below ~0.5 M elements, threads cost more than they save
 _pool = None
 
 
