@@ -83,3 +83,10 @@ def test_integer_tensor_target_is_accepted():
 def test_unknown_device():
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         t(2).to("tpu")
+
+
+def test_backend_relu_backward_refuses_mismatched_shapes():
+    """The primitive refuses, as the CUDA backend does, rather than broadcast a gradient."""
+    from minicnn.backend import numpy_backend
+    with pytest.raises(ValueError, match=r"output gradient \(2, 3\) and output \(3,\) differ"):
+        numpy_backend.relu_backward(np.ones((2, 3), np.float32), np.ones(3, np.float32))

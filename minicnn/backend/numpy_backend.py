@@ -40,11 +40,15 @@ _PARALLEL_MIN_ELEMENTS = 1 << 19    # below ~0.5 M elements, threads cost more t
 _pool = None
 
 
-def _over_batch(fn, n, elements):
-    """Call ``fn(batch_slice)`` on consecutive slices of the batch ``range(n)`` that together
-    cover it: in a few threads when the work (``elements``) is large, else once. ``fn`` writes
-    its part of preallocated outputs, so the parts never overlap."""
-    parts = min(_THREADS, n) if elements >= _PARALLEL_MIN_ELEMENTS else 1
+def _over_batch(fn, a):
+    """Call ``fn(rows)`` on consecutive slices of the first axis of ``a`` (the batch) that
+    together cover it: in a few threads when ``a`` is large, else once (``fn(...)`` for a 0-d
+    ``a``). ``fn`` writes its part of preallocated outputs, so the parts never overlap."""
+    if a.ndim == 0:
+        fn(Ellipsis)
+        return
+    n = len(a)
+    parts = min(_THREADS, n) if a.size >= _PARALLEL_MIN_ELEMENTS else 1
     if parts <= 1:
         fn(slice(0, n))
         return
@@ -52,7 +56,7 @@ def _over_batch(fn, n, elements):
     if _pool is None:
         _pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="minicnn")
     bounds = [n * k // parts for k in range(parts + 1)]
-    futures = [_pool.submit(fn, slice(a, b)) for a, b in zip(bounds[1:-1], bounds[2:])]
+    futures = [_pool.submit(fn, slice(lo, hi)) for lo, hi in zip(bounds[1:-1], bounds[2:])]
     fn(slice(bounds[0], bounds[1]))             # the calling thread does the first part
     for f in futures:
         f.result()
@@ -189,7 +193,7 @@ def maxpool2d_forward(x, kernel, stride):
             ib[...] = len(views) - 1
             for k in range(len(views) - 2, -1, -1):
                 np.copyto(ib, k, where=views[k] == yb)
-        _over_batch(part, N, x.size)
+        _over_batch(part, x)
         if not np.isnan(y).any():
             return y, idx
         # a NaN in a window matches no view: fall through to argmax for the exact offsets
@@ -217,7 +221,7 @@ def maxpool2d_backward(gy, idx, x_shape, kernel, stride):
             for i in range(kH):
                 for j in range(kW):
                     np.multiply(gy[b], idx[b] == i * kW + j, out=view[b, :, :, i, :, j])
-        _over_batch(part, N, gx.size)
+        _over_batch(part, gx)
         return gx
     gx = np.zeros(x_shape, dtype=gy.dtype)
     for i in range(kH):
@@ -229,19 +233,18 @@ def maxpool2d_backward(gy, idx, x_shape, kernel, stride):
 # --------------------------------------------------------------------------- activations
 def relu_forward(x):
     """``max(x, 0)``."""
-    if x.ndim == 0:
-        return np.maximum(x, 0)
     y = np.empty_like(x)
-    _over_batch(lambda b: np.maximum(x[b], 0, out=y[b]), len(x), x.size)
+    _over_batch(lambda b: np.maximum(x[b], 0, out=y[b]), x)
     return y
 
 
 def relu_backward(gy, y):
     """``gy * [y > 0]``."""
-    if y.ndim == 0 or gy.shape != y.shape:
-        return gy * (y > 0)
-    gx = np.empty(y.shape, np.result_type(gy.dtype, y.dtype))
-    _over_batch(lambda b: np.multiply(gy[b], y[b] > 0, out=gx[b]), len(y), y.size)
+    if gy.shape != y.shape:     # as the CUDA backend
+        raise ValueError(f"relu_backward: output gradient {gy.shape} and output {y.shape} "
+                         "differ in shape")
+    gx = np.empty(y.shape, gy.dtype)
+    _over_batch(lambda b: np.multiply(gy[b], y[b] > 0, out=gx[b]), y)
     return gx
 
 
@@ -266,7 +269,7 @@ def softmax_cross_entropy_forward(x, t, w):
         wt[b] = 1 if w is None else w[tb]
         np.multiply(-wt[b], logp_t, out=loss[b])
         np.divide(e, s, out=p[b])
-    _over_batch(part, len(x), x.size)
+    _over_batch(part, x)
     return loss, wt, p
 
 
@@ -285,7 +288,7 @@ def softmax_cross_entropy_backward(p, t, w, g):
         np.put_along_axis(gx[b], tb[:, None], np.take_along_axis(p[b], tb[:, None], axis=1) - 1,
                           axis=1)
         gx[b] *= np.expand_dims(scale, 1)
-    _over_batch(part, len(p), p.size)
+    _over_batch(part, p)
     return gx
 
 
@@ -303,10 +306,7 @@ def adam_update(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step):
         vb += (1 - beta2) * (gb * gb)
         denom = np.sqrt(vb) / math.sqrt(1 - beta2 ** step) + eps
         pb -= (lr / (1 - beta1 ** step)) * (mb / denom)
-    if p.ndim == 0:
-        part(Ellipsis)
-    else:
-        _over_batch(part, len(p), p.size)
+    _over_batch(part, p)
 
 
 def sgd_update(p, g, buf, *, lr, momentum, dampening, nesterov, weight_decay, first):
