@@ -11,8 +11,10 @@ autograd runs for the same thing (``F.conv2d``, ``aten.convolution_backward``,
 ``aten.max_pool2d_with_indices`` ...):
 
 * 3x3 (and the 1x1 head) convolutions: forward, input gradient, weight gradient;
-* 2x2 stride-2 transposed convolutions: forward (= conv2d_backward_input + bias), input
-  gradient (= conv2d_forward), weight gradient (= conv2d_backward_weight, roles swapped);
+* 2x2 stride-2 transposed convolutions: forward (+ bias), input gradient, weight gradient,
+  through the array functions that ``F.conv_transpose2d`` runs
+  (``minicnn.functional.conv._transpose_forward`` / ``_transpose_backward``: for stride =
+  kernel, a 1x1 convolution and a pixel shuffle);
 * 2x2 max pools, ReLUs: forward and backward;
 * the weighted cross-entropy (class weights 0.1/0.3/0.3/0.3): forward (mean) and backward;
 * one Adam step over all the network's parameters (torch.optim.Adam with its defaults).
@@ -53,6 +55,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (also puts the repository root on sys.path)
+from minicnn.functional.conv import _transpose_backward, _transpose_forward  # noqa: E402
 
 CLASS_WEIGHTS = (0.1, 0.3, 0.3, 0.3)
 LR, BETAS, EPS = 2e-4, (0.9, 0.99), 1e-8
@@ -114,11 +117,21 @@ def unet_layers(base, depth, in_channels, classes, batch, size):
 
 
 
-def _conv_name(op):
-    w = op["w"]
-    if op["kind"] == "upconv":
+def _layer_name(op):
+    """The name of ``op``'s rows, also what ``--filter`` matches."""
+    kind = op["kind"]
+    if kind == "upconv":
+        w = op["w"]
         return f"upconv {w[0]}->{w[1]} {op['H']}->{op['H'] * op['stride'][0]}px"
-    return f"conv{w[2]}x{w[3]} {w[1]}->{w[0]} @{op['H']}px"
+    if kind == "conv":
+        w = op["w"]
+        return f"conv{w[2]}x{w[3]} {w[1]}->{w[0]} @{op['H']}px"
+    if kind in ("relu", "pool"):
+        _, C, H, _ = op["shape"]
+        return f"{'relu' if kind == 'relu' else 'maxpool2x2'} {C}ch @{H}px"
+    if kind == "loss":
+        return f"weighted CE {op['shape'][1]} classes"
+    return f"Adam, {len(op['param_shapes'])} tensors"
 
 
 # =========================================================================== the runner
@@ -254,7 +267,7 @@ class Bench:
         b, bt = self.both(self.randn((O,), 1 / np.sqrt(C * kH * kW)))
         gy, gyt = self.both(self.randn((N, O, Ho, Ho)))
         flops = 2.0 * N * O * Ho * Ho * C * kH * kW
-        name, target, count = _conv_name(op), self.targets("conv"), op["count"]
+        name, target, count = _layer_name(op), self.targets("conv"), op["count"]
         xs = f"{N}x{C}x{H}x{H}"
         st, pd = list(stride), list(padding)
 
@@ -285,17 +298,17 @@ class Bench:
         b, bt = self.both(self.randn((O,), 1 / np.sqrt(O * kH * kW)))
         gy, gyt = self.both(self.randn((N, O, Ho, Ho)))
         flops = 2.0 * N * C * H * H * O * kH * kW
-        name, target, count = _conv_name(op), self.targets("upconv"), op["count"]
+        name, target, count = _layer_name(op), self.targets("upconv"), op["count"]
         xs = f"{N}x{C}x{H}x{H}"
         st, pd = list(stride), list(padding)
         b4 = b.reshape(1, O, 1, 1)
 
-        fwd = (lambda: bk.conv2d_backward_input(x, w, (N, O, Ho, Ho), stride, padding) + b4,
+        fwd = (lambda: _transpose_forward(bk, x, w, stride, padding, (N, O, Ho, Ho)) + b4,
                lambda: F.conv_transpose2d(xt, wt, bt, stride, padding))
-        dx = (lambda: bk.conv2d_forward(gy, w, None, stride, padding),
+        dx = (lambda: _transpose_backward(bk, x, w, gy, stride, padding, need_w=False)[0],
               lambda: aten.convolution_backward(gyt, xt, wt, None, st, pd, [1, 1], True, [0, 0],
                                                 1, (True, False, False))[0])
-        dw = (lambda: bk.conv2d_backward_weight(x, gy, w.shape, stride, padding),
+        dw = (lambda: _transpose_backward(bk, x, w, gy, stride, padding, need_x=False)[1],
               lambda: aten.convolution_backward(gyt, xt, wt, None, st, pd, [1, 1], True, [0, 0],
                                                 1, (False, True, False))[1])
         for opname, fns in (("forward", fwd), ("input grad", dx), ("weight grad", dw)):
@@ -311,7 +324,7 @@ class Bench:
         y, idx = bk.maxpool2d_forward(x, (2, 2), (2, 2))
         yt, idxt = aten.max_pool2d_with_indices(xt, [2, 2], [2, 2])
         gy, gyt = self.both(self.randn(tuple(y.shape)))
-        name, target, xs = f"maxpool2x2 {C}ch @{H}px", self.targets("pool"), f"{N}x{C}x{H}x{W}"
+        name, target, xs = _layer_name(op), self.targets("pool"), f"{N}x{C}x{H}x{W}"
         n = N * C * H * W
         self.row(name, "forward", xs, lambda: bk.maxpool2d_forward(x, (2, 2), (2, 2)),
                  lambda: aten.max_pool2d_with_indices(xt, [2, 2], [2, 2]),
@@ -329,7 +342,7 @@ class Bench:
         x, xt = self.both(self.randn(shape))
         y, yt = bk.relu_forward(x), torch.relu(xt)
         gy, gyt = self.both(self.randn(shape))
-        name, target = f"relu {shape[1]}ch @{shape[2]}px", self.targets("relu")
+        name, target = _layer_name(op), self.targets("relu")
         xs, n = "x".join(map(str, shape)), int(np.prod(shape))
         self.row(name, "forward", xs, lambda: bk.relu_forward(x), lambda: torch.relu(xt),
                  target=target, count=op["count"], nbytes=8 * n)
@@ -361,7 +374,7 @@ class Bench:
 
         xg = xt.clone().requires_grad_(True)
         lt = F.cross_entropy(xg, tt, wt)
-        name, target, xs = f"weighted CE {C} classes", self.targets("loss"), f"{N}x{C}x{H}x{W}"
+        name, target, xs = _layer_name(op), self.targets("loss"), f"{N}x{C}x{H}x{W}"
         n = N * C * H * W
         self.row(name, "forward", xs, ours_fwd, lambda: F.cross_entropy(xt, tt, wt),
                  target=target, count=1, nbytes=4 * n + 8 * N * H * W)
@@ -406,7 +419,7 @@ class Bench:
                     [common.to_numpy(a) - b for a, b in zip(t, before_t)])
 
         P = sum(int(np.prod(s)) for s in shapes)
-        self.row(f"Adam, {len(shapes)} tensors", "step", f"{P:,} params", ours, theirs,
+        self.row(_layer_name(op), "step", f"{P:,} params", ours, theirs,
                  compare=update, floor=0.0, target=self.targets("adam"), count=1,
                  nbytes=28 * P)
 
@@ -491,14 +504,7 @@ def main(argv=None):
     ops = unet_layers(args.base, args.depth, 1, 4, args.batch, args.size)
     t0 = time.perf_counter()
     for op in ops:
-        kind = op["kind"]
-        if kind in ("conv", "upconv"):
-            label = _conv_name(op)
-        elif kind in ("relu", "pool"):
-            label = f"{'relu' if kind == 'relu' else 'maxpool'} {op['shape'][1]}ch @{op['shape'][2]}px"
-        else:
-            label = {"loss": "weighted CE loss", "adam": "Adam"}[kind]
-        if args.filter and args.filter.lower() not in label.lower():
+        if args.filter and args.filter.lower() not in _layer_name(op).lower():
             continue
         getattr(bench, op["kind"])(op)
     elapsed = time.perf_counter() - t0
