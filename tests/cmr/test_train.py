@@ -168,6 +168,7 @@ def test_cuda_training_matches_numpy_first_steps(device):
     if device == "cpu":
         pytest.skip("compares the CUDA backend with the NumPy one")
     import minicnn
+    from minicnn import optim
     from cmr import data, phantom
     from cmr.unet import UNet
     if REAL:
@@ -182,7 +183,7 @@ def test_cuda_training_matches_numpy_first_steps(device):
         model = UNet(1, 4, base=8, depth=4, init="he")
         model.load_state_dict(state)
         model.to(dev)
-        opt = train.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.99))
+        opt = optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.99))
         losses, grads = [], None
         for step in range(6):
             idx = slice(8 * (step % 2), 8 * (step % 2) + 8)
