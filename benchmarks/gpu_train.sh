@@ -16,8 +16,8 @@
 #
 # Each run is bounded by LIMIT seconds (default 330): a run cut short keeps its best.npz, which
 # is then evaluated, and results.json says how many epochs each run completed. Writes to $OUT:
-# results.json (every run's per-epoch log and evaluations), train.log, and figures
-# (image | ground truth | prediction). Checkpoints stay in $RUNS (default /dev/shm/cmr_runs):
+# results.json (every run's per-epoch log and evaluations on cmr/val and the held-out acdc96
+# patients), train.log, and two figures per run (image | ground truth | prediction). Checkpoints stay in $RUNS (default /dev/shm/cmr_runs):
 # a width-64 checkpoint with Adam's state is 372 MB.
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -47,23 +47,20 @@ train() {   # NAME ARGS...: one run, bounded, its console prefixed with the name
 T0=$SECONDS
 rm -rf "${RUNS:?}"/*
 PIDS=()
+start() {   # NAME ARGS...: train in the background
+    train "$@" &
+    PIDS+=($!)
+}
 if [ "$SET" = long ]; then     # the next set: the two best recipes, twice as long
-    train A5 --preset gpu64 --epochs 200 &
-    PIDS+=($!)
-    train B2 --preset gpu64 --epochs 60 --extra-data "$ACDC" --extra-transpose &
-    PIDS+=($!)
+    start A5 --preset gpu64 --epochs 200
+    start B2 --preset gpu64 --epochs 60 --extra-data "$ACDC" --extra-transpose
 elif [ "$SET" = lr ]; then     # a second set: lower learning rates, longer, on cmr/train only
-    train A3 --preset gpu64 --lr 2e-4 --epochs 150 &
-    PIDS+=($!)
-    train A4 --preset gpu64 --lr 3e-4 --epochs 150 &
-    PIDS+=($!)
+    start A3 --preset gpu64 --lr 2e-4 --epochs 150
+    start A4 --preset gpu64 --lr 3e-4 --epochs 150
 else
-    train A --preset gpu64 &
-    PIDS+=($!)
-    train A2 --preset gpu64 --lr 1e-3 &
-    PIDS+=($!)
-    train B --preset gpu64 --epochs 30 --extra-data "$ACDC" --extra-transpose &
-    PIDS+=($!)
+    start A --preset gpu64
+    start A2 --preset gpu64 --lr 1e-3
+    start B --preset gpu64 --epochs 30 --extra-data "$ACDC" --extra-transpose
 fi
 wait "${PIDS[@]}"     # (a bare `wait` would also wait for the tee above, forever)
 echo "training took $((SECONDS - T0)) s"
@@ -71,16 +68,16 @@ echo "training took $((SECONDS - T0)) s"
 evaluate() {   # RUN TAG ARGS...
     local run="$1" tag="$2"
     shift 2
-    [ -f "$RUNS/$run/best.npz" ] || { echo "$run: no best.npz"; return; }
     echo "== $run on $tag"
     "$PYTHON" -m cmr.evaluate --backend "$BACKEND" --checkpoint "$RUNS/$run/best.npz" \
         --json "$RUNS/$run/eval_$tag.json" --figure "$OUT/figure_${run}_$tag.png" "$@"
 }
-for run in A A2 A3 A4 A5 B B2; do
-    [ -d "$RUNS/$run" ] && evaluate $run cmr_val --data "$CMR"
-done
-for run in B B2; do
-    [ -d "$RUNS/$run" ] && evaluate $run acdc96_test --data "$ACDC" --split test --transpose
+# every run on cmr/val and on the held-out acdc96 patients (none of them is in any training set)
+for dir in "$RUNS"/*/; do
+    run=$(basename "$dir")
+    [ -f "$dir/best.npz" ] || { echo "$run: no best.npz"; continue; }
+    evaluate "$run" cmr_val --data "$CMR"
+    evaluate "$run" acdc96_test --data "$ACDC" --split test --transpose
 done
 
 "$PYTHON" - "$RUNS" "$OUT/results.json" <<'PY'
