@@ -311,8 +311,8 @@ train_eval_predict() {
     # a short training on real data with --backend cuda, then evaluate and predict on the GPU
     local run=/tmp/gpu_check_run
     rm -rf "$run"
-    "$PYTHON" -m cmr.train --backend cuda --data "$CMR_DATA/cmr" --epochs 3 --base 16 \
-        --init he --loss ce+dice --lr 1e-3 --batch-size 10 --out "$run" --no-progress || return 1
+    "$PYTHON" -m cmr.train --backend cuda --preset cpu16 --epochs 3 --data "$CMR_DATA/cmr" \
+        --out "$run" --no-progress || return 1
     "$PYTHON" -m cmr.evaluate --backend cuda --checkpoint "$run/best.npz" \
         --data "$CMR_DATA/cmr" || return 1
     "$PYTHON" -m cmr.predict --backend cuda --checkpoint "$run/best.npz" \
