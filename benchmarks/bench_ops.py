@@ -11,10 +11,8 @@ autograd runs for the same thing (``F.conv2d``, ``aten.convolution_backward``,
 ``aten.max_pool2d_with_indices`` ...):
 
 * 3x3 (and the 1x1 head) convolutions: forward, input gradient, weight gradient;
-* 2x2 stride-2 transposed convolutions: forward (+ bias), input gradient, weight gradient,
-  through the array functions that ``F.conv_transpose2d`` runs
-  (``minicnn.functional.conv._transpose_forward`` / ``_transpose_backward``: for stride =
-  kernel, a 1x1 convolution and a pixel shuffle);
+* 2x2 stride-2 transposed convolutions: forward (= conv2d_backward_input + bias), input
+  gradient (= conv2d_forward), weight gradient (= conv2d_backward_weight, roles swapped);
 * 2x2 max pools, ReLUs: forward and backward;
 * the weighted cross-entropy (class weights 0.1/0.3/0.3/0.3): forward (mean) and backward;
 * one Adam step over all the network's parameters (torch.optim.Adam with its defaults).
@@ -55,7 +53,6 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (also puts the repository root on sys.path)
-from minicnn.functional.conv import _transpose_backward, _transpose_forward  # noqa: E402
 
 CLASS_WEIGHTS = (0.1, 0.3, 0.3, 0.3)
 LR, BETAS, EPS = 2e-4, (0.9, 0.99), 1e-8
@@ -303,12 +300,12 @@ class Bench:
         st, pd = list(stride), list(padding)
         b4 = b.reshape(1, O, 1, 1)
 
-        fwd = (lambda: _transpose_forward(bk, x, w, stride, padding, (N, O, Ho, Ho)) + b4,
+        fwd = (lambda: bk.conv2d_backward_input(x, w, (N, O, Ho, Ho), stride, padding) + b4,
                lambda: F.conv_transpose2d(xt, wt, bt, stride, padding))
-        dx = (lambda: _transpose_backward(bk, x, w, gy, stride, padding, need_w=False)[0],
+        dx = (lambda: bk.conv2d_forward(gy, w, None, stride, padding),
               lambda: aten.convolution_backward(gyt, xt, wt, None, st, pd, [1, 1], True, [0, 0],
                                                 1, (True, False, False))[0])
-        dw = (lambda: _transpose_backward(bk, x, w, gy, stride, padding, need_x=False)[1],
+        dw = (lambda: bk.conv2d_backward_weight(x, gy, w.shape, stride, padding),
               lambda: aten.convolution_backward(gyt, xt, wt, None, st, pd, [1, 1], True, [0, 0],
                                                 1, (False, True, False))[1])
         for opname, fns in (("forward", fwd), ("input grad", dx), ("weight grad", dw)):

@@ -39,7 +39,8 @@ def test_conv_transpose2d(device, case, bias, dtype, seed):
        W=st.integers(1, 5), k=st.tuples(st.integers(1, 4), st.integers(1, 4)),
        bias=st.booleans(), dtype=dtypes, seed=seeds)
 def test_conv_transpose2d_non_overlapping(device, N, C, O, H, W, k, bias, dtype, seed):
-    """stride = kernel size, no padding: the 1x1-convolution + pixel-shuffle path."""
+    """stride = kernel size, no padding: the U-Net's up-convolution, windows that tile the
+    output (drawn more often here than by ``conv_case``)."""
     rng = np.random.default_rng(seed)
     inputs = [rand(rng, (N, C, H, W), dtype), rand(rng, (C, O) + k, dtype)]
     if bias:
