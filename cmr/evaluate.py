@@ -77,6 +77,24 @@ def format_table(result):
     return "\n".join(lines)
 
 
+def write_outputs(args, split, preds, result):
+    """The files that ``--json``, ``--figure`` and ``--csv`` ask for."""
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.figure:
+        save_figure(args.figure, split, preds, result, args.figure_rows,
+                    f"{Path(args.checkpoint).name} on {args.data} ({args.split} split): "
+                    f"mean Dice {result['dice']['mean']:.3f}")
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["name"] + [f"dice_{c}" for c in CLASSES]
+                            + [f"hd95_{c}" for c in CLASSES])
+            for row in result["per_image"]:
+                writer.writerow([row["name"]] + [row["dice"][c] for c in CLASSES]
+                                + [row["hd95"][c] for c in CLASSES])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cmr.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,19 +132,10 @@ def main(argv=None):
         parser.exit(2, f"error: {err}\n")
     print(f"{result['n_images']} images from {args.data}")
     print(format_table(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    if args.figure:
-        save_figure(args.figure, split, preds, result, args.figure_rows,
-                    f"{Path(args.checkpoint).name} on {args.data} ({args.split} split): "
-                    f"mean Dice {result['dice']['mean']:.3f}")
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["name"] + [f"dice_{c}" for c in CLASSES] + [f"hd95_{c}" for c in CLASSES])
-            for row in result["per_image"]:
-                writer.writerow([row["name"]] + [row["dice"][c] for c in CLASSES]
-                                + [row["hd95"][c] for c in CLASSES])
+    try:
+        write_outputs(args, split, preds, result)
+    except OSError as err:
+        parser.exit(2, f"error: cannot write {err.filename}: {err.strerror}\n")
     return 0
 
 

@@ -122,6 +122,11 @@ def test_evaluate_and_predict_cli(tmp_path):
     assert len((tmp_path / "e.csv").read_text().splitlines()) == 4
     figure = np.array(Image.open(tmp_path / "e.png"))
     assert figure.ndim == 3 and figure.shape[0] > 100 and figure.std() > 0
+    for flag in ("--figure", "--json", "--csv"):
+        r = run_cli("cmr.evaluate", "--checkpoint", ckpt, "--data", str(tmp_path / "data"),
+                    flag, str(tmp_path / "missing" / "out"))
+        assert r.returncode == 2 and "error: cannot write" in r.stderr, (flag, r.stderr)
+        assert "Traceback" not in r.stderr
     r = run_cli("cmr.predict", "--checkpoint", ckpt, "--input", str(tmp_path / "data"),
                 "--out", str(tmp_path / "pred"))
     assert r.returncode == 0, r.stderr
