@@ -27,12 +27,12 @@ from . import checkpoint, data, metrics, phantom
 from .augment import AugmentConfig, augment_batch
 from .evaluate import format_table
 from .predict import predict_masks
-from .unet import UNet
+from .unet import NORMS, UNet
 
 CLASSES = ("RV", "Myo", "LV")
 DEFAULTS = dict(data=None, backend="numpy", epochs=50, batch_size=25, lr=2e-4, betas=(0.9, 0.99),
                 class_weights=(0.1, 0.3, 0.3, 0.3), loss="ce", optimizer="adam", base=64,
-                depth=4, init="torch", augment=True, seed=0, schedule="constant", weight_decay=0.0,
+                depth=4, init="torch", norm="none", augment=True, seed=0, schedule="constant", weight_decay=0.0,
                 phantom_train=200, phantom_val=40, extra_data=None, extra_transpose=False,
                 flip_tta=False)
 PRESETS = {
@@ -112,7 +112,7 @@ def run(cfg, out, resume=False, say=print, progress=True):
     minicnn.backend.get(device)                      # a clear error if CUDA is unusable
     train, val = load_data(cfg, say)
     minicnn.manual_seed(cfg["seed"])
-    model = UNet(1, 4, cfg["base"], cfg["depth"], cfg["init"]).to(device)
+    model = UNet(1, 4, cfg["base"], cfg["depth"], cfg["init"], cfg["norm"]).to(device)
     opt = make_optimizer(cfg, model.parameters())
     rng = np.random.default_rng(cfg["seed"])
     history, start, best = [], 0, -1.0
@@ -125,7 +125,8 @@ def run(cfg, out, resume=False, say=print, progress=True):
         history, start, best = meta["history"], meta["epoch"], meta["best"]
         say(f"Resuming from {out / 'last.npz'} after epoch {start}")
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
-    say(f"U-Net base {cfg['base']}, depth {cfg['depth']}: {model.num_parameters():,} parameters;"
+    say(f"U-Net base {cfg['base']}, depth {cfg['depth']}, norm {cfg['norm']}: "
+        f"{model.num_parameters():,} parameters;"
         f" backend {cfg['backend']}; loss {cfg['loss']}; {cfg['optimizer']} lr {cfg['lr']}")
     loss_fn = make_loss(cfg["loss"], cfg["class_weights"])
     aug = AugmentConfig() if cfg["augment"] else AugmentConfig.none()
@@ -233,6 +234,8 @@ def build_parser():
     p.add_argument("--depth", type=int, help="number of poolings (4)")
     p.add_argument("--init", choices=["torch", "he"], help="weight initialisation (torch: "
                    "PyTorch's default, as the original; he: N(0, 2/fan_in))")
+    p.add_argument("--norm", choices=list(NORMS), help="normalisation after each 3x3 conv "
+                   "(none: the original network; instance; group)")
     p.add_argument("--no-augment", dest="augment", action="store_const", const=False)
     p.add_argument("--flip-tta", action="store_const", const=True,
                    help="validate with test-time left-right flips")
@@ -269,7 +272,7 @@ def main(argv=None):
         if args.resume:
             saved = checkpoint.load(Path(args.out) / "last.npz")[0]["train"]
             saved.update({k: v for k, v in cfg.items() if k == "epochs" and args.epochs})
-            cfg = saved
+            cfg = dict(DEFAULTS, **saved)   # a key added since the checkpoint: its default
         run(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     except (data.CMRDataError, checkpoint.CheckpointError, ValueError,
             minicnn.backend.BackendUnavailable) as err:

@@ -16,26 +16,45 @@ Every arrow inside a level is a 3x3 convolution with padding 1 followed by ReLU,
 kept ("padded" U-Net); pools are 2x2 with stride 2; up-convolutions are 2x2 transposed
 convolutions with stride 2. With base 64 the network has 31,030,788 parameters.
 """
+import math
+
 import numpy as np
 
 from minicnn import functional as F, nn
 from minicnn.random import generator
 
 
-class DoubleConv(nn.Module):
-    """(3x3 conv, padding 1, ReLU) twice."""
+NORMS = ("none", "instance", "group")
 
-    def __init__(self, in_channels, out_channels):
+
+def _norm_layer(norm, channels):
+    """The normalisation after a 3x3 convolution: none, instance (``GroupNorm(C, C)``: each
+    channel of each image by its own statistics) or group (``GroupNorm(gcd(8, C), C)``: 8
+    groups of channels when C divides by 8)."""
+    return nn.GroupNorm(channels if norm == "instance" else math.gcd(8, channels), channels)
+
+
+class DoubleConv(nn.Module):
+    """(3x3 conv, padding 1, [normalisation], ReLU) twice."""
+
+    def __init__(self, in_channels, out_channels, norm="none"):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.norm = norm
+        if norm != "none":
+            self.norm1 = _norm_layer(norm, out_channels)
+            self.norm2 = _norm_layer(norm, out_channels)
 
     def forward(self, x):
-        return F.relu(self.conv2(F.relu(self.conv1(x))))
+        x = self.conv1(x)
+        x = F.relu(x if self.norm == "none" else self.norm1(x))
+        x = self.conv2(x)
+        return F.relu(x if self.norm == "none" else self.norm2(x))
 
 
 class UNet(nn.Module):
-    """``UNet(in_channels=1, num_classes=4, base=64, depth=4, init="torch")``: logits
+    """``UNet(in_channels=1, num_classes=4, base=64, depth=4, init="torch", norm="none")``: logits
     ``(N, classes, H, W)`` for an input ``(N, in_channels, H, W)`` whose H and W divide by
     ``2**depth``.
 
@@ -43,26 +62,33 @@ class UNet(nn.Module):
     ``init="he"`` draws every weight from N(0, 2/fan_in) (He et al. 2015; 1/fan_in for the final
     1x1 layer, which has no ReLU after it) and zeroes the biases, which keeps the activations'
     scale through the 23 layers and lets training start much faster.
+
+    ``norm`` puts a normalisation between each 3x3 convolution and its ReLU: ``"none"`` (the
+    original network), ``"instance"`` or ``"group"`` (see ``_norm_layer``; both normalise each
+    image on its own, so training and evaluation compute the same function).
     """
 
-    def __init__(self, in_channels=1, num_classes=4, base=64, depth=4, init="torch"):
+    def __init__(self, in_channels=1, num_classes=4, base=64, depth=4, init="torch",
+                 norm="none"):
         super().__init__()
         if depth < 1 or base < 1 or in_channels < 1 or num_classes < 1:
             raise ValueError(f"UNet: depth ({depth}), base ({base}), in_channels and "
                              "num_classes must be >= 1")
         if init not in ("torch", "he"):
             raise ValueError(f"UNet: init must be 'torch' or 'he', got {init!r}")
+        if norm not in NORMS:
+            raise ValueError(f"UNet: norm must be one of {NORMS}, got {norm!r}")
         self.config = {"in_channels": in_channels, "num_classes": num_classes, "base": base,
-                       "depth": depth, "init": init}
+                       "depth": depth, "init": init, "norm": norm}
         self.depth = depth
         widths = [base * 2 ** i for i in range(depth + 1)]
         for i in range(depth):
             setattr(self, f"down{i}", DoubleConv(in_channels if i == 0 else widths[i - 1],
-                                                 widths[i]))
-        self.bottleneck = DoubleConv(widths[depth - 1], widths[depth])
+                                                 widths[i], norm))
+        self.bottleneck = DoubleConv(widths[depth - 1], widths[depth], norm)
         for i in reversed(range(depth)):
             setattr(self, f"upconv{i}", nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2))
-            setattr(self, f"up{i}", DoubleConv(2 * widths[i], widths[i]))
+            setattr(self, f"up{i}", DoubleConv(2 * widths[i], widths[i], norm))
         self.head = nn.Conv2d(base, num_classes, 1)
         if init == "he":
             self._he_init()

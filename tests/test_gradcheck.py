@@ -1,7 +1,7 @@
 """Finite-difference gradient checks in float64 along a random direction, one per op."""
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, strategies as st
 
 import minicnn.functional as F
 from helpers import (conv_case, finite_difference_check, pool_case, rand, rand_away_from_zero,
@@ -61,3 +61,11 @@ def test_elementwise_and_shape_ops(seed):
     finite_difference_check(lambda x, y: (x * y - x / (y * y + 1.0) + y) ** 2, [a, b], seed)
     finite_difference_check(lambda x: F.log_softmax(x, 1) + F.softmax(x, 2), [a], seed)
     finite_difference_check(lambda x: F.cat([x, F.exp(x)], 1).mean((0, 2)), [a], seed)
+
+
+@given(seed=seeds, groups=st.sampled_from([1, 2, 6]))
+def test_group_norm(seed, groups):
+    rng = np.random.default_rng(seed)
+    x, w, b = rand(rng, (2, 6, 3, 4), np.float64), rand(rng, (6,), np.float64), \
+        rand(rng, (6,), np.float64)
+    finite_difference_check(lambda x, w, b: F.group_norm(x, groups, w, b), [x, w, b], seed)

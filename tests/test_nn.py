@@ -95,3 +95,17 @@ def test_module_needs_super_init():
             self.x = 1
     with pytest.raises(RuntimeError, match="super"):
         Bad()
+
+
+def test_group_norm_layer_matches_torch():
+    ours = nn.GroupNorm(2, 6)
+    ref = torch.nn.GroupNorm(2, 6)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    for p, tp in zip(ours.parameters(), ref.parameters()):
+        np.testing.assert_array_equal(p.data, tp.detach().numpy())   # ones and zeros
+    x = np.random.default_rng(0).standard_normal((3, 6, 4, 5)).astype(np.float32)
+    np.testing.assert_allclose(ours(Tensor(x)).numpy(), ref(torch.tensor(x)).detach().numpy(),
+                               rtol=1e-5, atol=1e-5)
+    assert nn.GroupNorm(3, 6, affine=False).num_parameters() == 0
+    with pytest.raises(ValueError, match="must be >= 1 and divide"):
+        nn.GroupNorm(4, 6)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as TF
 from hypothesis import given, strategies as st
 
+import minicnn
 import minicnn.functional as F
 from helpers import (check_op, conv_case, dtypes, pool_case, rand, rand_away_from_zero,
                      rand_distinct, seeds, shapes_4d)
@@ -274,3 +275,32 @@ def test_max_pool_offsets_on_ties_and_nan_match_argmax():
             y, idx = numpy_backend.maxpool2d_forward(x, k, k)
             np.testing.assert_array_equal(idx, windows(x, k).argmax(-1))
             np.testing.assert_array_equal(y, windows(x, k).max(-1))    # NaN where a NaN is
+
+
+# ---------------------------------------------------------------- normalisation
+@given(N=st.integers(1, 3), G=st.integers(1, 3), per_group=st.integers(1, 3),
+       H=st.integers(2, 7), W=st.integers(2, 7), affine=st.booleans(),
+       eps=st.sampled_from([1e-5, 1e-3]), dtype=dtypes, seed=seeds)
+def test_group_norm(device, N, G, per_group, H, W, affine, eps, dtype, seed):
+    """Groups of >= 4 elements (H, W >= 2): a group's variance is not ~0, where float32
+    rounding would be amplified by 1/sigma in both libraries differently."""
+    rng = np.random.default_rng(seed)
+    C = G * per_group
+    x = (rand(rng, (N, C, H, W), dtype) * 3 + 1).astype(dtype)   # mean and scale not 0 / 1
+    if affine:
+        w, b = rand(rng, (C,), dtype), rand(rng, (C,), dtype)
+        check_op(lambda x, w, b: F.group_norm(x, G, w, b, eps),
+                 lambda x, w, b: TF.group_norm(x, G, w, b, eps), [x, w, b], device, seed)
+    else:
+        check_op(lambda x: F.group_norm(x, G, eps=eps),
+                 lambda x: TF.group_norm(x, G, eps=eps), [x], device, seed)
+
+
+def test_group_norm_rejects_bad_arguments():
+    x = minicnn.Tensor(np.zeros((2, 6, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="positive divisor of the 6 channels"):
+        F.group_norm(x, 4)
+    with pytest.raises(ValueError, match=r"weight must have shape \(6,\)"):
+        F.group_norm(x, 3, minicnn.Tensor(np.ones(3, np.float32)))
+    with pytest.raises(ValueError, match="4-D"):
+        F.group_norm(minicnn.Tensor(np.zeros((6, 3), np.float32)), 3)

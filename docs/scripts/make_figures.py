@@ -286,6 +286,31 @@ def fig_relu():
     return fig
 
 
+# =========================================================================== group_norm
+@figure("group_norm")
+def fig_group_norm():
+    rng = np.random.default_rng(0)
+    scale, shift = np.array([1.0, 3.0, 0.5, 2.0]), np.array([2.0, -1.0, 5.0, 0.0])
+    x = rng.standard_normal((2, 4, 16, 16)) * scale[:, None, None] + shift[:, None, None]
+    x[1] = 2 * x[1] + 3                       # the second image: brighter, more contrast
+    panels = [("input", x),
+              ("group_norm(x, 2): 2 groups", F.group_norm(Tensor(x), 2).numpy()),
+              ("group_norm(x, 4): instance norm", F.group_norm(Tensor(x), 4).numpy())]
+    fig, axes = plt.subplots(1, 3, figsize=(10, 2.6), sharey=False)
+    colors = ["tab:blue", "tab:blue", "tab:orange", "tab:orange"]
+    for ax, (title, v) in zip(axes, panels):
+        data = [v[n, c].ravel() for n in range(2) for c in range(4)]
+        parts = ax.boxplot(data, widths=0.6, showfliers=False, patch_artist=True)
+        for k, box in enumerate(parts["boxes"]):
+            box.set_facecolor(colors[k % 4] if k < 4 else "0.85")
+            box.set_alpha(0.7)
+        ax.set_xticks(range(1, 9), [f"{n}.{c}" for n in range(2) for c in range(4)])
+        ax.axhline(0, color="0.8", lw=0.8)
+        ax.set_title(title)
+    axes[1].set_xlabel("image.channel (blue, orange: the two groups of image 0)")
+    return fig
+
+
 # =========================================================================== cat
 @figure("cat")
 def fig_cat():

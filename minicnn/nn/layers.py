@@ -74,3 +74,26 @@ class MaxPool2d(Module):
 class ReLU(Module):
     def forward(self, x):
         return F.relu(x)
+
+
+class GroupNorm(Module):
+    """``y = group_norm(x, num_groups, gamma, beta, eps)`` over ``num_channels`` channels;
+    ``GroupNorm(C, C)`` is instance normalisation. ``affine`` adds the per-channel scale
+    ``weight`` (gamma, initialised to 1) and shift ``bias`` (beta, initialised to 0), as in
+    PyTorch."""
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32):
+        super().__init__()
+        if num_groups < 1 or num_channels < 1 or num_channels % num_groups:
+            raise ValueError(f"GroupNorm: num_groups ({num_groups}) must be >= 1 and divide "
+                             f"num_channels ({num_channels})")
+        self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
+        self.weight = Parameter(np.ones(num_channels, dtype=dtype)) if affine else None
+        self.bias = Parameter(np.zeros(num_channels, dtype=dtype)) if affine else None
+
+    def forward(self, x):
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return (f"num_groups={self.num_groups}, num_channels={self.num_channels}, "
+                f"eps={self.eps}, affine={self.weight is not None}")

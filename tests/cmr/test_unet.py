@@ -1,5 +1,7 @@
 """The U-Net against the same network in PyTorch with copied weights: logits, loss, every
 parameter's gradient and one Adam step."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -11,28 +13,31 @@ from cmr.unet import UNet
 
 
 class TorchDouble(tnn.Module):
-    def __init__(self, cin, cout):
+    def __init__(self, cin, cout, norm="none"):
         super().__init__()
         self.conv1 = tnn.Conv2d(cin, cout, 3, padding=1)
         self.conv2 = tnn.Conv2d(cout, cout, 3, padding=1)
+        groups = {"none": 0, "instance": cout, "group": math.gcd(8, cout)}[norm]
+        self.norm1 = tnn.GroupNorm(groups, cout) if groups else tnn.Identity()
+        self.norm2 = tnn.GroupNorm(groups, cout) if groups else tnn.Identity()
 
     def forward(self, x):
-        return torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return torch.relu(self.norm2(self.conv2(torch.relu(self.norm1(self.conv1(x))))))
 
 
 class TorchUNet(tnn.Module):
     """An independent PyTorch implementation with the same parameter names."""
 
-    def __init__(self, base, depth):
+    def __init__(self, base, depth, norm="none"):
         super().__init__()
         self.depth = depth
         w = [base * 2 ** i for i in range(depth + 1)]
         for i in range(depth):
-            setattr(self, f"down{i}", TorchDouble(1 if i == 0 else w[i - 1], w[i]))
-        self.bottleneck = TorchDouble(w[depth - 1], w[depth])
+            setattr(self, f"down{i}", TorchDouble(1 if i == 0 else w[i - 1], w[i], norm))
+        self.bottleneck = TorchDouble(w[depth - 1], w[depth], norm)
         for i in reversed(range(depth)):
             setattr(self, f"upconv{i}", tnn.ConvTranspose2d(w[i + 1], w[i], 2, stride=2))
-            setattr(self, f"up{i}", TorchDouble(2 * w[i], w[i]))
+            setattr(self, f"up{i}", TorchDouble(2 * w[i], w[i], norm))
         self.head = tnn.Conv2d(base, 4, 1)
 
     def forward(self, x):
@@ -52,11 +57,12 @@ def test_parameter_count_of_the_original_network():
     assert sum(p.numel() for p in TorchUNet(64, 4).parameters()) == 31_030_788
 
 
-@pytest.mark.parametrize("base, depth, size", [(4, 4, 32), (6, 2, 24)])
-def test_matches_pytorch(device, base, depth, size):
+@pytest.mark.parametrize("base, depth, size, norm", [(4, 4, 32, "none"), (6, 2, 24, "none"),
+                                                     (4, 3, 16, "instance"), (6, 2, 16, "group")])
+def test_matches_pytorch(device, base, depth, size, norm):
     minicnn.manual_seed(0)
-    ours = UNet(base=base, depth=depth)
-    ref = TorchUNet(base, depth).double()
+    ours = UNet(base=base, depth=depth, norm=norm)
+    ref = TorchUNet(base, depth, norm).double()
     theirs = dict(ref.named_parameters())
     assert set(theirs) == {n for n, _ in ours.named_parameters()}
     # float64 on both sides: the comparison then tests the maths, not rounding
