@@ -129,15 +129,17 @@ def machine_info(device, query_gpu=True):
         "cupy": _version("cupy"),
         "git": _git_commit(),
     }
-    if device == "cuda" and query_gpu:
-        info["gpu"] = gpu_name()
+    if device == "cuda":
+        info["conv_variant"] = os.environ.get("MINICNN_CONV_VARIANT", "plain")
+        if query_gpu:
+            info["gpu"] = gpu_name()
     return info
 
 
 def machine_line(meta):
     """One line naming the machine, for table headers."""
-    where = meta.get("gpu") if meta.get("device") == "cuda" else \
-        f"{meta['cpu']} ({meta['cores']} cores)"
+    where = f"{meta.get('gpu')}, conv kernels '{meta.get('conv_variant', 'plain')}'" \
+        if meta.get("device") == "cuda" else f"{meta['cpu']} ({meta['cores']} cores)"
     load = meta.get("load_average_1_5_15min")
     load = f", load {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}" if load else ""
     return (f"{where}{load}; numpy {meta['numpy']}, torch {meta['torch']}, "

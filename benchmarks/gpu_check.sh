@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # gpu_check.sh -- the checks to run on a machine with an NVIDIA GPU, in one go: about 2 minutes,
-# 3.6 with --bench (an H100, 2026-11-27: 217 s with --bench). Each step has its own time limit
-# (together 340 s, 505 s with --bench), so a hanging step cannot eat the session.
+# 3.6 with --bench (an H100, 2026-11-27: 217 s with --bench, before the prefetch steps were added;
+# expect about 5.5 minutes now). Each step has its own time limit
+# (together 340 s, 665 s with --bench), so a hanging step cannot eat the session.
 #
 #   bash benchmarks/gpu_check.sh            (from the repository root)
 #   bash benchmarks/gpu_check.sh --bench    (adds the full-size benchmarks: about 1.5 minutes more)
@@ -14,12 +15,15 @@
 #      against the NumPy backend):  MINICNN_TEST_CUDA=1 pytest -q tests -k cuda
 #   4. a short training on real data with --backend cuda, then cmr.evaluate and cmr.predict
 #      on the GPU (skipped when the data is not there)
-#   5. with --bench: bench_ops.py and bench_train.py at full size (reports in $OUT/ops, $OUT/train)
+#   5. with --bench: bench_ops.py and bench_train.py at full size (reports in $OUT/ops, $OUT/train),
+#      then the self-check and the conv / training benchmarks again with the "prefetch" build
+#      of kernels/conv.cu (MINICNN_CONV_VARIANT=prefetch; $OUT/ops_prefetch, $OUT/train_prefetch)
 #   6. the op tests under compute-sanitizer memcheck (CuPy's memory pool switched off, so that
 #      an out-of-bounds access is outside any allocation and gets reported), with the bounded
 #      hypothesis profile HYPOTHESIS_PROFILE=ci
 # A summary with each step's status ends the output. Everything is also written to
-# $OUT/gpu_check.log when $OUT is set. Exit status: 0 if no step failed, else 1.
+# $OUT/gpu_check.log when $OUT is set, and the reports are then packed into
+# $OUT/reports.tar.gz. Exit status: 0 if no step failed, else 1.
 #
 # Environment: PYTHON (default: python3, else python), CMR_DATA (folder holding cmr/;
 # default: shared/data), OUT (optional).
@@ -180,7 +184,21 @@ for dtype in (np.float32, np.float64):
             conv_all(f"{tile} {np.dtype(dtype).name} N{N} C{C} O{O} {H}x{W} k{k} s{s} p{p}",
                      rng, dtype, N, C, O, H, W, k, s, p, bias=bool(i % 2))
             cases += 1
+        for i in range(1 if FAKE else 3):      # windows that partition the input (up-convolution)
+            cb.plan_gemm = forced(tile, 1)
+            N, C, O = int(rng.integers(1, 4)), int(rng.integers(1, 41)), int(rng.integers(1, 141))
+            k = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+            H, W = k[0] * int(rng.integers(1, 9)), k[1] * int(rng.integers(1, 9))
+            conv_all(f"{tile} {np.dtype(dtype).name} N{N} C{C} O{O} {H}x{W} k{k} s{k} p(0, 0)",
+                     rng, dtype, N, C, O, H, W, k, k, (0, 0), bias=False)
+            cases += 1
 cb.plan_gemm = orig_plan
+for dtype in (np.float32, np.float64):   # the U-Net's up-convolutions, default plan
+    for N, C, O, H, W in ([(4, 512, 1024, 12, 12), (4, 64, 128, 96, 96)] if not FAKE
+                          else [(1, 3, 5, 4, 6)]):
+        conv_all(f"default plan {np.dtype(dtype).name} N{N} C{C} O{O} {H}x{W} k2 s2", rng,
+                 dtype, N, C, O, H, W, (2, 2), (2, 2), (0, 0), bias=False)
+        cases += 1
 unet = [(4, 1, 16, 96, 96), (4, 16, 16, 96, 96), (4, 32, 64, 48, 48), (4, 64, 256, 72, 72),
         (4, 256, 128, 12, 12)] if not FAKE else [(1, 3, 20, 9, 9)]
 for dtype in (np.float32, np.float64):
@@ -342,6 +360,15 @@ if [ "$BENCH" = 1 ]; then
         "$PYTHON" benchmarks/bench_ops.py --device cuda --tf32 ${OUT:+--out "$OUT/ops"}
     step "bench_train --device cuda" 75 \
         "$PYTHON" benchmarks/bench_train.py --device cuda ${OUT:+--out "$OUT/train"}
+    # the other build variant of kernels/conv.cu (cuda_backend.CONV_VARIANTS), side by side
+    step "self-check, conv variant prefetch" 40 \
+        env MINICNN_CONV_VARIANT=prefetch bash -c selfcheck
+    step "bench_ops --filter conv, variant prefetch" 70 \
+        env MINICNN_CONV_VARIANT=prefetch "$PYTHON" benchmarks/bench_ops.py --device cuda \
+        --filter conv ${OUT:+--out "$OUT/ops_prefetch"}
+    step "bench_train, conv variant prefetch" 50 \
+        env MINICNN_CONV_VARIANT=prefetch "$PYTHON" benchmarks/bench_train.py --device cuda \
+        ${OUT:+--out "$OUT/train_prefetch"}
 fi
 if command -v compute-sanitizer >/dev/null; then
     step "compute-sanitizer memcheck (test_ops -k cuda)" 70 bash -c sanitized_ops
@@ -356,4 +383,10 @@ for i in "${!STEPS[@]}"; do
     printf '%-50s %s\n' "${STEPS[$i]}" "${STATUS[$i]}"
     case "${STATUS[$i]}" in PASS*|SKIP*) ;; *) failed=1 ;; esac
 done
+if [ -n "${OUT:-}" ]; then
+    # everything but this log in one archive (the device tool brings back at most 8 files)
+    (cd "$OUT" && items=$(ls -A | grep -v -x -e gpu_check.log -e reports.tar.gz) &&
+        [ -n "$items" ] && tar -czf reports.tar.gz $items && rm -rf $items &&
+        echo "reports: $OUT/reports.tar.gz")
+fi
 exit $failed

@@ -29,6 +29,18 @@
 //                    With stride > 1 only the taps with (h + pH - i) divisible by sH hit an
 //                    output; the others are zeros of B.)
 //
+//   backward input when the windows partition the input (stride = kernel, no padding, H = Ho*kH,
+//   W = Wo*kW; the U-Net's up-convolution is this case): every gx pixel is covered by
+//   exactly one window, at tap (i, j) = (h % kH, v % kW) of output (p, q) = (h / kH, v / kW),
+//   so instead of gathering over mostly-zero taps it is a dense GEMM over the *output*
+//   pixels followed by a "pixel shuffle" that the epilogue does while storing:
+//                    M = C*kH*kW,  Ncols = N*Ho*Wo,  K = O
+//                    A[(c,i,j), o]        = w[o, c, i, j]
+//                    B[o, (n,p,q)]        = gy[n, o, p, q]         (dense: no zeros)
+//                    Out[(c,i,j), (n,p,q)] -> gx[n, c, p*kH + i, q*kW + j]
+//                    (the general gather does kH*kW times the work here: 3 of every 4 taps
+//                    of a 2x2/2 window are zeros of B.)
+//
 //   backward weight  M = O,  Ncols = C*kH*kW,  K = N*Ho*Wo
 //                    A[o, (n,p,q)]        = gy[n, o, p, q]
 //                    B[(n,p,q), (c,i,j)]  = x_pad[n, c, p*sH + i, q*sW + j]
@@ -60,6 +72,13 @@
 // Index arithmetic is 32-bit `int` (the launcher checks that every tensor, and every GEMM
 // dimension plus one tile of overhang, fits).
 #include "common.cuh"
+
+// MINICNN_CONV_PREFETCH=1 (an NVRTC option, see cuda_backend.CONV_VARIANTS) builds the GEMM
+// engine's software-pipelined K loop instead of the plain one; the results are the same sums
+// in the same order.
+#ifndef MINICNN_CONV_PREFETCH
+#define MINICNN_CONV_PREFETCH 0
+#endif
 
 // ================================================================== shapes
 struct ConvShape {
@@ -144,6 +163,30 @@ struct ConvBackwardInput {
     }
 };
 
+// ---------------------------------------------------------------- backward input, partition
+template <typename T>
+struct ConvBackwardInputPartition {
+    const T* gy; const T* w; T* gx;
+    ConvShape s;
+    int kHW, HW, HoWo;
+    int CkHW;           // C*kH*kW: the length of one w[o] (the row stride of A's k index)
+
+    struct Column { int gyoff; };           // gy offset of (n, 0, p, q)
+    __device__ Column column(int col) const {
+        const int n = col / HoWo, pq = col - n * HoWo;          // col = (n, p, q)
+        return {n * s.O * HoWo + pq};
+    }
+    __device__ T a(int m, int k) const { return ldg(w + k * CkHW + m); }   // w[k, (c,i,j)=m]
+    __device__ T b(int k, const Column& cl) const { return ldg(gy + cl.gyoff + k * HoWo); }
+    __device__ void store(int m, int col, T v) const {
+        const int c = m / kHW, r = m - c * kHW;                 // m = (c, i, j)
+        const int i = r / s.kW, j = r - i * s.kW;
+        const int n = col / HoWo, pq = col - n * HoWo;          // col = (n, p, q)
+        const int p = pq / s.Wo, q = pq - p * s.Wo;
+        gx[(n * s.C + c) * HW + (p * s.kH + i) * s.W + q * s.kW + j] = v;
+    }
+};
+
 // ---------------------------------------------------------------- backward weight
 template <typename T>
 struct ConvBackwardWeight {
@@ -201,8 +244,13 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
 
     // A is stored transposed (As[k][m]) so that the inner loop reads a thread's TM values of
     // A for one k from one shared-memory row, like its TN values of B.
+#if !MINICNN_CONV_PREFETCH
     __shared__ T As[BK][BM + A_PAD];
     __shared__ T Bs[BK][BN];
+#else
+    __shared__ T As[2][BK][BM + A_PAD];     // two buffers: fill one while the other is read
+    __shared__ T Bs[2][BK][BN];
+#endif
 
     const int tid = threadIdx.x;
     const int tx = tid % CS, ty = tid / CS;
@@ -229,6 +277,7 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
 
+#if !MINICNN_CONV_PREFETCH
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
         // ---- global -> shared. Out-of-range entries (past M, Ncols or the K slice) are 0,
         // so they add nothing and never touch memory.
@@ -262,6 +311,51 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
         __syncthreads();   // everyone is done reading before the next tile overwrites it
     }
 
+#else
+    // The same products, software-pipelined: the global loads of the *next* K tile are issued
+    // into registers before the products of this tile, so their latency overlaps the FMAs
+    // instead of stalling at the barrier. One barrier per tile is enough with two buffers:
+    // buffer b is refilled two tiles later, and every thread has passed the barrier between
+    // (so has finished reading b) before any thread gets there.
+    T a_next[A_LOADS], b_next[B_LOADS];
+    auto fetch = [&](int k1) {              // tile k1 into registers (zeros past the slice)
+#pragma unroll
+        for (int r = 0; r < A_LOADS; ++r) {
+            const int gm = m0 + a_m + r * A_ROW_STEP, gk = k1 + a_k;
+            a_next[r] = (gm < M && gk < k_end) ? prob.a(gm, gk) : T(0);
+        }
+#pragma unroll
+        for (int r = 0; r < B_LOADS; ++r) {
+            const int gk = k1 + b_k + r * B_K_STEP;
+            b_next[r] = (col_ok && gk < k_end) ? prob.b(gk, cl) : T(0);
+        }
+    };
+    fetch(k_begin);
+    int buf = 0;
+    for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+#pragma unroll
+        for (int r = 0; r < A_LOADS; ++r) As[buf][a_k][a_m + r * A_ROW_STEP] = a_next[r];
+#pragma unroll
+        for (int r = 0; r < B_LOADS; ++r) Bs[buf][b_k + r * B_K_STEP][b_n] = b_next[r];
+        __syncthreads();   // tile k0 is complete in buffer buf
+        fetch(k0 + BK);    // in flight while this tile's products run
+
+#pragma unroll
+        for (int kk = 0; kk < BK; ++kk) {
+            T av[TM], bv[TN];
+#pragma unroll
+            for (int i = 0; i < TM; ++i) av[i] = As[buf][kk][ty + i * RS];
+#pragma unroll
+            for (int j = 0; j < TN; ++j) bv[j] = Bs[buf][kk][tx + j * CS];
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TN; ++j) acc[i][j] += av[i] * bv[j];
+        }
+        buf ^= 1;
+    }
+#endif
+
     // ---- epilogue: write the register block (problem-specific layout, bias, split slab)
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
@@ -285,6 +379,8 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
 //   grid (ceil(N*Ho*Wo / BN), ceil(O / BM), 1)
 // conv2d_backward_input_<cfg>_<dt>(gy, w, gx, shape...)
 //   grid (ceil(N*H*W / BN), ceil(C / BM), 1)
+// conv2d_backward_input_partition_<cfg>_<dt>(gy, w, gx, shape...)   (stride = kernel, no
+//   padding, H = Ho*kH, W = Wo*kW only)   grid (ceil(N*Ho*Wo / BN), ceil(C*kH*kW / BM), 1)
 // conv2d_backward_weight_<cfg>_<dt>(gy, x, ws, k_chunk, shape...)
 //   grid (ceil(C*kH*kW / BN), ceil(O / BM), splits); ws holds `splits` slabs of O*C*kH*kW
 #define CONV_KERNELS(CFG, BM, BN, BK, TM, TN, T, DT)                                      \
@@ -305,6 +401,14 @@ conv2d_backward_input_##CFG##_##DT(const T* __restrict__ gy, const T* __restrict
     ConvBackwardInput<T> prob{gy, w, gx, CONV_SHAPE_INIT, kH * kW, H * W, Ho * Wo};       \
     const int K = O * kH * kW;                                                             \
     implicit_gemm<T, BM, BN, BK, TM, TN>(prob, C, N * H * W, K, K);                       \
+}                                                                                          \
+extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN))                        \
+conv2d_backward_input_partition_##CFG##_##DT(const T* __restrict__ gy, const T* __restrict__ w, \
+                                         T* __restrict__ gx, CONV_SHAPE_PARAMS)            \
+{                                                                                          \
+    ConvBackwardInputPartition<T> prob{gy, w, gx, CONV_SHAPE_INIT, kH * kW, H * W, Ho * Wo,    \
+                                   C * kH * kW};                                           \
+    implicit_gemm<T, BM, BN, BK, TM, TN>(prob, C * kH * kW, N * Ho * Wo, O, O);           \
 }                                                                                          \
 extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN))                        \
 conv2d_backward_weight_##CFG##_##DT(const T* __restrict__ gy, const T* __restrict__ x,     \

@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from minicnn.backend import cuda_backend
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNEL_DIR = os.path.join(ROOT, "kernels")
 CU_FILES = sorted(f for f in os.listdir(KERNEL_DIR) if f.endswith(".cu"))
@@ -30,12 +32,18 @@ def test_kernel_sources_present():
     assert os.path.exists(os.path.join(KERNEL_DIR, "common.cuh"))
 
 
+# every file as it is, plus the other build variants of conv.cu (cuda_backend.CONV_VARIANTS;
+# the module imports without CuPy)
+BUILDS = [(cu, ()) for cu in CU_FILES] + \
+    [("conv.cu", opts) for opts in cuda_backend.CONV_VARIANTS.values() if opts]
+
+
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH: cannot compile the CUDA kernels")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-@pytest.mark.parametrize("cu", CU_FILES)
-def test_kernel_compiles(cu, arch, tmp_path):
+@pytest.mark.parametrize("cu, options", BUILDS)
+def test_kernel_compiles(cu, options, arch, tmp_path):
     out = tmp_path / (cu[:-3] + ".cubin")
-    cmd = [NVCC, "-std=c++17", f"-arch={arch}", "--cubin", "-I", KERNEL_DIR,
+    cmd = [NVCC, "-std=c++17", f"-arch={arch}", "--cubin", *options, "-I", KERNEL_DIR,
            os.path.join(KERNEL_DIR, cu), "-o", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"

@@ -21,7 +21,9 @@ Kernel map (``kernels/<file>.cu``, entry points ``<name>_f32`` / ``<name>_f64``)
 primitive                              kernel(s)
 =====================================  ==========================================
 conv2d_forward                         conv.cu  conv2d_forward_<tile>  (bias fused)
-conv2d_backward_input                  conv.cu  conv2d_backward_input_<tile>
+conv2d_backward_input                  conv.cu  conv2d_backward_input_<tile>, or
+                                       conv2d_backward_input_partition_<tile> when the
+                                       windows partition the input (up-convolution)
 conv2d_backward_weight                 conv.cu  conv2d_backward_weight_<tile> + splitk_reduce
 maxpool2d_forward / _backward          pool.cu  maxpool2d_{forward,backward}_{u8,i32}
 relu_forward / relu_backward           activation.cu
@@ -119,10 +121,31 @@ def _kernels_package():
 # The optimizer kernels must round like NumPy (no a*b + c fused into one rounding).
 _MODULE_OPTIONS = {"optim": ("--fmad=false",)}
 
+# Build variants of kernels/conv.cu, chosen by the environment variable MINICNN_CONV_VARIANT
+# (read when the first convolution kernel is loaded): "plain" (the default) or "prefetch"
+# (the GEMM engine's K loop software-pipelined: same sums in the same order). The benchmarks
+# time each variant in its own process.
+CONV_VARIANTS = {"plain": (), "prefetch": ("-DMINICNN_CONV_PREFETCH=1",)}
+
+
+def conv_variant():
+    """The conv build variant named by ``MINICNN_CONV_VARIANT`` (default ``"plain"``)."""
+    variant = os.environ.get("MINICNN_CONV_VARIANT", "plain")
+    if variant not in CONV_VARIANTS:
+        raise ValueError(f"MINICNN_CONV_VARIANT={variant!r}: expected one of "
+                         f"{sorted(CONV_VARIANTS)}")
+    return variant
+
+
+def _module_options(module_name):
+    if module_name == "conv":
+        return CONV_VARIANTS[conv_variant()]
+    return _MODULE_OPTIONS.get(module_name, ())
+
 
 @functools.lru_cache(maxsize=None)
 def _kernel(module_name, kernel_name):
-    mod = _kernels_package().module(module_name, _MODULE_OPTIONS.get(module_name, ()))
+    mod = _kernels_package().module(module_name, _module_options(module_name))
     return mod.get_function(kernel_name)
 
 
@@ -316,6 +339,12 @@ def conv2d_forward(x, w, b, stride, padding):
     return y
 
 
+def window_partition(kH, kW, sH, sW, pH, pW, H, W, Ho, Wo):
+    """True when the convolution's windows partition the input: stride = kernel, no padding,
+    and the windows reach the last row and column. Pure Python (tested without a GPU)."""
+    return (sH, sW) == (kH, kW) and (pH, pW) == (0, 0) and (H, W) == (Ho * kH, Wo * kW)
+
+
 def conv2d_backward_input(gy, w, x_shape, stride, padding):
     """``dL/dx[n,c,h,v] = sum_{o,i,j} W[o,c,i,j] gy[n,o,p,q]`` over the (p, q) with
     ``h + pH = p*sH + i`` and ``v + pW = q*sW + j`` (col2im, computed as a gather)."""
@@ -341,9 +370,16 @@ def conv2d_backward_input(gy, w, x_shape, stride, padding):
     gx = cupy.empty((N, C, H, W), dtype=gy.dtype)
     if gx.size == 0:
         return gx
-    tile, grid, k_chunk = plan_gemm(C, N * H * W, O * kH * kW, sfx, _num_sms())
+    if window_partition(kH, kW, sH, sW, pH, pW, H, W, Ho, Wo):
+        # Each input pixel lies in exactly one window (the U-Net's 2x2/2 up-convolution): a
+        # dense GEMM over the output pixels whose epilogue scatters into gx ("pixel shuffle").
+        tile, grid, _ = plan_gemm(C * kH * kW, N * Ho * Wo, O, sfx, _num_sms())
+        name = f"conv2d_backward_input_partition_{tile}_{sfx}"
+    else:
+        tile, grid, _ = plan_gemm(C, N * H * W, O * kH * kW, sfx, _num_sms())
+        name = f"conv2d_backward_input_{tile}_{sfx}"
     _check_grid(op, desc, grid)
-    kernel = _kernel("conv", f"conv2d_backward_input_{tile}_{sfx}")
+    kernel = _kernel("conv", name)
     kernel(grid, (GEMM_THREADS,),
            (gy, w, gx, *_conv_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)))
     return gx
@@ -498,11 +534,13 @@ def _loss_operands(op, x, t, w, what):
     return x, t, w, N, C, S
 
 
-def softmax_cross_entropy_forward(x, t, w):
+def softmax_cross_entropy_forward(x, t, w, check_target=True):
     """Per-position weighted cross-entropy of logits ``x`` (N, C, ...) and integer targets t.
 
     Returns ``(loss, wt, p)``: ``loss = -w[t] * log softmax(x)[t]`` and ``wt = w[t]`` of shape
-    ``t.shape``, and ``p = softmax(x)``. A target outside ``[0, C)`` raises ValueError.
+    ``t.shape``, and ``p = softmax(x)``. A target outside ``[0, C)`` raises ValueError (the
+    kernel's flag, read back: one sync); with ``check_target=False`` (the caller checked) it is
+    not read, and such a position would get NaN loss.
     """
     op = "softmax_cross_entropy_forward"
     x, t, w, N, C, S = _loss_operands(op, x, t, w, "logits")
@@ -516,7 +554,7 @@ def softmax_cross_entropy_forward(x, t, w):
     _launch_1d(_kernel("loss", f"softmax_xent_forward_{sfx}"), t.size,
                (x, t, x if w is None else w, _i32(w is not None), loss, wt, p, bad,
                 _i32(N), _i32(C), _i32(S)))
-    if int(bad[0]):   # one flag read (a sync) instead of a min/max pass over t
+    if check_target and int(bad[0]):   # one flag read (a sync) instead of a min/max pass
         raise ValueError(f"{op}: target values must be in [0, {C}), found values outside "
                          f"(target shape {t.shape})")
     return loss, wt, p

@@ -249,13 +249,18 @@ def relu_backward(gy, y):
 
 
 # --------------------------------------------------------------------------- loss
-def softmax_cross_entropy_forward(x, t, w):
+def softmax_cross_entropy_forward(x, t, w, check_target=True):
     """Per-position weighted cross-entropy of logits ``x`` (N, C, ...) and integer targets t.
 
     Returns ``(loss, wt, p)``: ``loss = -w[t] * log softmax(x)[t]`` and ``wt = w[t]`` of shape
     ``t.shape``, and the probabilities ``p = softmax(x)`` kept for the backward pass.
     Uses the stable ``log softmax = x - max - log(sum(exp(x - max)))``.
+    A target outside ``[0, C)`` raises ValueError; ``check_target=False`` is for a caller that
+    has checked already (``functional.cross_entropy``), and saves the CUDA backend a sync.
     """
+    if check_target and t.size and (t.min() < 0 or t.max() >= x.shape[1]):
+        raise ValueError(f"softmax_cross_entropy_forward: target values must be in "
+                         f"[0, {x.shape[1]}), found values outside (target shape {t.shape})")
     loss = np.empty(t.shape, x.dtype)
     wt = np.empty(t.shape, x.dtype)
     p = np.empty_like(x)

@@ -26,14 +26,15 @@ def _check_logits_target(logits, target, op):
     if tuple(t.shape) != expected:
         raise ValueError(f"{op}: target shape {tuple(t.shape)} does not match logits "
                          f"{logits.shape} (expected {expected})")
-    t = bk.asarray(t)
     C = logits.shape[1]
     if t.size:
+        # Checked where t lives: a host array (the usual case: masks from the data loader) is
+        # checked before its upload, so a GPU step does not wait for a device reduction.
         lo, hi = int(t.min()), int(t.max())
         if lo < 0 or hi >= C:
             raise ValueError(f"{op}: target values must be in [0, {C}), found values in "
                              f"[{lo}, {hi}]")
-    return t.astype(bk.xp.int64, copy=False)
+    return bk.asarray(t).astype(bk.xp.int64, copy=False)
 
 
 def _class_weight(weight, logits, op):
@@ -74,14 +75,14 @@ def cross_entropy(logits, target, weight=None, reduction="mean"):
     t = _check_logits_target(logits, target, "cross_entropy")
     w = _class_weight(weight, logits, "cross_entropy")
     bk = logits.backend
-    loss, wt, p = bk.softmax_cross_entropy_forward(logits.data, t, w)
+    loss, wt, p = bk.softmax_cross_entropy_forward(logits.data, t, w, check_target=False)
     if reduction == "none":
         return make_result(loss, (logits,),
                            lambda g: (bk.softmax_cross_entropy_backward(p, t, w, g),))
     total = loss.sum()
     if reduction == "mean":
-        total = total / wt.sum()
-        scale = 1 / wt.sum()
+        wsum = wt.sum()
+        total, scale = total / wsum, 1 / wsum
     else:
         scale = 1
 

@@ -1,0 +1,185 @@
+// conv_check.cpp -- kernels/conv.cu run by cuda_emu.h on the CPU, against plain loops.
+//
+// For each tile configuration, dtype and shape below: the forward, the input gradient and
+// the weight gradient (with 1 and with 3 split-K slices, reduced by splitk_reduce) are
+// compared with a direct double-precision evaluation of their defining sums. Outputs start
+// as NaN (so an element the kernel forgets is caught) and are followed by a guard zone that
+// must stay untouched (so a write past the end is caught). Prints one line per check and
+// exits 1 if any fails.
+//
+// Build and run (tests/test_kernel_emulation.py does this):
+//   g++ -std=c++20 -O2 -pthread -I tests/kernel_emu -I kernels -x c++ \
+//       tests/kernel_emu/conv_check.cpp -o conv_check && ./conv_check
+#include "cuda_emu.h"
+#include "conv.cu"
+
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <string>
+
+struct Shape { int N, C, H, W, O, kH, kW, sH, sW, pH, pW; };
+
+static const Shape SHAPES[] = {
+    {2, 3, 7, 6, 5, 3, 3, 1, 1, 1, 1},       // padded 3x3, K = 27 (not a multiple of BK)
+    {1, 4, 9, 9, 33, 3, 3, 2, 2, 1, 1},      // stride 2; O = 33 crosses a 32-row tile
+    {2, 5, 4, 6, 7, 2, 2, 2, 2, 0, 0},       // 2x2 stride 2: the U-Net's up-convolution
+    {3, 17, 5, 5, 3, 1, 1, 1, 1, 0, 0},      // 1x1 (the head)
+    {1, 2, 11, 13, 4, 5, 3, 1, 2, 2, 0},     // non-square kernel, stride and padding
+    {2, 40, 10, 10, 70, 3, 3, 1, 1, 1, 1},   // several tiles in both directions, K = 360
+    {1, 130, 6, 6, 140, 3, 3, 1, 1, 1, 1},   // M = 140 for the 128x128 tile, K = 1170
+    {2, 40, 6, 6, 70, 2, 2, 2, 2, 0, 0},     // up-convolution, several tiles, K = 70
+    {1, 3, 6, 9, 5, 3, 3, 3, 3, 0, 0},       // 3x3 windows with stride 3 partition 6x9
+    {1, 3, 7, 9, 5, 3, 3, 3, 3, 0, 0},       // stride = kernel, but row 6 is in no window
+};
+
+static unsigned long long lcg_state = 12345;
+static double uniform() {                   // in [-1, 1)
+    lcg_state = lcg_state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (double)(lcg_state >> 11) / (double)(1ULL << 53) * 2.0 - 1.0;
+}
+
+static int failures = 0, checks = 0;
+constexpr int GUARD = 300;                   // more than one tile of overhang
+constexpr float SENTINEL = 12345.0f;
+
+template <typename T>
+struct Buffer {                              // n elements + a guard zone
+    std::vector<T> v;
+    size_t n;
+    explicit Buffer(size_t n_, bool fill_nan) : v(n_ + GUARD, T(SENTINEL)), n(n_) {
+        for (size_t i = 0; i < n; ++i)
+            v[i] = fill_nan ? std::numeric_limits<T>::quiet_NaN() : T(uniform());
+    }
+    T* data() { return v.data(); }
+    bool guard_intact() const {
+        for (size_t i = n; i < n + GUARD; ++i) if (v[i] != T(SENTINEL)) return false;
+        return true;
+    }
+};
+
+template <typename T>
+void compare(const std::string& what, const Buffer<T>& out, const std::vector<double>& ref)
+{
+    double err = 0, scale = 1;
+    bool finite = true;
+    for (size_t i = 0; i < ref.size(); ++i) {
+        if (!std::isfinite((double)out.v[i])) finite = false;
+        err = std::max(err, std::fabs((double)out.v[i] - ref[i]));
+        scale = std::max(scale, std::fabs(ref[i]));
+    }
+    const double tol = sizeof(T) == 4 ? 2e-5 : 1e-12;
+    const bool ok = finite && out.guard_intact() && err / scale <= tol;
+    ++checks;
+    if (!ok) ++failures;
+    std::printf("%s %-64s rel err %.2e%s%s\n", ok ? "ok  " : "FAIL", what.c_str(), err / scale,
+                finite ? "" : "  (NaN: an element was not written)",
+                out.guard_intact() ? "" : "  (wrote past the end)");
+}
+
+template <typename T>
+using FwdFn = void (*)(const T*, const T*, const T*, T*, int, int, int, int, int, int, int, int,
+                       int, int, int, int, int, int);
+template <typename T>
+using BinFn = void (*)(const T*, const T*, T*, int, int, int, int, int, int, int, int, int, int,
+                       int, int, int);
+template <typename T>
+using BwFn = void (*)(const T*, const T*, T*, int, int, int, int, int, int, int, int, int, int,
+                      int, int, int, int);
+template <typename T>
+using ReduceFn = void (*)(const T*, T*, int, long long);
+
+template <typename T>
+struct Tile {
+    const char* name; int BM, BN, BK; FwdFn<T> fwd; BinFn<T> bin; BwFn<T> bw; BinFn<T> bin_part;
+};
+
+template <typename T>
+void check_shape(const Tile<T>& tile, const Shape& s, ReduceFn<T> reduce, const char* dt)
+{
+    const int Ho = (s.H + 2 * s.pH - s.kH) / s.sH + 1, Wo = (s.W + 2 * s.pW - s.kW) / s.sW + 1;
+    const size_t nx = (size_t)s.N * s.C * s.H * s.W, nw = (size_t)s.O * s.C * s.kH * s.kW;
+    const size_t ny = (size_t)s.N * s.O * Ho * Wo;
+    Buffer<T> x(nx, false), w(nw, false), b(s.O, false), gy(ny, false);
+    auto X = [&](int n, int c, int h, int v) -> double {      // x_pad
+        h -= s.pH; v -= s.pW;
+        if (h < 0 || h >= s.H || v < 0 || v >= s.W) return 0.0;
+        return x.v[((size_t)(n * s.C + c) * s.H + h) * s.W + v];
+    };
+    std::vector<double> y_ref(ny), gx_ref(nx, 0.0), gw_ref(nw, 0.0);
+    for (int n = 0; n < s.N; ++n) for (int o = 0; o < s.O; ++o)
+    for (int p = 0; p < Ho; ++p) for (int q = 0; q < Wo; ++q) {
+        const size_t yi = ((size_t)(n * s.O + o) * Ho + p) * Wo + q;
+        double acc = b.v[o];
+        for (int c = 0; c < s.C; ++c) for (int i = 0; i < s.kH; ++i) for (int j = 0; j < s.kW; ++j) {
+            const size_t wi = ((size_t)(o * s.C + c) * s.kH + i) * s.kW + j;
+            const int h = p * s.sH + i, v = q * s.sW + j;
+            acc += (double)w.v[wi] * X(n, c, h, v);
+            gw_ref[wi] += (double)gy.v[yi] * X(n, c, h, v);
+            const int hu = h - s.pH, vu = v - s.pW;                 // unpadded position
+            if (hu >= 0 && hu < s.H && vu >= 0 && vu < s.W)
+                gx_ref[((size_t)(n * s.C + c) * s.H + hu) * s.W + vu] += (double)w.v[wi] * gy.v[yi];
+        }
+        y_ref[yi] = acc;
+    }
+    char tag[160];
+    std::snprintf(tag, sizeof tag, "%s %s N%d C%d %dx%d O%d k%dx%d s%dx%d p%dx%d", tile.name, dt,
+                  s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW);
+    const std::string t(tag);
+    const dim3 block(256);
+    auto cdiv = [](long long a, long long c) { return (int)((a + c - 1) / c); };
+
+    Buffer<T> y(ny, true);
+    emu_launch(dim3(cdiv((long long)s.N * Ho * Wo, tile.BN), cdiv(s.O, tile.BM)), block, tile.fwd,
+               (const T*)x.data(), (const T*)w.data(), (const T*)b.data(), y.data(), 1,
+               s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
+    compare(t + " forward", y, y_ref);
+
+    Buffer<T> gx(nx, true);
+    emu_launch(dim3(cdiv((long long)s.N * s.H * s.W, tile.BN), cdiv(s.C, tile.BM)), block, tile.bin,
+               (const T*)gy.data(), (const T*)w.data(), gx.data(),
+               s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
+    compare(t + " backward input", gx, gx_ref);
+
+    // windows that partition the input: the dense GEMM + pixel-shuffle kernel
+    if (s.sH == s.kH && s.sW == s.kW && s.pH == 0 && s.pW == 0 && s.H == Ho * s.kH &&
+        s.W == Wo * s.kW) {
+        Buffer<T> gxp(nx, true);
+        emu_launch(dim3(cdiv((long long)s.N * Ho * Wo, tile.BN), cdiv(s.C * s.kH * s.kW, tile.BM)),
+                   block, tile.bin_part, (const T*)gy.data(), (const T*)w.data(), gxp.data(),
+                   s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
+        compare(t + " backward input (partition)", gxp, gx_ref);
+    }
+
+    const int K = s.N * Ho * Wo;
+    for (int want : {1, 3}) {
+        const int k_chunk = cdiv(cdiv(K, want), tile.BK) * tile.BK;
+        const int splits = cdiv(K, k_chunk);
+        Buffer<T> ws(nw * splits, true), gw(nw, true);
+        emu_launch(dim3(cdiv((long long)s.C * s.kH * s.kW, tile.BN), cdiv(s.O, tile.BM), splits),
+                   block, tile.bw, (const T*)gy.data(), (const T*)x.data(),
+                   splits == 1 ? gw.data() : ws.data(), k_chunk,
+                   s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
+        if (splits > 1)
+            emu_launch(dim3(3), dim3(64), reduce, (const T*)ws.data(), gw.data(), splits,
+                       (long long)nw);
+        compare(t + " backward weight, " + std::to_string(splits) + " split(s)", gw, gw_ref);
+    }
+}
+
+int main()
+{
+#define TILE(NAME, BM, BN, BK, DT)                                                          \
+    {#NAME, BM, BN, BK, conv2d_forward_##NAME##_##DT, conv2d_backward_input_##NAME##_##DT,  \
+     conv2d_backward_weight_##NAME##_##DT, conv2d_backward_input_partition_##NAME##_##DT}
+    const Tile<float> f32_tiles[] = {TILE(m32n128, 32, 128, 16, f32), TILE(m64n64, 64, 64, 16, f32),
+                                     TILE(m128n128, 128, 128, 8, f32)};
+    const Tile<double> f64_tiles[] = {TILE(m32n128, 32, 128, 16, f64), TILE(m64n64, 64, 64, 16, f64)};
+#undef TILE
+    for (const Shape& s : SHAPES) {
+        for (const auto& tile : f32_tiles) check_shape<float>(tile, s, splitk_reduce_f32, "f32");
+        for (const auto& tile : f64_tiles) check_shape<double>(tile, s, splitk_reduce_f64, "f64");
+    }
+    std::printf("%d checks, %d failures\n", checks, failures);
+    return failures ? 1 : 0;
+}

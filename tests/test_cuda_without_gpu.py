@@ -1,0 +1,92 @@
+"""What can be checked of the CUDA backend without a GPU: the kernel sources run on the CPU
+(``tests/kernel_emu``), the launch planning, and the backends' common contract.
+
+``tests/kernel_emu/cuda_emu.h`` compiles a ``kernels/*.cu`` file as C++ and runs each launch
+block by block, every CUDA thread a fiber that yields at ``__syncthreads()``; the check
+programs compare the kernels with plain loops (see the header for what this can and cannot
+catch). The GPU self-check in ``benchmarks/gpu_check.sh`` remains the test on real hardware.
+"""
+import inspect
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from minicnn import backend
+from minicnn.backend import cuda_backend as cb, numpy_backend as nb
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EMU = os.path.join(ROOT, "tests", "kernel_emu")
+CXX = shutil.which(os.environ.get("CXX", "g++"))
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
+@pytest.mark.parametrize("program, variant", [("conv_check", v) for v in cb.CONV_VARIANTS])
+def test_kernels_in_the_emulator(program, variant, tmp_path):
+    """Each build variant of the kernel file (the NVRTC options of ``cb.CONV_VARIANTS``, which
+    are -D macros, passed to g++ as they are)."""
+    exe = tmp_path / program
+    build = [CXX, "-std=c++20", "-O2", *cb.CONV_VARIANTS[variant], "-I", EMU,
+             "-I", os.path.join(ROOT, "kernels"), "-x", "c++", os.path.join(EMU, program + ".cpp"),
+             "-o", str(exe)]
+    r = subprocess.run(build, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{' '.join(build)}:\n{r.stderr[-4000:]}"
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
+    failed = [line for line in r.stdout.splitlines() if not line.startswith("ok")]
+    assert r.returncode == 0, "\n".join(failed)[-4000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.endswith(" 0 failures") and int(last.split()[0]) >= 100, last
+
+
+@pytest.mark.parametrize("M, Ncols, K, suffix, split_k, tile", [
+    (16, 230400, 9, "f32", False, "m32n128"),         # first U-Net layer: few output channels
+    (128, 57600, 1152, "f32", False, "m128n128"),     # 128 -> 128 @48px: a large grid
+    (512, 3600, 4608, "f32", False, "m64n64"),        # 512 @12px: too few 128x128 tiles
+    (512, 3600, 4608, "f64", False, "m64n64"),        # no 128x128 tile in float64
+    (64, 576, 230400, "f32", True, "m64n64"),         # a weight gradient: split K
+])
+def test_plan_gemm(M, Ncols, K, suffix, split_k, tile):
+    got, grid, k_chunk = cb.plan_gemm(M, Ncols, K, suffix, sm_count=132, split_k=split_k)
+    assert got == tile
+    BM, BN, BK = cb.TILES[tile][:3]
+    assert grid[:2] == (-(-Ncols // BN), -(-M // BM))
+    if split_k:
+        assert grid[2] > 1 and k_chunk % BK == 0
+        assert (grid[2] - 1) * k_chunk < K <= grid[2] * k_chunk      # no empty slice
+    else:
+        assert grid[2] == 1 and k_chunk == K
+
+
+def test_window_partition():
+    assert cb.window_partition(2, 2, 2, 2, 0, 0, 12, 12, 6, 6)      # the up-convolution
+    assert cb.window_partition(3, 1, 3, 1, 0, 0, 9, 5, 3, 5)
+    assert not cb.window_partition(2, 2, 2, 2, 0, 0, 13, 12, 6, 6)  # row 12 is in no window
+    assert not cb.window_partition(2, 2, 2, 2, 1, 1, 12, 12, 7, 7)  # padding
+    assert not cb.window_partition(3, 3, 2, 2, 0, 0, 13, 13, 6, 6)  # overlapping windows
+
+
+@pytest.mark.parametrize("name", backend.PRIMITIVES)
+def test_backends_share_each_primitive_signature(name):
+    assert inspect.signature(getattr(nb, name)) == inspect.signature(getattr(cb, name))
+
+
+def test_primitive_cross_entropy_refuses_targets_unless_told_they_are_checked():
+    x = np.zeros((2, 3), np.float32)
+    for t in (np.array([0, 3]), np.array([-1, 0])):
+        with pytest.raises(ValueError, match=r"target values must be in \[0, 3\)"):
+            nb.softmax_cross_entropy_forward(x, t, None)
+    loss, wt, p = nb.softmax_cross_entropy_forward(x, np.array([0, 2]), None, check_target=False)
+    np.testing.assert_allclose(loss, np.log(3), rtol=1e-6)
+
+
+def test_conv_variant_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("MINICNN_CONV_VARIANT", raising=False)
+    assert cb.conv_variant() == "plain"
+    monkeypatch.setenv("MINICNN_CONV_VARIANT", "prefetch")
+    assert cb.conv_variant() == "prefetch" and cb._module_options("conv") == \
+        ("-DMINICNN_CONV_PREFETCH=1",)
+    monkeypatch.setenv("MINICNN_CONV_VARIANT", "fast")
+    with pytest.raises(ValueError, match="MINICNN_CONV_VARIANT='fast'"):
+        cb.conv_variant()
