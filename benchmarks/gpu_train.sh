@@ -10,6 +10,8 @@
 #   A3, A4  (SET=lr) --preset gpu64 --epochs 150 on cmr/train with --lr 2e-4 and 3e-4
 #   A5, B2  (SET=long, not run yet) A with 200 epochs, B with 60 epochs (about 7 minutes on an
 #           H100 for both side by side: set LIMIT=480)
+#   A6, B3  (SET=norm, not run yet) A and B with instance normalisation (--norm instance),
+#           which helped at width 16 on the CPU (docs/unet.md)
 #
 #   CMR_DATA=../shared/data OUT=results bash benchmarks/gpu_train.sh          (A, A2, B)
 #   CMR_DATA=../shared/data OUT=results SET=lr bash benchmarks/gpu_train.sh   (A3, A4)
@@ -26,7 +28,7 @@ CMR_DATA="${CMR_DATA:-shared/data}"
 OUT="${OUT:-runs/gpu_train}"
 RUNS="${RUNS:-/dev/shm/cmr_runs}"
 LIMIT="${LIMIT:-330}"
-SET="${SET:-main}"            # main: runs A, A2, B; lr: A3, A4; long: A5, B2 (see above)
+SET="${SET:-main}"            # main: A, A2, B; lr: A3, A4; long: A5, B2; norm: A6, B3 (above)
 BACKEND="${BACKEND:-cuda}"    # BACKEND=numpy EXTRA="--base 4 --epochs 1" checks this script on a CPU
 EXTRA="${EXTRA:-}"
 mkdir -p "$OUT" "$RUNS"
@@ -54,6 +56,9 @@ start() {   # NAME ARGS...: train in the background
 if [ "$SET" = long ]; then     # the next set: the two best recipes, twice as long
     start A5 --preset gpu64 --epochs 200
     start B2 --preset gpu64 --epochs 60 --extra-data "$ACDC" --extra-transpose
+elif [ "$SET" = norm ]; then   # instance normalisation after every 3x3 convolution
+    start A6 --preset gpu64 --norm instance
+    start B3 --preset gpu64 --norm instance --epochs 30 --extra-data "$ACDC" --extra-transpose
 elif [ "$SET" = lr ]; then     # a second set: lower learning rates, longer, on cmr/train only
     start A3 --preset gpu64 --lr 2e-4 --epochs 150
     start A4 --preset gpu64 --lr 3e-4 --epochs 150
@@ -91,7 +96,7 @@ for run in sorted(p for p in runs.iterdir() if p.is_dir()):
              "epochs": [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []}
     for ev in sorted(run.glob("eval_*.json")):
         e = json.loads(ev.read_text())
-        entry[ev.stem] = {k: e[k] for k in ("dice", "hd95", "n_images")}
+        entry[ev.stem] = {k: e[k] for k in ("dice", "hd95", "n_images", "all_present") if k in e}
     best = max(entry["epochs"], key=lambda r: r["val_dice"]["mean"], default=None)
     print(f"{run.name}: {len(entry['epochs'])} epochs, best val mean Dice "
           f"{best['val_dice']['mean'] if best else float('nan'):.3f} (epoch {best['epoch'] if best else '-'}); "

@@ -74,6 +74,11 @@ def format_table(result):
     lines = [f"{'':8}{'RV':>8}{'Myo':>8}{'LV':>8}{'mean':>8}"]
     for key, label in (("dice", "Dice"), ("hd95", "HD95 px")):
         lines.append(f"{label:8}" + "".join(f"{result[key][c]:8.3f}" for c in CLASSES + ("mean",)))
+    sub = result.get("all_present")
+    if sub and sub["n_images"] != result["n_images"]:
+        lines.append(f"{'Dice*':8}" + "".join(f"{sub['dice'][c]:8.3f}" for c in CLASSES + ("mean",))
+                     + f"   * the {sub['n_images']} of {result['n_images']} slices whose ground"
+                     " truth has all three structures")
     return "\n".join(lines)
 
 

@@ -143,12 +143,15 @@ def evaluate_masks(preds: np.ndarray, targets: np.ndarray,
              "hd95": {"RV": .., "Myo": .., "LV": .., "mean": ..},
              "hd95_undefined": {"RV": k, "Myo": k, "LV": k},
              "n_images": N,
+             "all_present": {"n_images": k, "dice": {"RV": .., ..., "mean": ..}},
              "per_image": [{"name": .., "dice": {"RV": ..,...}, "hd95": {...}}, ...]}
 
         Per-class values are averaged over images (per image first, then the
         mean - the original convention); "mean" is the mean of the RV, Myo
         and LV values.  HD95 averages skip NaNs (structure present in only
         one of prediction and target); ``hd95_undefined`` counts them.
+        ``all_present`` scores only the images whose ground truth holds every structure
+        (apical and basal slices, where a structure is missing or tiny, left out).
     """
     preds, targets = np.asarray(preds), np.asarray(targets)
     if preds.shape != targets.shape or preds.ndim != 3:
@@ -177,11 +180,18 @@ def evaluate_masks(preds: np.ndarray, targets: np.ndarray,
     hd_mean = {STRUCTURES[c]: _nanmean(hd[:, k]) for k, c in enumerate(labels)}
     dice_mean["mean"] = float(np.mean([dice_mean[STRUCTURES[c]] for c in labels]))
     hd_mean["mean"] = _nanmean([hd_mean[STRUCTURES[c]] for c in labels])
+    # The subset of slices whose ground truth has every structure (mid-ventricular slices, like
+    # all of the coursework set), so that sets with apical/basal slices compare like for like.
+    present = np.array([all((targets[i] == c).any() for c in labels) for i in range(n)], bool)
+    sub = {STRUCTURES[c]: float(dice[present, k].mean()) if present.any() else float("nan")
+           for k, c in enumerate(labels)}
+    sub["mean"] = float(np.mean([sub[STRUCTURES[c]] for c in labels]))
     return {
         "dice": dice_mean,
         "hd95": hd_mean,
         "hd95_undefined": {STRUCTURES[c]: int(np.isnan(hd[:, k]).sum())
                            for k, c in enumerate(labels)},
         "n_images": n,
+        "all_present": {"n_images": int(present.sum()), "dice": sub},
         "per_image": per_image,
     }

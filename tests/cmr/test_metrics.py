@@ -108,3 +108,19 @@ def test_evaluate_masks_all_undefined_gives_nan_without_warning():
         res = evaluate_masks(p, t)
     assert math.isnan(res["hd95"]["LV"]) and res["dice"]["LV"] == 0.0
     assert res["dice"]["RV"] == 1.0 and res["per_image"][0]["name"] == "0"
+
+
+def test_all_present_scores_only_slices_with_every_structure():
+    full = three_class_mask()
+    no_rv = full.copy()
+    no_rv[no_rv == 1] = 0                    # an apical slice: no RV in the ground truth
+    t = np.stack([full, full, no_rv])
+    p = np.stack([full, full, full])         # the third prediction invents an RV: Dice 0
+    p[1][p[1] == 2] = 0                      # the second misses the myocardium
+    res = evaluate_masks(p, t)
+    assert res["dice"]["RV"] == pytest.approx(2 / 3)
+    sub = res["all_present"]
+    assert sub["n_images"] == 2
+    assert sub["dice"]["RV"] == 1.0 and sub["dice"]["Myo"] == pytest.approx(0.5)
+    assert sub["dice"]["mean"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert evaluate_masks(p[:2], t[:2])["all_present"]["n_images"] == 2
