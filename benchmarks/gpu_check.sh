@@ -12,7 +12,8 @@
 #   2. a direct self-check of every kernel against numpy_backend (all conv tile shapes,
 #      split-K, U-Net-sized layers, pool / relu / loss / optimizers bit for bit), and timings
 #   3. the CUDA tests against PyTorch (ops, optimizers, the U-Net, the first training steps
-#      against the NumPy backend):  MINICNN_TEST_CUDA=1 pytest -q tests -k cuda
+#      against the NumPy backend):  MINICNN_TEST_CUDA=1 pytest -q tests -k "cuda and not emulator"
+#      (the CPU emulator of the kernels is for machines without a GPU)
 #   4. a short training on real data with --backend cuda, then cmr.evaluate and cmr.predict
 #      on the GPU (skipped when the data is not there)
 #   5. with --bench: bench_ops.py and bench_train.py at full size (reports in $OUT/ops, $OUT/train),
@@ -348,7 +349,7 @@ export CMR_DATA
 
 step "versions" 30 bash -c versions
 step "kernel self-check vs numpy_backend" 60 bash -c selfcheck
-step "pytest -k cuda" 120 "$PYTHON" -m pytest -q -p no:cacheprovider tests -k cuda -rs --tb=short
+step "pytest -k cuda" 120 "$PYTHON" -m pytest -q -p no:cacheprovider tests -k "cuda and not emulator" -rs --tb=short
 if [ -d "$CMR_DATA/cmr" ]; then
     step "train 3 epochs, evaluate, predict on cuda" 60 bash -c train_eval_predict
 else

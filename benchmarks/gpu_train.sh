@@ -10,8 +10,9 @@
 #   A3, A4  (SET=lr) --preset gpu64 --epochs 150 on cmr/train with --lr 2e-4 and 3e-4
 #   A5, B2  (SET=long, not run yet) A with 200 epochs, B with 60 epochs (about 7 minutes on an
 #           H100 for both side by side: set LIMIT=480)
-#   A6, B3  (SET=norm, not run yet) A and B with instance normalisation (--norm instance),
-#           which helped at width 16 on the CPU (docs/unet.md)
+#   A6, A7, B3  (SET=norm, not run yet) with instance normalisation (--norm instance), which
+#           helped most at width 16 on the CPU (docs/unet.md): A6 = A + norm, A7 = A6 with 200
+#           epochs, B3 = B + norm (set LIMIT=480: A7 needs about 7 minutes beside the others)
 #
 #   CMR_DATA=../shared/data OUT=results bash benchmarks/gpu_train.sh          (A, A2, B)
 #   CMR_DATA=../shared/data OUT=results SET=lr bash benchmarks/gpu_train.sh   (A3, A4)
@@ -28,7 +29,7 @@ CMR_DATA="${CMR_DATA:-shared/data}"
 OUT="${OUT:-runs/gpu_train}"
 RUNS="${RUNS:-/dev/shm/cmr_runs}"
 LIMIT="${LIMIT:-330}"
-SET="${SET:-main}"            # main: A, A2, B; lr: A3, A4; long: A5, B2; norm: A6, B3 (above)
+SET="${SET:-main}"            # main: A, A2, B; lr: A3, A4; long: A5, B2; norm: A6, A7, B3
 BACKEND="${BACKEND:-cuda}"    # BACKEND=numpy EXTRA="--base 4 --epochs 1" checks this script on a CPU
 EXTRA="${EXTRA:-}"
 mkdir -p "$OUT" "$RUNS"
@@ -58,6 +59,7 @@ if [ "$SET" = long ]; then     # the next set: the two best recipes, twice as lo
     start B2 --preset gpu64 --epochs 60 --extra-data "$ACDC" --extra-transpose
 elif [ "$SET" = norm ]; then   # instance normalisation after every 3x3 convolution
     start A6 --preset gpu64 --norm instance
+    start A7 --preset gpu64 --norm instance --epochs 200
     start B3 --preset gpu64 --norm instance --epochs 30 --extra-data "$ACDC" --extra-transpose
 elif [ "$SET" = lr ]; then     # a second set: lower learning rates, longer, on cmr/train only
     start A3 --preset gpu64 --lr 2e-4 --epochs 150
