@@ -32,9 +32,9 @@ from .unet import NORMS, UNet
 CLASSES = ("RV", "Myo", "LV")
 DEFAULTS = dict(data=None, backend="numpy", epochs=50, batch_size=25, lr=2e-4, betas=(0.9, 0.99),
                 class_weights=(0.1, 0.3, 0.3, 0.3), loss="ce", optimizer="adam", base=64,
-                depth=4, init="torch", norm="none", augment=True, seed=0, schedule="constant", weight_decay=0.0,
-                phantom_train=200, phantom_val=40, extra_data=None, extra_transpose=False,
-                flip_tta=False)
+                depth=4, init="torch", norm="none", augment=True, seed=0, schedule="constant",
+                weight_decay=0.0, phantom_train=200, phantom_val=40, extra_data=None,
+                extra_transpose=False, flip_tta=False)
 PRESETS = {
     # the README's first command: a few minutes on a 2-core CPU, on the phantom
     "quick": dict(epochs=8, base=8, batch_size=8, lr=3e-3, loss="ce+dice", init="he",
