@@ -98,7 +98,7 @@ for run in sorted(p for p in runs.iterdir() if p.is_dir()):
              "epochs": [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []}
     for ev in sorted(run.glob("eval_*.json")):
         e = json.loads(ev.read_text())
-        entry[ev.stem] = {k: e[k] for k in ("dice", "hd95", "n_images", "all_present") if k in e}
+        entry[ev.stem] = {k: e[k] for k in ("dice", "hd95", "n_images", "all_present")}
     best = max(entry["epochs"], key=lambda r: r["val_dice"]["mean"], default=None)
     print(f"{run.name}: {len(entry['epochs'])} epochs, best val mean Dice "
           f"{best['val_dice']['mean'] if best else float('nan'):.3f} (epoch {best['epoch'] if best else '-'}); "

@@ -182,7 +182,7 @@ def evaluate_masks(preds: np.ndarray, targets: np.ndarray,
     hd_mean["mean"] = _nanmean([hd_mean[STRUCTURES[c]] for c in labels])
     # The subset of slices whose ground truth has every structure (mid-ventricular slices, like
     # all of the coursework set), so that sets with apical/basal slices compare like for like.
-    present = np.array([all((targets[i] == c).any() for c in labels) for i in range(n)], bool)
+    present = np.stack([(targets == c).any(axis=(1, 2)) for c in labels], axis=1).all(axis=1)
     sub = {STRUCTURES[c]: float(dice[present, k].mean()) if present.any() else float("nan")
            for k, c in enumerate(labels)}
     sub["mean"] = float(np.mean([sub[STRUCTURES[c]] for c in labels]))

@@ -50,8 +50,8 @@ using std::max;
 using std::min;
 
 inline std::function<void()> emu_body;                // the kernel call of this launch
-inline bool* emu_done_flag = nullptr;
-inline void emu_fiber_entry() { emu_body(); *emu_done_flag = true; }   // then uc_link
+inline int* emu_done_flag = nullptr;
+inline void emu_fiber_entry() { emu_body(); *emu_done_flag = 1; }      // then uc_link
 
 template <typename Kernel, typename... Args>
 void emu_launch(dim3 grid, dim3 block, Kernel kernel, Args... args)
@@ -63,7 +63,7 @@ void emu_launch(dim3 grid, dim3 block, Kernel kernel, Args... args)
     const unsigned threads = block.x * block.y * block.z;
     std::vector<ucontext_t> ctx(threads);
     std::vector<std::vector<char>> stacks(threads, std::vector<char>(STACK));
-    std::vector<char> done(threads);
+    std::vector<int> done(threads);
     for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
     for (unsigned x = 0; x < grid.x; ++x) {
@@ -81,7 +81,7 @@ void emu_launch(dim3 grid, dim3 block, Kernel kernel, Args... args)
                 if (done[t]) continue;
                 threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
                 emu_running = &ctx[t];
-                emu_done_flag = reinterpret_cast<bool*>(&done[t]);
+                emu_done_flag = &done[t];
                 swapcontext(&emu_scheduler, &ctx[t]);
                 if (done[t]) --left;
             }
