@@ -28,14 +28,17 @@ def test_phantom_run_writes_everything(tmp_path):
     assert len(lines) == 2 and set(json.loads(lines[0])["val_dice"]) == {"RV", "Myo", "LV", "mean"}
 
 
-def test_checkpoint_is_data_not_code(tmp_path):
-    train.run(dict(TINY, epochs=1), tmp_path, say=quiet, progress=False)
+@pytest.mark.parametrize("norm", ["none", "instance"])
+def test_checkpoint_is_data_not_code(tmp_path, norm):
+    train.run(dict(TINY, epochs=1, norm=norm), tmp_path, say=quiet, progress=False)
     with np.load(tmp_path / "last.npz", allow_pickle=False) as z:     # raises if pickled
         assert all(z[k].dtype != object for k in z.files)
         meta = json.loads(str(z["meta"]))
-    assert meta["epoch"] == 1 and meta["model"]["base"] == 2
+    assert meta["epoch"] == 1 and meta["model"]["base"] == 2 and meta["model"]["norm"] == norm
     model, _ = checkpoint.load_model(tmp_path / "last.npz")
-    assert model.num_parameters() > 0
+    _, params, _ = checkpoint.load(tmp_path / "last.npz")
+    assert set(params) == {name for name, _ in model.named_parameters()}
+    assert ("down0.norm1.weight" in params) == (norm == "instance")
 
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
