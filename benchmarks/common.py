@@ -130,7 +130,8 @@ def machine_info(device, query_gpu=True):
         "git": _git_commit(),
     }
     if device == "cuda":
-        info["conv_variant"] = os.environ.get("MINICNN_CONV_VARIANT", "plain")
+        from minicnn.backend import cuda_backend      # importable without CuPy
+        info["conv_variant"] = cuda_backend.conv_variant()   # as built (refuses a bad name)
         if query_gpu:
             info["gpu"] = gpu_name()
     return info

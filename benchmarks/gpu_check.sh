@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # gpu_check.sh -- the checks to run on a machine with an NVIDIA GPU, in one go: about 2 minutes,
-# 3.6 with --bench (an H100, 2026-11-27: 217 s with --bench, before the prefetch steps were added;
-# expect about 5.5 minutes now). Each step has its own time limit
-# (together 340 s, 665 s with --bench), so a hanging step cannot eat the session.
+# about 5 with --bench (an H100, 2026-11-27: 217 s with --bench before the conv build variants
+# were added to it; each variant adds about 40 s, the first one about 45 s more). Each step has
+# its own time limit (together 340 s; with --bench 665 s for the default variant list), so a
+# hanging step cannot eat the session.
 #
 #   bash benchmarks/gpu_check.sh            (from the repository root)
 #   bash benchmarks/gpu_check.sh --bench    (adds the full-size benchmarks: about 1.5 minutes more)
@@ -17,8 +18,10 @@
 #   4. a short training on real data with --backend cuda, then cmr.evaluate and cmr.predict
 #      on the GPU (skipped when the data is not there)
 #   5. with --bench: bench_ops.py and bench_train.py at full size (reports in $OUT/ops, $OUT/train),
-#      then the self-check and the conv / training benchmarks again with the "prefetch" build
-#      of kernels/conv.cu (MINICNN_CONV_VARIANT=prefetch; $OUT/ops_prefetch, $OUT/train_prefetch)
+#      then for each build variant of kernels/conv.cu in CONV_BENCH_VARIANTS (default:
+#      "fastdiv+prefetch+vec4", all features; add "prefetch vec4 fastdiv" to time each alone)
+#      the self-check and bench_train ($OUT/train_<variant>), and for the first of them the
+#      conv rows of bench_ops too ($OUT/ops_<variant>)
 #   6. the op tests under compute-sanitizer memcheck (CuPy's memory pool switched off, so that
 #      an out-of-bounds access is outside any allocation and gets reported), with the bounded
 #      hypothesis profile HYPOTHESIS_PROFILE=ci
@@ -27,7 +30,7 @@
 # $OUT/reports.tar.gz. Exit status: 0 if no step failed, else 1.
 #
 # Environment: PYTHON (default: python3, else python), CMR_DATA (folder holding cmr/;
-# default: shared/data), OUT (optional).
+# default: shared/data), OUT (optional), CONV_BENCH_VARIANTS (see step 5).
 set -u
 
 BENCH=0
@@ -45,6 +48,9 @@ CMR_DATA="${CMR_DATA:-shared/data}"
 export PYTHON
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+# conv build variants that --bench times after the default one (MINICNN_CONV_VARIANT values)
+CONV_BENCH_VARIANTS="${CONV_BENCH_VARIANTS:-fastdiv+prefetch+vec4}"
 
 STEPS=()
 STATUS=()
@@ -361,15 +367,23 @@ if [ "$BENCH" = 1 ]; then
         "$PYTHON" benchmarks/bench_ops.py --device cuda --tf32 ${OUT:+--out "$OUT/ops"}
     step "bench_train --device cuda" 75 \
         "$PYTHON" benchmarks/bench_train.py --device cuda ${OUT:+--out "$OUT/train"}
-    # the other build variant of kernels/conv.cu (cuda_backend.CONV_VARIANTS), side by side
-    step "self-check, conv variant prefetch" 40 \
-        env MINICNN_CONV_VARIANT=prefetch bash -c selfcheck
-    step "bench_ops --filter conv, variant prefetch" 70 \
-        env MINICNN_CONV_VARIANT=prefetch "$PYTHON" benchmarks/bench_ops.py --device cuda \
-        --filter conv ${OUT:+--out "$OUT/ops_prefetch"}
-    step "bench_train, conv variant prefetch" 50 \
-        env MINICNN_CONV_VARIANT=prefetch "$PYTHON" benchmarks/bench_train.py --device cuda \
-        ${OUT:+--out "$OUT/train_prefetch"}
+    # the other build variants of kernels/conv.cu (cuda_backend.CONV_FEATURES), each in its
+    # own processes: self-check, then the training step; the conv table for the first one
+    first=1
+    for variant in $CONV_BENCH_VARIANTS; do
+        tag=${variant//+/_}
+        step "self-check, conv variant $variant" 40 \
+            env MINICNN_CONV_VARIANT="$variant" bash -c selfcheck
+        if [ $first = 1 ]; then
+            step "bench_ops --filter conv, variant $variant" 70 \
+                env MINICNN_CONV_VARIANT="$variant" "$PYTHON" benchmarks/bench_ops.py \
+                --device cuda --filter conv ${OUT:+--out "$OUT/ops_$tag"}
+            first=0
+        fi
+        step "bench_train, conv variant $variant" 50 \
+            env MINICNN_CONV_VARIANT="$variant" "$PYTHON" benchmarks/bench_train.py \
+            --device cuda ${OUT:+--out "$OUT/train_$tag"}
+    done
 fi
 if command -v compute-sanitizer >/dev/null; then
     step "compute-sanitizer memcheck (test_ops -k cuda)" 70 bash -c sanitized_ops

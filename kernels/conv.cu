@@ -68,6 +68,9 @@
 // TM x TN block is *strided* over the tile. Neighbouring threads thus own neighbouring
 // columns: their shared-memory reads of B are conflict-free and their global stores of Out
 // are coalesced (columns are the contiguous (p, q) / (h, v) axis of y / gx).
+// Build variant MINICNN_CONV_VEC4: the rows are groups of 4,  (i/4)*4*(BM/TM) + 4*ty + i%4,
+// and so are the columns; a thread then reads 4 values of a shared row in one 16-byte load
+// (the 16-byte reads of a warp's threads are consecutive, so they stay conflict-free).
 //
 // Index arithmetic is 32-bit `int` (the launcher checks that every tensor, and every GEMM
 // dimension plus one tile of overhang, fits).
@@ -79,6 +82,20 @@
 #ifndef MINICNN_CONV_PREFETCH
 #define MINICNN_CONV_PREFETCH 0
 #endif
+// MINICNN_CONV_VEC4=1 gives each thread *contiguous* groups of 4 rows and 4 columns of the
+// tile (instead of rows/columns strided by RS/CS), so that the inner loop reads its TM + TN
+// shared-memory values as TM/4 + TN/4 16-byte loads instead of TM + TN 4-byte loads.
+// Same sums in the same order.
+#ifndef MINICNN_CONV_VEC4
+#define MINICNN_CONV_VEC4 0
+#endif
+
+// MINICNN_CONV_FASTDIV=1 replaces the integer divisions of the index arithmetic (by kH*kW,
+// kW, Ho*Wo, ...: divisors fixed for the whole launch) by a multiply-high and a shift; see
+// `Div` below. Same results (the quotients are exact).
+#ifndef MINICNN_CONV_FASTDIV
+#define MINICNN_CONV_FASTDIV 0
+#endif
 
 // ================================================================== shapes
 struct ConvShape {
@@ -88,6 +105,43 @@ struct ConvShape {
     int Ho, Wo;            // y is (N, O, Ho, Wo)
 };
 
+// ================================================================== division by a launch constant
+// A divisor d (1 <= d < 2^31) that is the same for every thread. It reads as the int d, and
+// quot(n, d) = n / d for 0 <= n < 2^31. A 32-bit integer division is a ~20-instruction
+// subroutine on the GPU, and the B-tile loads do two to four of them per element. With
+// MINICNN_CONV_FASTDIV the quotient is instead
+//     n / d = umulhi(n, mul) >> shift,   l = ceil(log2 d),  mul = ceil(2^(31+l) / d),
+//     shift = l - 1                       (d > 1; d = 1 is n itself)
+// (Granlund & Montgomery 1994, the round-up method; the same as CUTLASS's FastDivmod). mul
+// fits in 32 bits because 2^(31+l) / d < 2^32 when d > 2^(l-1). The constructor's one 64-bit
+// division per divisor runs once per thread, at the start of the kernel, and mul and shift
+// take two registers per divisor, so only the divisors of the K loop's loads are Divs; the
+// others (once per block, in the epilogue) stay ints and quot(n, int) divides.
+struct Div {
+    int d;
+    unsigned mul;
+    int shift;
+    __device__ Div(int d_) : d(d_), mul(0), shift(0) {
+#if MINICNN_CONV_FASTDIV
+        int l = 0;
+        while ((1LL << l) < d) ++l;
+        if (d > 1) {
+            mul = (unsigned)(((1ULL << (31 + l)) + (unsigned long long)d - 1) / d);
+            shift = l - 1;
+        }
+#endif
+    }
+    __device__ operator int() const { return d; }
+};
+__device__ __forceinline__ int quot(int n, int d) { return n / d; }   // an ordinary divisor
+__device__ __forceinline__ int quot(int n, const Div& d) {
+#if MINICNN_CONV_FASTDIV
+    return d.d == 1 ? n : (int)(__umulhi((unsigned)n, d.mul) >> d.shift);
+#else
+    return n / d.d;
+#endif
+}
+
 // ================================================================== the three problems
 // Each problem provides
 //   Column column(int col)          per-column values a thread computes once per block
@@ -95,6 +149,8 @@ struct ConvShape {
 //   T a(int m, int k)               A[m, k]          (0 <= m < M, 0 <= k < K guaranteed)
 //   T b(int k, const Column& cl)    B[k, col]        (0 <= k < K, 0 <= col < Ncols)
 //   void store(int m, int col, T v) write Out[m, col] = v (+ epilogue)
+// Every quotient in them is quot(n, d) of a non-negative n by a constant of the launch (a Div
+// where it is in the K loop); the remainder is then n - q*d.
 
 // ---------------------------------------------------------------- forward
 template <typename T>
@@ -102,12 +158,14 @@ struct ConvForward {
     const T* x; const T* w; const T* bias; T* y;
     int has_bias;
     ConvShape s;
-    int K, kHW, HW, HoWo;   // C*kH*kW, kH*kW, H*W, Ho*Wo
+    int K;                  // C*kH*kW
+    Div kHW, kW;            // kH*kW, kW: the divisors of every B load
+    int HoWo, Wo, HW;       // Ho*Wo, Wo, H*W: once per block and in the epilogue
 
     struct Column { int xbase, h0, w0; };   // x offset of image n; top-left of the window
     __device__ Column column(int col) const {
-        const int n = col / HoWo, pq = col - n * HoWo;          // col = (n, p, q)
-        const int p = pq / s.Wo, q = pq - p * s.Wo;
+        const int n = quot(col, HoWo), pq = col - n * HoWo;     // col = (n, p, q)
+        const int p = quot(pq, Wo), q = pq - p * Wo;
         return {n * s.C * HW, p * s.sH - s.pH, q * s.sW - s.pW};  // window origin in x coords
     }
     __device__ T a(int m, int k) const { return ldg(w + m * K + k); }  // w as (O, K) row-major
@@ -115,14 +173,14 @@ struct ConvForward {
     // column of output (p, q) = (0, 4) with stride 2, padding 1: h0 = -1, w0 = 7, so the
     // entry is x[n, 1, 0, 9] (or 0 if W <= 9).
     __device__ T b(int k, const Column& cl) const {
-        const int c = k / kHW, r = k - c * kHW;                 // k = (c, i, j)
-        const int i = r / s.kW, j = r - i * s.kW;
+        const int c = quot(k, kHW), r = k - c * kHW;            // k = (c, i, j)
+        const int i = quot(r, kW), j = r - i * kW;
         const int h = cl.h0 + i, v = cl.w0 + j;                 // x row/col (unpadded)
         if (h < 0 || h >= s.H || v < 0 || v >= s.W) return T(0);  // in the zero padding
         return ldg(x + cl.xbase + (c * s.H + h) * s.W + v);
     }
     __device__ void store(int m, int col, T v) const {
-        const int n = col / HoWo, pq = col - n * HoWo;
+        const int n = quot(col, HoWo), pq = col - n * HoWo;
         if (has_bias) v += ldg(bias + m);                       // fused bias: y = W*x + b
         y[(n * s.O + m) * HoWo + pq] = v;
     }
@@ -133,32 +191,33 @@ template <typename T>
 struct ConvBackwardInput {
     const T* gy; const T* w; T* gx;
     ConvShape s;
-    int kHW, HW, HoWo;
+    Div kHW, kW, sH, sW;    // the divisors of every B load
+    int HW, W, HoWo;
 
     struct Column { int gybase, hp, wp; };  // gy offset of image n; (h + pH, v + pW)
     __device__ Column column(int col) const {
-        const int n = col / HW, hv = col - n * HW;              // col = (n, h, v)
-        const int h = hv / s.W, v = hv - h * s.W;
+        const int n = quot(col, HW), hv = col - n * HW;         // col = (n, h, v)
+        const int h = quot(hv, W), v = hv - h * W;
         return {n * s.O * HoWo, h + s.pH, v + s.pW};            // position in x_pad
     }
     __device__ T a(int m, int k) const {                        // m = c, k = (o, i, j)
-        const int o = k / kHW, r = k - o * kHW;
+        const int o = quot(k, kHW), r = k - o * kHW;
         return ldg(w + (o * s.C + m) * kHW + r);                // w[o, m, i, j]
     }
     __device__ T b(int k, const Column& cl) const {
-        const int o = k / kHW, r = k - o * kHW;
-        const int i = r / s.kW, j = r - i * s.kW;
+        const int o = quot(k, kHW), r = k - o * kHW;
+        const int i = quot(r, kW), j = r - i * kW;
         // x_pad row hp is tap i of output row p iff hp = p*sH + i. Example: stride 2, hp = 5:
         // tap i = 1 gives ph = 4 -> p = 2 (hit); tap i = 0 gives ph = 5, odd -> no output.
         const int ph = cl.hp - i, pw = cl.wp - j;
         if (ph < 0 || pw < 0) return T(0);                      // window would start above/left
-        const int p = ph / s.sH, q = pw / s.sW;
-        if (p * s.sH != ph || q * s.sW != pw) return T(0);      // not on the stride grid
+        const int p = quot(ph, sH), q = quot(pw, sW);
+        if (p * sH != ph || q * sW != pw) return T(0);          // not on the stride grid
         if (p >= s.Ho || q >= s.Wo) return T(0);                // past the last output
         return ldg(gy + cl.gybase + (o * s.Ho + p) * s.Wo + q);
     }
     __device__ void store(int m, int col, T v) const {
-        const int n = col / HW, hv = col - n * HW;
+        const int n = quot(col, HW), hv = col - n * HW;
         gx[(n * s.C + m) * HW + hv] = v;
     }
 };
@@ -168,21 +227,21 @@ template <typename T>
 struct ConvBackwardInputPartition {
     const T* gy; const T* w; T* gx;
     ConvShape s;
-    int kHW, HW, HoWo;
+    int kHW, kW, HoWo, Wo, HW;  // (no division in its K loop)
     int CkHW;           // C*kH*kW: the length of one w[o] (the row stride of A's k index)
 
     struct Column { int gyoff; };           // gy offset of (n, 0, p, q)
     __device__ Column column(int col) const {
-        const int n = col / HoWo, pq = col - n * HoWo;          // col = (n, p, q)
+        const int n = quot(col, HoWo), pq = col - n * HoWo;     // col = (n, p, q)
         return {n * s.O * HoWo + pq};
     }
     __device__ T a(int m, int k) const { return ldg(w + k * CkHW + m); }   // w[k, (c,i,j)=m]
     __device__ T b(int k, const Column& cl) const { return ldg(gy + cl.gyoff + k * HoWo); }
     __device__ void store(int m, int col, T v) const {
-        const int c = m / kHW, r = m - c * kHW;                 // m = (c, i, j)
-        const int i = r / s.kW, j = r - i * s.kW;
-        const int n = col / HoWo, pq = col - n * HoWo;          // col = (n, p, q)
-        const int p = pq / s.Wo, q = pq - p * s.Wo;
+        const int c = quot(m, kHW), r = m - c * kHW;            // m = (c, i, j)
+        const int i = quot(r, kW), j = r - i * kW;
+        const int n = quot(col, HoWo), pq = col - n * HoWo;     // col = (n, p, q)
+        const int p = quot(pq, Wo), q = pq - p * Wo;
         gx[(n * s.C + c) * HW + (p * s.kH + i) * s.W + q * s.kW + j] = v;
     }
 };
@@ -192,23 +251,24 @@ template <typename T>
 struct ConvBackwardWeight {
     const T* gy; const T* x; T* ws;
     ConvShape s;
-    int kHW, HW, HoWo;
+    Div HoWo, Wo;       // the divisors of every A and B load
+    int kHW, kW, HW;
     int Ncols;          // C*kH*kW
     int slab;           // O*C*kH*kW: elements per split-K slab of ws
 
     struct Column { int cbase, i0, j0; };   // x offset of channel c; (i - pH, j - pW)
     __device__ Column column(int col) const {
-        const int c = col / kHW, r = col - c * kHW;             // col = (c, i, j)
-        const int i = r / s.kW, j = r - i * s.kW;
+        const int c = quot(col, kHW), r = col - c * kHW;        // col = (c, i, j)
+        const int i = quot(r, kW), j = r - i * kW;
         return {c * HW, i - s.pH, j - s.pW};
     }
     __device__ T a(int m, int k) const {                        // m = o, k = (n, p, q)
-        const int n = k / HoWo, pq = k - n * HoWo;
+        const int n = quot(k, HoWo), pq = k - n * HoWo;
         return ldg(gy + (n * s.O + m) * HoWo + pq);
     }
     __device__ T b(int k, const Column& cl) const {
-        const int n = k / HoWo, pq = k - n * HoWo;
-        const int p = pq / s.Wo, q = pq - p * s.Wo;
+        const int n = quot(k, HoWo), pq = k - n * HoWo;
+        const int p = quot(pq, Wo), q = pq - p * Wo;
         const int h = p * s.sH + cl.i0, v = q * s.sW + cl.j0;   // x row/col (unpadded)
         if (h < 0 || h >= s.H || v < 0 || v >= s.W) return T(0);
         return ldg(x + n * s.C * HW + cl.cbase + h * s.W + v);
@@ -219,6 +279,17 @@ struct ConvBackwardWeight {
 };
 
 // ================================================================== the GEMM engine
+// out[0..3] = p[0..3] as 16-byte shared-memory loads (p 16-byte aligned).
+__device__ __forceinline__ void load4(const float* p, float* out) {
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
+}
+__device__ __forceinline__ void load4(const double* p, double* out) {
+    const double2 u = reinterpret_cast<const double2*>(p)[0];
+    const double2 v = reinterpret_cast<const double2*>(p)[1];
+    out[0] = u.x; out[1] = u.y; out[2] = v.x; out[3] = v.y;
+}
+
 // Out[m, col] = sum_{k in this block's K slice} A[m, k] * B[k, col]
 //   grid  = (ceil(Ncols / BN), ceil(M / BM), splits),  block = THREADS threads (1-D)
 //   block (bx, by, bz) computes rows [by*BM, by*BM + BM), columns [bx*BN, bx*BN + BN),
@@ -236,24 +307,67 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
     constexpr int B_K_STEP = THREADS / BN;       // B rows (k) covered by one pass
     // Pad the transposed A tile so that the stores As[a_k][m] of one warp (a_k = 0..BK-1
     // for 32/BK consecutive m) fall in 32 different banks: row length == 32/BK (mod 32).
-    constexpr int A_PAD = 32 / BK;
+    // (With MINICNN_CONV_VEC4 the rows must also start on 16 bytes: the pad is rounded up to
+    // a multiple of 16 bytes, which costs a 2-way bank conflict on the stores where BK = 16.)
+    constexpr int VEC = 16 / int(sizeof(T));     // elements per 16-byte load
+    constexpr int A_PAD = MINICNN_CONV_VEC4 ? (32 / BK + VEC - 1) / VEC * VEC : 32 / BK;
     static_assert(BM % TM == 0 && BN % TN == 0, "tile must split into register blocks");
     static_assert((BM * BK) % THREADS == 0 && (BK * BN) % THREADS == 0, "loads must divide");
     static_assert(THREADS % BK == 0 && THREADS % BN == 0, "each thread keeps one k / one column");
     static_assert(32 % BK == 0, "A_PAD assumes BK divides 32");
+    static_assert(!MINICNN_CONV_VEC4 || (TM % 4 == 0 && TN % 4 == 0 &&
+                  (BM + A_PAD) % VEC == 0 && BN % VEC == 0),
+                  "16-byte reads: whole groups of 4, shared-memory rows on 16 bytes");
 
     // A is stored transposed (As[k][m]) so that the inner loop reads a thread's TM values of
     // A for one k from one shared-memory row, like its TN values of B.
 #if !MINICNN_CONV_PREFETCH
-    __shared__ T As[BK][BM + A_PAD];
-    __shared__ T Bs[BK][BN];
+    __shared__ __align__(16) T As[BK][BM + A_PAD];
+    __shared__ __align__(16) T Bs[BK][BN];
 #else
-    __shared__ T As[2][BK][BM + A_PAD];     // two buffers: fill one while the other is read
-    __shared__ T Bs[2][BK][BN];
+    __shared__ __align__(16) T As[2][BK][BM + A_PAD];  // two buffers: fill one, read the other
+    __shared__ __align__(16) T Bs[2][BK][BN];
 #endif
+
+    T acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
 
     const int tid = threadIdx.x;
     const int tx = tid % CS, ty = tid / CS;
+    // The tile rows / columns of the thread's register block: acc[i][j] is Out[m0 + row(i),
+    // n0 + column(j)].
+#if !MINICNN_CONV_VEC4
+    auto row = [&](int i) { return ty + i * RS; };      // strided over the tile
+    auto column = [&](int j) { return tx + j * CS; };
+#else
+    auto row = [&](int i) { return (i / 4) * (4 * RS) + 4 * ty + i % 4; };  // groups of 4
+    auto column = [&](int j) { return (j / 4) * (4 * CS) + 4 * tx + j % 4; };
+#endif
+    // The products of one K tile held in shared memory (as, bs: its A and B buffers).
+    auto multiply = [&](const T (*as)[BM + A_PAD], const T (*bs)[BN]) {
+#pragma unroll
+        for (int kk = 0; kk < BK; ++kk) {
+            T av[TM], bv[TN];
+#if !MINICNN_CONV_VEC4
+#pragma unroll
+            for (int i = 0; i < TM; ++i) av[i] = as[kk][row(i)];
+#pragma unroll
+            for (int j = 0; j < TN; ++j) bv[j] = bs[kk][column(j)];
+#else
+#pragma unroll
+            for (int i = 0; i < TM; i += 4) load4(&as[kk][row(i)], av + i);
+#pragma unroll
+            for (int j = 0; j < TN; j += 4) load4(&bs[kk][column(j)], bv + j);
+#endif
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TN; ++j) acc[i][j] += av[i] * bv[j];
+        }
+    };
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     // This block's K slice (k_chunk = K and gridDim.z = 1 when K is not split). The launcher
     // guarantees gridDim.z * k_chunk < 2^31. An empty slice just stores zeros.
@@ -270,12 +384,6 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
     const int col = n0 + b_n;
     const bool col_ok = col < Ncols;
     const typename Problem::Column cl = prob.column(col_ok ? col : 0);
-
-    T acc[TM][TN];
-#pragma unroll
-    for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
 
 #if !MINICNN_CONV_PREFETCH
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
@@ -294,20 +402,7 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
             Bs[kk][b_n] = (col_ok && gk < k_end) ? prob.b(gk, cl) : T(0);
         }
         __syncthreads();   // the tile is complete
-
-        // ---- the register-block product over this K tile
-#pragma unroll
-        for (int kk = 0; kk < BK; ++kk) {
-            T av[TM], bv[TN];
-#pragma unroll
-            for (int i = 0; i < TM; ++i) av[i] = As[kk][ty + i * RS];
-#pragma unroll
-            for (int j = 0; j < TN; ++j) bv[j] = Bs[kk][tx + j * CS];
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) acc[i][j] += av[i] * bv[j];
-        }
+        multiply(As, Bs);  // the register-block product over this K tile
         __syncthreads();   // everyone is done reading before the next tile overwrites it
     }
 
@@ -339,19 +434,7 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
         for (int r = 0; r < B_LOADS; ++r) Bs[buf][b_k + r * B_K_STEP][b_n] = b_next[r];
         __syncthreads();   // tile k0 is complete in buffer buf
         fetch(k0 + BK);    // in flight while this tile's products run
-
-#pragma unroll
-        for (int kk = 0; kk < BK; ++kk) {
-            T av[TM], bv[TN];
-#pragma unroll
-            for (int i = 0; i < TM; ++i) av[i] = As[buf][kk][ty + i * RS];
-#pragma unroll
-            for (int j = 0; j < TN; ++j) bv[j] = Bs[buf][kk][tx + j * CS];
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) acc[i][j] += av[i] * bv[j];
-        }
+        multiply(As[buf], Bs[buf]);
         buf ^= 1;
     }
 #endif
@@ -359,11 +442,11 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
     // ---- epilogue: write the register block (problem-specific layout, bias, split slab)
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
-        const int gm = m0 + ty + i * RS;
+        const int gm = m0 + row(i);
         if (gm >= M) continue;
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
-            const int gc = n0 + tx + j * CS;
+            const int gc = n0 + column(j);
             if (gc < Ncols) prob.store(gm, gc, acc[i][j]);
         }
     }
@@ -383,47 +466,52 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
 //   padding, H = Ho*kH, W = Wo*kW only)   grid (ceil(N*Ho*Wo / BN), ceil(C*kH*kW / BM), 1)
 // conv2d_backward_weight_<cfg>_<dt>(gy, x, ws, k_chunk, shape...)
 //   grid (ceil(C*kH*kW / BN), ceil(O / BM), splits); ws holds `splits` slabs of O*C*kH*kW
-#define CONV_KERNELS(CFG, BM, BN, BK, TM, TN, T, DT)                                      \
-extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN))                        \
+#define CONV_KERNELS(CFG, BM, BN, BK, TM, TN, MINB, T, DT)                                    \
+extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
 conv2d_forward_##CFG##_##DT(const T* __restrict__ x, const T* __restrict__ w,              \
                             const T* __restrict__ bias, T* __restrict__ y, int has_bias,   \
                             CONV_SHAPE_PARAMS)                                             \
 {                                                                                          \
-    ConvForward<T> prob{x, w, bias, y, has_bias, CONV_SHAPE_INIT,                          \
-                        C * kH * kW, kH * kW, H * W, Ho * Wo};                             \
+    ConvForward<T> prob{x, w, bias, y, has_bias, CONV_SHAPE_INIT, C * kH * kW,             \
+                        kH * kW, kW, Ho * Wo, Wo, H * W};                                  \
     const int K = C * kH * kW;                                                             \
     implicit_gemm<T, BM, BN, BK, TM, TN>(prob, O, N * Ho * Wo, K, K);                     \
 }                                                                                          \
-extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN))                        \
+extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
 conv2d_backward_input_##CFG##_##DT(const T* __restrict__ gy, const T* __restrict__ w,      \
                                    T* __restrict__ gx, CONV_SHAPE_PARAMS)                  \
 {                                                                                          \
-    ConvBackwardInput<T> prob{gy, w, gx, CONV_SHAPE_INIT, kH * kW, H * W, Ho * Wo};       \
+    ConvBackwardInput<T> prob{gy, w, gx, CONV_SHAPE_INIT, kH * kW, kW, sH, sW, H * W, W,  \
+                              Ho * Wo};                                                    \
     const int K = O * kH * kW;                                                             \
     implicit_gemm<T, BM, BN, BK, TM, TN>(prob, C, N * H * W, K, K);                       \
 }                                                                                          \
-extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN))                        \
+extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
 conv2d_backward_input_partition_##CFG##_##DT(const T* __restrict__ gy, const T* __restrict__ w, \
                                          T* __restrict__ gx, CONV_SHAPE_PARAMS)            \
 {                                                                                          \
-    ConvBackwardInputPartition<T> prob{gy, w, gx, CONV_SHAPE_INIT, kH * kW, H * W, Ho * Wo,    \
-                                   C * kH * kW};                                           \
+    ConvBackwardInputPartition<T> prob{gy, w, gx, CONV_SHAPE_INIT, kH * kW, kW, Ho * Wo, Wo, \
+                                       H * W, C * kH * kW};                                \
     implicit_gemm<T, BM, BN, BK, TM, TN>(prob, C * kH * kW, N * Ho * Wo, O, O);           \
 }                                                                                          \
-extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN))                        \
+extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
 conv2d_backward_weight_##CFG##_##DT(const T* __restrict__ gy, const T* __restrict__ x,     \
                                     T* __restrict__ ws, int k_chunk, CONV_SHAPE_PARAMS)    \
 {                                                                                          \
-    ConvBackwardWeight<T> prob{gy, x, ws, CONV_SHAPE_INIT, kH * kW, H * W, Ho * Wo,        \
+    ConvBackwardWeight<T> prob{gy, x, ws, CONV_SHAPE_INIT, Ho * Wo, Wo, kH * kW, kW, H * W, \
                                C * kH * kW, O * C * kH * kW};                              \
     implicit_gemm<T, BM, BN, BK, TM, TN>(prob, O, C * kH * kW, N * Ho * Wo, k_chunk);     \
 }
 
-CONV_KERNELS(m32n128, 32, 128, 16, 4, 4, float, f32)
-CONV_KERNELS(m32n128, 32, 128, 16, 4, 4, double, f64)
-CONV_KERNELS(m64n64, 64, 64, 16, 4, 4, float, f32)
-CONV_KERNELS(m64n64, 64, 64, 16, 4, 4, double, f64)
-CONV_KERNELS(m128n128, 128, 128, 8, 8, 8, float, f32)
+// MINB: blocks per SM that ptxas must leave room for (the second __launch_bounds__ value; 0:
+// no constraint). Two blocks of the 128x128 tile need at most 128 registers per thread, which
+// the prefetch+vec4 build would pass otherwise. (A 1 for the small tiles is not "no
+// constraint": ptxas then allocates 72 registers instead of 40-48, 3 blocks per SM instead of 5.)
+CONV_KERNELS(m32n128, 32, 128, 16, 4, 4, 0, float, f32)
+CONV_KERNELS(m32n128, 32, 128, 16, 4, 4, 0, double, f64)
+CONV_KERNELS(m64n64, 64, 64, 16, 4, 4, 0, float, f32)
+CONV_KERNELS(m64n64, 64, 64, 16, 4, 4, 0, double, f64)
+CONV_KERNELS(m128n128, 128, 128, 8, 8, 8, 2, float, f32)
 // (no m128n128 for double: 64 double accumulators per thread would spill registers)
 
 // ================================================================== split-K reduction

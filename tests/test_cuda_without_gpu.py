@@ -8,6 +8,7 @@ catch). The GPU self-check in ``benchmarks/gpu_check.sh`` remains the test on re
 """
 import inspect
 import os
+import re
 import shutil
 import subprocess
 
@@ -28,8 +29,8 @@ def test_kernels_in_the_emulator(program, variant, tmp_path):
     """Each build variant of the kernel file (the NVRTC options of ``cb.CONV_VARIANTS``, which
     are -D macros, passed to g++ as they are)."""
     exe = tmp_path / program
-    build = [CXX, "-std=c++20", "-O2", *cb.CONV_VARIANTS[variant], "-I", EMU,
-             "-I", os.path.join(ROOT, "kernels"), "-x", "c++", os.path.join(EMU, program + ".cpp"),
+    build = [CXX, "-std=c++20", "-O2", "-fno-strict-aliasing", *cb.CONV_VARIANTS[variant],
+             "-I", EMU, "-I", os.path.join(ROOT, "kernels"), "-x", "c++", os.path.join(EMU, program + ".cpp"),
              "-o", str(exe)]
     r = subprocess.run(build, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{' '.join(build)}:\n{r.stderr[-4000:]}"
@@ -87,6 +88,10 @@ def test_conv_variant_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("MINICNN_CONV_VARIANT", "prefetch")
     assert cb.conv_variant() == "prefetch" and cb._module_options("conv") == \
         ("-DMINICNN_CONV_PREFETCH=1",)
-    monkeypatch.setenv("MINICNN_CONV_VARIANT", "fast")
-    with pytest.raises(ValueError, match="MINICNN_CONV_VARIANT='fast'"):
-        cb.conv_variant()
+    monkeypatch.setenv("MINICNN_CONV_VARIANT", "vec4+fastdiv")      # any order, one build
+    assert cb.conv_variant() == "fastdiv+vec4" and cb._module_options("conv") == \
+        ("-DMINICNN_CONV_FASTDIV=1", "-DMINICNN_CONV_VEC4=1")
+    for bad in ("fast", "prefetch+prefetch", "plain+vec4", "vec4+", ""):
+        monkeypatch.setenv("MINICNN_CONV_VARIANT", bad)
+        with pytest.raises(ValueError, match=re.escape(f"MINICNN_CONV_VARIANT={bad!r}")):
+            cb.conv_variant()

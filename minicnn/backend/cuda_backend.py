@@ -122,24 +122,45 @@ def _kernels_package():
 _MODULE_OPTIONS = {"optim": ("--fmad=false",)}
 
 # Build variants of kernels/conv.cu, chosen by the environment variable MINICNN_CONV_VARIANT
-# (read when the first convolution kernel is loaded): "plain" (the default) or "prefetch"
-# (the GEMM engine's K loop software-pipelined: same sums in the same order). The benchmarks
-# time each variant in its own process.
-CONV_VARIANTS = {"plain": (), "prefetch": ("-DMINICNN_CONV_PREFETCH=1",)}
+# (read when the first convolution kernel is loaded): "plain" (the default) or a "+"-joined set
+# of features: "prefetch" (the GEMM engine's K loop software-pipelined), "vec4" (each thread
+# reads its register block's operands from shared memory in 16-byte loads), "fastdiv" (the
+# index arithmetic divides by multiply-high and shift). Every variant computes the same sums in
+# the same order. The benchmarks time each variant in its own process; the tests build the
+# ones in CONV_VARIANTS.
+CONV_FEATURES = {
+    "prefetch": "-DMINICNN_CONV_PREFETCH=1",
+    "vec4": "-DMINICNN_CONV_VEC4=1",
+    "fastdiv": "-DMINICNN_CONV_FASTDIV=1",
+}
+
+
+def conv_variant_options(variant):
+    """The NVRTC options (``-D`` macros) of the conv build variant ``variant``."""
+    if variant == "plain":
+        return ()
+    features = variant.split("+")
+    if not all(f in CONV_FEATURES for f in features) or len(set(features)) != len(features):
+        raise ValueError(f"MINICNN_CONV_VARIANT={variant!r}: expected 'plain' or a '+'-joined "
+                         f"set of {sorted(CONV_FEATURES)}")
+    return tuple(CONV_FEATURES[f] for f in sorted(features))
+
+
+CONV_VARIANTS = {name: conv_variant_options(name) for name in
+                 ("plain", "prefetch", "vec4", "fastdiv", "fastdiv+prefetch+vec4")}
 
 
 def conv_variant():
-    """The conv build variant named by ``MINICNN_CONV_VARIANT`` (default ``"plain"``)."""
+    """The conv build variant named by ``MINICNN_CONV_VARIANT`` (default ``"plain"``), its
+    features in a fixed order (``"vec4+prefetch"`` reads as ``"prefetch+vec4"``)."""
     variant = os.environ.get("MINICNN_CONV_VARIANT", "plain")
-    if variant not in CONV_VARIANTS:
-        raise ValueError(f"MINICNN_CONV_VARIANT={variant!r}: expected one of "
-                         f"{sorted(CONV_VARIANTS)}")
-    return variant
+    conv_variant_options(variant)                      # refuses an unknown name
+    return variant if variant == "plain" else "+".join(sorted(variant.split("+")))
 
 
 def _module_options(module_name):
     if module_name == "conv":
-        return CONV_VARIANTS[conv_variant()]
+        return conv_variant_options(conv_variant())
     return _MODULE_OPTIONS.get(module_name, ())
 
 

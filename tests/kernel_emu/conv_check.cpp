@@ -5,7 +5,7 @@
 // compared with a direct double-precision evaluation of their defining sums. Outputs start
 // as NaN (so an element the kernel forgets is caught) and are followed by a guard zone that
 // must stay untouched (so a write past the end is caught). Prints one line per check and
-// exits 1 if any fails.
+// exits 1 if any fails. Last, the integer division helper `quot` against plain division.
 //
 // Build and run (tests/test_kernel_emulation.py does this):
 //   g++ -std=c++20 -O2 -pthread -I tests/kernel_emu -I kernels -x c++ \
@@ -167,6 +167,36 @@ void check_shape(const Tile<T>& tile, const Shape& s, ReduceFn<T> reduce, const 
     }
 }
 
+// quot(n, Div(d)) == n / d (the division of the kernels' index arithmetic, a multiply-high
+// and a shift with MINICNN_CONV_FASTDIV): every d up to 4096 and some large ones, against
+// n = 0 .. 3d+2, the last multiples of d below 2^31 and their neighbours, and random n.
+static void check_div()
+{
+    std::vector<int> ds;
+    for (int d = 1; d <= 4096; ++d) ds.push_back(d);
+    for (int d : {9216, 36864, 57600, 230400, 46341, 65537, (1 << 30) - 1, 1 << 30,
+                  (1 << 30) + 1, 2147483646, 2147483647})
+        ds.push_back(d);
+    long long bad = 0, tried = 0;
+    for (int d : ds) {
+        const Div div(d);
+        auto test = [&](long long n) {
+            if (n < 0 || n > 2147483647LL) return;
+            ++tried;
+            if (quot((int)n, div) != (int)(n / d) && bad++ < 5)
+                std::printf("FAIL quot(%lld, %d) = %d, not %lld\n", n, d, quot((int)n, div), n / d);
+        };
+        for (long long n = 0; n < 3LL * d + 3 && n < 100000; ++n) test(n);
+        const long long top = 2147483647LL / d * d;
+        for (long long m = top - 3LL * d; m <= top; m += d) { test(m - 1); test(m); test(m + 1); }
+        for (int r = 0; r < 200; ++r) test((long long)((uniform() + 1.0) * 0.5 * 2147483647.0));
+    }
+    ++checks;
+    if (bad) ++failures;
+    std::printf("%s quot(n, Div(d)) == n / d: %zu divisors, %lld numerators, %lld wrong\n",
+                bad ? "FAIL" : "ok  ", ds.size(), tried, bad);
+}
+
 int main()
 {
 #define TILE(NAME, BM, BN, BK, DT)                                                          \
@@ -180,6 +210,7 @@ int main()
         for (const auto& tile : f32_tiles) check_shape<float>(tile, s, splitk_reduce_f32, "f32");
         for (const auto& tile : f64_tiles) check_shape<double>(tile, s, splitk_reduce_f64, "f64");
     }
+    check_div();
     std::printf("%d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
 }

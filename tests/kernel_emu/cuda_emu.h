@@ -38,6 +38,10 @@ inline dim3 threadIdx, blockIdx, blockDim, gridDim;   // set by the scheduler be
 #define __forceinline__ inline
 #define __shared__ static
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+
+struct alignas(16) float4 { float x, y, z, w; };     // the CUDA vector types the kernels use
+struct alignas(16) double2 { double x, y; };
 
 inline ucontext_t emu_scheduler;                      // where a fiber returns to
 inline ucontext_t* emu_running = nullptr;             // the fiber now running
@@ -46,6 +50,7 @@ inline void __syncthreads() { swapcontext(emu_running, &emu_scheduler); }
 template <typename T> inline T __ldg(const T* p) { return *p; }
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, sizeof f); return f; }
 inline double __longlong_as_double(long long i) { double d; memcpy(&d, &i, sizeof d); return d; }
+inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
 using std::max;
 using std::min;
 
