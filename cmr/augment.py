@@ -91,6 +91,23 @@ class AugmentConfig:
         """A configuration that leaves batches unchanged."""
         return cls(enabled=False)
 
+    @classmethod
+    def strong(cls) -> "AugmentConfig":
+        """Wider ranges than the defaults (``cmr.train --augment strong``): rotation +-30 deg,
+        zoom 0.8-1.25, shift +-8 px, gamma 0.7-1.4, contrast +-25 %, brightness +-0.15,
+        noise sd 0.02; the same elastic field."""
+        return cls(rotation_deg=30.0, zoom_range=(0.8, 1.25), shift_px=8.0,
+                   gamma_range=(0.7, 1.4), contrast=0.25, brightness=0.15, noise_std=0.02)
+
+    @classmethod
+    def named(cls, name) -> "AugmentConfig":
+        """The configuration called ``name``: "default", "strong" or "none" (True and False,
+        as older training configs say, are "default" and "none")."""
+        name = {True: "default", False: "none"}.get(name, name)
+        if name not in ("default", "strong", "none"):
+            raise ValueError(f"unknown augmentation {name!r}: expected default, strong or none")
+        return {"default": cls, "strong": cls.strong, "none": cls.none}[name]()
+
     def geometric_only(self) -> "AugmentConfig":
         """The same geometry with every intensity change switched off."""
         return replace(self, gamma_range=(1.0, 1.0), contrast=0.0, brightness=0.0, noise_std=0.0)

@@ -16,7 +16,7 @@ import numpy as np
 import minicnn
 
 from . import checkpoint, data, metrics
-from .predict import overlay, predict_masks
+from .predict import keep_largest_component, overlay, predict_masks
 
 CLASSES = ("RV", "Myo", "LV")
 
@@ -36,10 +36,14 @@ def load_split(directory, which="default", seed=0):
     return parts[("train", "val", "test").index(which)]
 
 
-def evaluate(model, split, device="cpu", batch_size=16, flip_tta=False, return_masks=False):
+def evaluate(model, split, device="cpu", batch_size=16, flip_tta=False, return_masks=False,
+             keep_largest=False):
     """The metrics dictionary of ``cmr.metrics.evaluate_masks`` for ``split`` (and the
-    predicted label maps with ``return_masks``)."""
+    predicted label maps with ``return_masks``); ``keep_largest`` post-processes the
+    predictions with ``cmr.predict.keep_largest_component`` first."""
     preds = predict_masks(model, split.images, batch_size, device, flip_tta)
+    if keep_largest:
+        preds = keep_largest_component(preds)
     result = metrics.evaluate_masks(preds, split.masks, split.names)
     return (result, preds) if return_masks else result
 
@@ -79,6 +83,13 @@ def format_table(result):
         lines.append(f"{'Dice*':8}" + "".join(f"{sub['dice'][c]:8.3f}" for c in CLASSES + ("mean",))
                      + f"   * the {sub['n_images']} of {result['n_images']} slices whose ground"
                      " truth has all three structures")
+    pres = result.get("presence")
+    if pres and any(p["absent"] or p["missed"] for p in pres.values()):
+        lines.append("absent from the ground truth (of those, predicted anyway): "
+                     + ", ".join(f"{c} {pres[c]['absent']} ({pres[c]['invented']})"
+                                 for c in CLASSES)
+                     + "; present but not predicted: "
+                     + ", ".join(f"{c} {pres[c]['missed']}" for c in CLASSES))
     return "\n".join(lines)
 
 
@@ -112,6 +123,8 @@ def main(argv=None):
     parser.add_argument("--backend", choices=["numpy", "cuda"], default="numpy")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--flip-tta", action="store_true", help="test-time left-right flip")
+    parser.add_argument("--keep-largest", action="store_true",
+                        help="keep only the largest region of each structure in the predictions")
     parser.add_argument("--split", choices=["default", "train", "val", "test"], default="default",
                         help="which part of DIR to score (default: all of an image/+mask/ folder,"
                         " or the val split of a coursework root)")
@@ -131,7 +144,7 @@ def main(argv=None):
         if args.transpose:
             split = split.transposed()
         result, preds = evaluate(model, split, device, args.batch_size, args.flip_tta,
-                                 return_masks=True)
+                                 return_masks=True, keep_largest=args.keep_largest)
     except (data.CMRDataError, checkpoint.CheckpointError, ValueError,
             minicnn.backend.BackendUnavailable) as err:
         parser.exit(2, f"error: {err}\n")

@@ -144,6 +144,7 @@ def evaluate_masks(preds: np.ndarray, targets: np.ndarray,
              "hd95_undefined": {"RV": k, "Myo": k, "LV": k},
              "n_images": N,
              "all_present": {"n_images": k, "dice": {"RV": .., ..., "mean": ..}},
+             "presence": {"RV": {"absent": a, "invented": i, "missed": m}, ...},
              "per_image": [{"name": .., "dice": {"RV": ..,...}, "hd95": {...}}, ...]}
 
         Per-class values are averaged over images (per image first, then the
@@ -152,6 +153,10 @@ def evaluate_masks(preds: np.ndarray, targets: np.ndarray,
         one of prediction and target); ``hd95_undefined`` counts them.
         ``all_present`` scores only the images whose ground truth holds every structure
         (apical and basal slices, where a structure is missing or tiny, left out).
+        ``presence`` counts, per structure, the images whose ground truth lacks it
+        (``absent``), those of them where the prediction has it anyway (``invented``: Dice 0
+        on that image) and the images where the prediction lacks a structure that the
+        ground truth has (``missed``: Dice 0 too).
     """
     preds, targets = np.asarray(preds), np.asarray(targets)
     if preds.shape != targets.shape or preds.ndim != 3:
@@ -182,7 +187,9 @@ def evaluate_masks(preds: np.ndarray, targets: np.ndarray,
     hd_mean["mean"] = _nanmean([hd_mean[STRUCTURES[c]] for c in labels])
     # The subset of slices whose ground truth has every structure (mid-ventricular slices, like
     # all of the coursework set), so that sets with apical/basal slices compare like for like.
-    present = np.stack([(targets == c).any(axis=(1, 2)) for c in labels], axis=1).all(axis=1)
+    in_target = np.stack([(targets == c).any(axis=(1, 2)) for c in labels], axis=1)
+    in_pred = np.stack([(preds == c).any(axis=(1, 2)) for c in labels], axis=1)
+    present = in_target.all(axis=1)
     sub = {STRUCTURES[c]: float(dice[present, k].mean()) if present.any() else float("nan")
            for k, c in enumerate(labels)}
     sub["mean"] = float(np.mean([sub[STRUCTURES[c]] for c in labels]))
@@ -193,5 +200,9 @@ def evaluate_masks(preds: np.ndarray, targets: np.ndarray,
                            for k, c in enumerate(labels)},
         "n_images": n,
         "all_present": {"n_images": int(present.sum()), "dice": sub},
+        "presence": {STRUCTURES[c]: {"absent": int((~in_target[:, k]).sum()),
+                                     "invented": int((~in_target[:, k] & in_pred[:, k]).sum()),
+                                     "missed": int((in_target[:, k] & ~in_pred[:, k]).sum())}
+                     for k, c in enumerate(labels)},
         "per_image": per_image,
     }

@@ -32,7 +32,8 @@ from .unet import NORMS, UNet
 CLASSES = ("RV", "Myo", "LV")
 DEFAULTS = dict(data=None, backend="numpy", epochs=50, batch_size=25, lr=2e-4, betas=(0.9, 0.99),
                 class_weights=(0.1, 0.3, 0.3, 0.3), loss="ce", optimizer="adam", base=64,
-                depth=4, init="torch", norm="none", augment=True, seed=0, schedule="constant",
+                depth=4, init="torch", norm="none", augment="default", seed=0,
+                schedule="constant",
                 weight_decay=0.0, phantom_train=200, phantom_val=40, extra_data=None,
                 extra_transpose=False, flip_tta=False)
 PRESETS = {
@@ -44,6 +45,10 @@ PRESETS = {
     # a width-16 U-Net that a 2-core CPU trains in about 15 minutes on the 100 coursework images
     "cpu16": dict(base=16, init="he", loss="ce+dice", schedule="cosine", lr=1e-3, batch_size=10,
                   epochs=60),
+    # the best recipe measured (docs/unet.md): cpu16 with instance normalisation for 50 epochs,
+    # meant for --data <cmr> --extra-data <acdc96> (stored transposed): about 45-75 min on 2 cores
+    "cpu16-acdc": dict(base=16, init="he", loss="ce+dice", schedule="cosine", lr=1e-3,
+                       batch_size=10, epochs=50, norm="instance", extra_transpose=True),
     # the original width (31M parameters) for a GPU (--backend cuda): about 2 minutes on an H100
     "gpu64": dict(base=64, init="he", loss="ce+dice", schedule="cosine", lr=5e-4, batch_size=10,
                   epochs=100),
@@ -129,7 +134,7 @@ def run(cfg, out, resume=False, say=print, progress=True):
         f"{model.num_parameters():,} parameters;"
         f" backend {cfg['backend']}; loss {cfg['loss']}; {cfg['optimizer']} lr {cfg['lr']}")
     loss_fn = make_loss(cfg["loss"], cfg["class_weights"])
-    aug = AugmentConfig() if cfg["augment"] else AugmentConfig.none()
+    aug = AugmentConfig.named(cfg["augment"])
 
     def save(name, epoch):
         checkpoint.save(out / name, model, {"train": cfg, "epoch": epoch, "best": best,
@@ -236,7 +241,11 @@ def build_parser():
                    "PyTorch's default, as the original; he: N(0, 2/fan_in))")
     p.add_argument("--norm", choices=list(NORMS), help="normalisation after each 3x3 conv "
                    "(none: the original network; instance; group)")
-    p.add_argument("--no-augment", dest="augment", action="store_const", const=False)
+    p.add_argument("--augment", choices=["default", "strong", "none"],
+                   help="augmentation ranges (cmr.augment.AugmentConfig; default: rotation "
+                   "+-15 deg, zoom 0.9-1.1, elastic, gamma/contrast/brightness)")
+    p.add_argument("--no-augment", dest="augment", action="store_const", const="none",
+                   help="the same as --augment none")
     p.add_argument("--flip-tta", action="store_const", const=True,
                    help="validate with test-time left-right flips")
     p.add_argument("--phantom-train", type=int, help="phantom training slices (no --data)")

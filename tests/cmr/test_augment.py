@@ -19,9 +19,9 @@ def batch():
 def test_mask_values_stay_in_the_original_set(batch):
     images, masks = batch
     rng = np.random.default_rng(0)
-    for cfg in (AugmentConfig(), AugmentConfig(rotation_deg=45, zoom_range=(0.7, 1.3),
-                                               shift_px=5, flip_horizontal=True,
-                                               flip_vertical=True, elastic_alpha=200)):
+    for cfg in (AugmentConfig(), AugmentConfig.strong(),
+                AugmentConfig(rotation_deg=45, zoom_range=(0.7, 1.3), shift_px=5,
+                              flip_horizontal=True, flip_vertical=True, elastic_alpha=200)):
         _, m = augment_batch(images, masks, rng, cfg)
         assert m.dtype == masks.dtype and m.shape == masks.shape
         assert set(np.unique(m)) <= set(np.unique(masks))
@@ -136,3 +136,14 @@ def test_speed(batch):
         augment_batch(images, masks, rng, AugmentConfig())
         times.append(time.perf_counter() - t)
     assert min(times) < 0.25        # typically ~35 ms on a slow 2-core machine
+
+
+def test_named_configurations():
+    assert AugmentConfig.named("default") == AugmentConfig() == AugmentConfig.named(True)
+    assert AugmentConfig.named("none") == AugmentConfig.none() == AugmentConfig.named(False)
+    strong = AugmentConfig.named("strong")
+    assert strong.rotation_deg > AugmentConfig().rotation_deg and strong.shift_px > 0
+    assert strong.has_geometry and strong.has_intensity and strong.noise_std > 0
+    with pytest.raises(ValueError, match="unknown augmentation 'wild'"):
+        AugmentConfig.named("wild")
+

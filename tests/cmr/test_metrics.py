@@ -124,3 +124,6 @@ def test_all_present_scores_only_slices_with_every_structure():
     assert sub["dice"]["RV"] == 1.0 and sub["dice"]["Myo"] == pytest.approx(0.5)
     assert sub["dice"]["mean"] == pytest.approx((1 + 0.5 + 1) / 3)
     assert evaluate_masks(p[:2], t[:2])["all_present"]["n_images"] == 2
+    assert res["presence"] == {"RV": {"absent": 1, "invented": 1, "missed": 0},
+                               "Myo": {"absent": 0, "invented": 0, "missed": 1},
+                               "LV": {"absent": 0, "invented": 0, "missed": 0}}

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cmr import checkpoint, train
+from cmr.predict import keep_largest_component
 
 TINY = dict(train.DEFAULTS, base=2, depth=2, epochs=2, batch_size=4, phantom_train=8,
             phantom_val=4, lr=1e-2)
@@ -59,6 +60,21 @@ def test_training_lowers_the_loss_on_the_phantom(tmp_path):
     history = train.run(dict(TINY, base=4, epochs=4, phantom_train=16, lr=5e-3, init="he"),
                         tmp_path, say=quiet, progress=False)
     assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+
+
+def test_augment_flag_and_presets_reach_the_config(tmp_path):
+    parser = train.build_parser()
+    for argv, want in (([], "default"), (["--augment", "strong"], "strong"),
+                       (["--no-augment"], "none"), (["--preset", "cpu16"], "default")):
+        assert train.config_from_args(parser.parse_args(argv))["augment"] == want, argv
+    best = train.config_from_args(parser.parse_args(["--preset", "cpu16-acdc"]))
+    assert best == dict(train.DEFAULTS, base=16, init="he", loss="ce+dice", schedule="cosine",
+                        lr=1e-3, batch_size=10, epochs=50, norm="instance",
+                        extra_transpose=True)          # the recipe of the README's best run
+    history = train.run(dict(TINY, epochs=1, augment="strong"), tmp_path, say=quiet,
+                        progress=False)
+    assert np.isfinite(history[0]["loss"])
+    assert json.loads((tmp_path / "config.json").read_text())["augment"] == "strong"
 
 
 @pytest.mark.parametrize("loss", ["dice", "ce+dice", "focal"])
@@ -137,6 +153,37 @@ def test_evaluate_and_predict_cli(tmp_path):
     assert len(masks) == 3 and len(list((tmp_path / "pred" / "overlay").glob("*.png"))) == 3
     values = np.array(Image.open(masks[0]))
     assert values.shape == (96, 96) and values.max() <= 3
+    # --keep-largest: the same masks, post-processed (each class one region at most)
+    r = run_cli("cmr.predict", "--checkpoint", ckpt, "--input", str(tmp_path / "data"),
+                "--out", str(tmp_path / "pred1"), "--keep-largest")
+    assert r.returncode == 0, r.stderr
+    for path in masks:
+        raw = np.array(Image.open(path))
+        kept = np.array(Image.open(tmp_path / "pred1" / path.name))
+        np.testing.assert_array_equal(kept, keep_largest_component(raw[None])[0])
+    r = run_cli("cmr.evaluate", "--checkpoint", ckpt, "--data", str(tmp_path / "data"),
+                "--keep-largest", "--json", str(tmp_path / "k.json"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "k.json").read_text())["n_images"] == 3
+
+
+def test_keep_largest_component():
+    m = np.zeros((2, 8, 8), np.uint8)
+    m[0, 0:3, 0:3] = 1                 # RV: a 9-pixel region ...
+    m[0, 6, 6] = 1                     # ... and a 1-pixel island: removed
+    m[0, 5, 0:2] = 3                   # LV: 2 pixels and 3 pixels; the 3 stay
+    m[0, 7, 3:6] = 3
+    m[0, 3, 3] = 2                     # Myo: one region, unchanged
+    m[1, 2, 2] = 2                     # one region per class: unchanged
+    expected = m.copy()
+    expected[0, 6, 6] = 0
+    expected[0, 5, 0:2] = 0
+    out = keep_largest_component(m)
+    np.testing.assert_array_equal(out, expected)
+    assert m[0, 6, 6] == 1                                  # the input is not modified
+    diagonal = np.zeros((1, 4, 4), np.uint8)
+    diagonal[0, 0, 0] = diagonal[0, 1, 1] = 1              # 4-connectivity: two regions, a tie
+    assert keep_largest_component(diagonal).sum() == 1      # the first one is kept
 
 
 REAL = os.environ.get("CMR_DATA")
