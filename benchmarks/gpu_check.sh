@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # gpu_check.sh -- the checks to run on a machine with an NVIDIA GPU, in one go: about 2 minutes,
-# about 5 with --bench (an H100, 2026-11-27: 217 s with --bench before the conv build variants
-# were added to it; each variant adds about 40 s, the first one about 45 s more). Each step has
-# its own time limit (together 340 s; with --bench 665 s for the default variant list), so a
-# hanging step cannot eat the session.
+# about 5.5 with --bench (an H100, 2026-11-27: 217 s with --bench before the conv build variants
+# were added to it; each variant adds about 1 minute, the first one about 45 s more). Each step
+# has its own time limit (together 340 s; with --bench 725 s for the default variant list), so
+# a hanging step cannot eat the session.
 #
 #   bash benchmarks/gpu_check.sh            (from the repository root)
 #   bash benchmarks/gpu_check.sh --bench    (adds the full-size benchmarks: about 1.5 minutes more)
@@ -20,8 +20,9 @@
 #   5. with --bench: bench_ops.py and bench_train.py at full size (reports in $OUT/ops, $OUT/train),
 #      then for each build variant of kernels/conv.cu in CONV_BENCH_VARIANTS (default:
 #      "fastdiv+prefetch+vec4", all features; add "prefetch vec4 fastdiv" to time each alone)
-#      the self-check and bench_train ($OUT/train_<variant>), and for the first of them the
-#      conv rows of bench_ops too ($OUT/ops_<variant>)
+#      the self-check, the conv op tests against PyTorch (forward and every gradient), and
+#      bench_train ($OUT/train_<variant>); for the first of them the conv rows of bench_ops
+#      too ($OUT/ops_<variant>)
 #   6. the op tests under compute-sanitizer memcheck (CuPy's memory pool switched off, so that
 #      an out-of-bounds access is outside any allocation and gets reported), with the bounded
 #      hypothesis profile HYPOTHESIS_PROFILE=ci
@@ -374,6 +375,9 @@ if [ "$BENCH" = 1 ]; then
         tag=${variant//+/_}
         step "self-check, conv variant $variant" 40 \
             env MINICNN_CONV_VARIANT="$variant" bash -c selfcheck
+        step "pytest conv ops vs PyTorch, variant $variant" 60 \
+            env MINICNN_CONV_VARIANT="$variant" "$PYTHON" -m pytest -q -p no:cacheprovider \
+            tests/test_ops.py -k "cuda and conv" --tb=short
         if [ $first = 1 ]; then
             step "bench_ops --filter conv, variant $variant" 70 \
                 env MINICNN_CONV_VARIANT="$variant" "$PYTHON" benchmarks/bench_ops.py \
