@@ -16,7 +16,7 @@ import numpy as np
 import minicnn
 
 from . import checkpoint, data, metrics
-from .predict import keep_largest_component, overlay, predict_masks
+from .predict import overlay, predict_masks
 
 CLASSES = ("RV", "Myo", "LV")
 
@@ -41,9 +41,7 @@ def evaluate(model, split, device="cpu", batch_size=16, flip_tta=False, return_m
     """The metrics dictionary of ``cmr.metrics.evaluate_masks`` for ``split`` (and the
     predicted label maps with ``return_masks``); ``keep_largest`` post-processes the
     predictions with ``cmr.predict.keep_largest_component`` first."""
-    preds = predict_masks(model, split.images, batch_size, device, flip_tta)
-    if keep_largest:
-        preds = keep_largest_component(preds)
+    preds = predict_masks(model, split.images, batch_size, device, flip_tta, keep_largest)
     result = metrics.evaluate_masks(preds, split.masks, split.names)
     return (result, preds) if return_masks else result
 

@@ -29,14 +29,17 @@ def predict_logits(model, images, batch_size=16, device="cpu"):
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
-def predict_masks(model, images, batch_size=16, device="cpu", flip_tta=False):
+def predict_masks(model, images, batch_size=16, device="cpu", flip_tta=False,
+                  keep_largest=False):
     """Label maps ``(N, H, W)`` (uint8): argmax of the class probabilities. With
-    ``flip_tta`` the probabilities of the image and its left-right mirror are averaged."""
+    ``flip_tta`` the probabilities of the image and its left-right mirror are averaged; with
+    ``keep_largest`` the maps are post-processed by ``keep_largest_component``."""
     probs = predict_logits(model, images, batch_size, device)
     if flip_tta:
         probs = 0.5 * (probs + predict_logits(model, images[:, :, ::-1], batch_size,
                                               device)[:, :, :, ::-1])
-    return probs.argmax(axis=1).astype(np.uint8)
+    masks = probs.argmax(axis=1).astype(np.uint8)
+    return keep_largest_component(masks) if keep_largest else masks
 
 
 def keep_largest_component(masks, classes=(1, 2, 3)):
@@ -100,9 +103,8 @@ def main(argv=None):
         minicnn.backend.get(device)
         model, _ = checkpoint.load_model(args.checkpoint, device)
         names, images = _inputs(args.input)
-        masks = predict_masks(model, images, args.batch_size, device, args.flip_tta)
-        if args.keep_largest:
-            masks = keep_largest_component(masks)
+        masks = predict_masks(model, images, args.batch_size, device, args.flip_tta,
+                              args.keep_largest)
     except (data.CMRDataError, checkpoint.CheckpointError, ValueError,
             minicnn.backend.BackendUnavailable) as err:
         parser.exit(2, f"error: {err}\n")

@@ -164,7 +164,14 @@ def test_evaluate_and_predict_cli(tmp_path):
     r = run_cli("cmr.evaluate", "--checkpoint", ckpt, "--data", str(tmp_path / "data"),
                 "--keep-largest", "--json", str(tmp_path / "k.json"))
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "k.json").read_text())["n_images"] == 3
+    from cmr import evaluate, metrics
+    from cmr.predict import predict_masks
+    model, _ = checkpoint.load_model(ckpt, "cpu")
+    split = evaluate.load_split(tmp_path / "data")
+    expected = metrics.evaluate_masks(keep_largest_component(predict_masks(model, split.images)),
+                                      split.masks, split.names)
+    assert json.loads((tmp_path / "k.json").read_text())["dice"] == pytest.approx(
+        expected["dice"])
 
 
 def test_keep_largest_component():
