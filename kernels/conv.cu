@@ -117,30 +117,28 @@ struct ConvShape {
 // division per divisor runs once per thread, at the start of the kernel, and mul and shift
 // take two registers per divisor, so only the divisors of the K loop's loads are Divs; the
 // others (once per block, in the epilogue) stay ints and quot(n, int) divides.
+__device__ __forceinline__ int quot(int n, int d) { return n / d; }   // an ordinary divisor
+#if MINICNN_CONV_FASTDIV
 struct Div {
     int d;
     unsigned mul;
     int shift;
     __device__ Div(int d_) : d(d_), mul(0), shift(0) {
-#if MINICNN_CONV_FASTDIV
         int l = 0;
         while ((1LL << l) < d) ++l;
         if (d > 1) {
             mul = (unsigned)(((1ULL << (31 + l)) + (unsigned long long)d - 1) / d);
             shift = l - 1;
         }
-#endif
     }
     __device__ operator int() const { return d; }
 };
-__device__ __forceinline__ int quot(int n, int d) { return n / d; }   // an ordinary divisor
 __device__ __forceinline__ int quot(int n, const Div& d) {
-#if MINICNN_CONV_FASTDIV
     return d.d == 1 ? n : (int)(__umulhi((unsigned)n, d.mul) >> d.shift);
-#else
-    return n / d.d;
-#endif
 }
+#else
+typedef int Div;        // without the feature a Div is the divisor itself
+#endif
 
 // ================================================================== the three problems
 // Each problem provides
