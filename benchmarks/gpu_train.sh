@@ -10,9 +10,10 @@
 #   A3, A4  (SET=lr) --preset gpu64 --epochs 150 on cmr/train with --lr 2e-4 and 3e-4
 #   A5, B2  (SET=long, not run yet) A with 200 epochs, B with 60 epochs (about 7 minutes on an
 #           H100 for both side by side: set LIMIT=480)
-#   A6, A7, B3  (SET=norm, not run yet) with instance normalisation (--norm instance), which
-#           helped most at width 16 on the CPU (docs/unet.md): A6 = A + norm, A7 = A6 with 200
-#           epochs, B3 = B + norm (set LIMIT=480: A7 needs about 7 minutes beside the others)
+#   A6, A8, B3  (SET=norm) with instance normalisation (--norm instance), which helped most at
+#           width 16 on the CPU (docs/unet.md): A6 = A + norm, A8 = A6 with --augment strong
+#           (the best cmr/train-only recipe at width 16), B3 = B + norm
+#   A7  (SET=normlong, not run yet) A6 with 200 epochs (about 7 minutes: set LIMIT=480)
 #
 #   CMR_DATA=../shared/data OUT=results bash benchmarks/gpu_train.sh          (A, A2, B)
 #   CMR_DATA=../shared/data OUT=results SET=lr bash benchmarks/gpu_train.sh   (A3, A4)
@@ -29,7 +30,7 @@ CMR_DATA="${CMR_DATA:-shared/data}"
 OUT="${OUT:-runs/gpu_train}"
 RUNS="${RUNS:-/dev/shm/cmr_runs}"
 LIMIT="${LIMIT:-330}"
-SET="${SET:-main}"            # main: A, A2, B; lr: A3, A4; long: A5, B2; norm: A6, A7, B3
+SET="${SET:-main}"            # main: A, A2, B; lr: A3, A4; long: A5, B2; norm: A6, A8, B3; normlong: A7
 BACKEND="${BACKEND:-cuda}"    # BACKEND=numpy EXTRA="--base 4 --epochs 1" checks this script on a CPU
 EXTRA="${EXTRA:-}"
 mkdir -p "$OUT" "$RUNS"
@@ -59,8 +60,10 @@ if [ "$SET" = long ]; then     # the next set: the two best recipes, twice as lo
     start B2 --preset gpu64 --epochs 60 --extra-data "$ACDC" --extra-transpose
 elif [ "$SET" = norm ]; then   # instance normalisation after every 3x3 convolution
     start A6 --preset gpu64 --norm instance
-    start A7 --preset gpu64 --norm instance --epochs 200
+    start A8 --preset gpu64 --norm instance --augment strong
     start B3 --preset gpu64 --norm instance --epochs 30 --extra-data "$ACDC" --extra-transpose
+elif [ "$SET" = normlong ]; then
+    start A7 --preset gpu64 --norm instance --epochs 200
 elif [ "$SET" = lr ]; then     # a second set: lower learning rates, longer, on cmr/train only
     start A3 --preset gpu64 --lr 2e-4 --epochs 150
     start A4 --preset gpu64 --lr 3e-4 --epochs 150
