@@ -76,6 +76,8 @@
 // dimension plus one tile of overhang, fits).
 #include "common.cuh"
 
+// The three build features below are off unless defined; the backend compiles this file with
+// all three by default (cuda_backend.DEFAULT_CONV_VARIANT; MINICNN_CONV_VARIANT=plain for none).
 // MINICNN_CONV_PREFETCH=1 (an NVRTC option, see cuda_backend.CONV_VARIANTS) builds the GEMM
 // engine's software-pipelined K loop instead of the plain one; the results are the same sums
 // in the same order.

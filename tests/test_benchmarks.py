@@ -80,3 +80,24 @@ def test_agreement_measure():
     assert not common.agreement(np.array([np.nan]), np.array([0.0]))[1]  # NaN never agrees
     # small values: an absolute tolerance of 1e-3
     assert common.agreement(np.array([5e-4]), np.array([0.0]))[1]
+
+
+def test_variants_table_from_stored_reports(tmp_path):
+    """``bench_variants.sh --table`` turns one bench_train report per conv build variant into one
+    table, with each variant's step time relative to "plain" (the reports: the H200 run)."""
+    import shutil
+    src = os.path.join(BENCH, "results", "cuda", "h200", "variants")
+    for name in ("plain", "fastdiv_prefetch_vec4"):
+        shutil.copytree(os.path.join(src, name), tmp_path / name)
+    proc = subprocess.run(["bash", os.path.join(BENCH, "bench_variants.sh"), "--table",
+                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    table = (tmp_path / "variants.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "ms" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["plain", "fastdiv+prefetch+vec4"]
+    plain_ms, fast_ms = (float(r.split("|")[2]) for r in rows)
+    assert rows[0].rstrip(" |").endswith("1.00x")
+    assert rows[1].rstrip(" |").endswith(f"{plain_ms / fast_ms:.2f}x")
+    empty = subprocess.run(["bash", os.path.join(BENCH, "bench_variants.sh"), "--table",
+                            str(tmp_path / "none")], cwd=ROOT, capture_output=True, text=True)
+    assert empty.returncode != 0 and "no bench_train.json" in empty.stderr

@@ -41,6 +41,38 @@ def test_kernels_in_the_emulator(program, variant, tmp_path):
     assert last.endswith(" 0 failures") and int(last.split()[0]) >= 100, last
 
 
+def _asan_works(tmp_path):
+    src = tmp_path / "t.cpp"
+    src.write_text("int main() { return 0; }\n")
+    r = subprocess.run([CXX, "-fsanitize=address", str(src), "-o", str(tmp_path / "t")],
+                       capture_output=True, text=True, timeout=120)
+    return r.returncode == 0
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
+def test_default_build_in_the_emulator_under_asan(tmp_path):
+    """The default build (the GPU's memcheck ran on "plain" only) under AddressSanitizer, with
+    every buffer's guard zone poisoned: an out-of-bounds *read*, which the plain emulator run
+    cannot see (rows read past M are never stored), stops the program. Dropping the ``gm < M``
+    test of the prefetched A loads is caught at once (checked by hand, 2026-11-27)."""
+    if not _asan_works(tmp_path):
+        pytest.skip(f"{CXX} cannot build with -fsanitize=address (no libasan)")
+    exe = tmp_path / "conv_check_asan"
+    build = [CXX, "-std=c++20", "-O1", "-fno-strict-aliasing", "-fsanitize=address,undefined",
+             "-fno-sanitize-recover=undefined",
+             *cb.conv_variant_options(cb.DEFAULT_CONV_VARIANT), "-I", EMU,
+             "-I", os.path.join(ROOT, "kernels"), "-x", "c++",
+             os.path.join(EMU, "conv_check.cpp"), "-o", str(exe)]
+    r = subprocess.run(build, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{' '.join(build)}:\n{r.stderr[-4000:]}"
+    env = dict(os.environ, ASAN_OPTIONS="detect_stack_use_after_return=0:detect_leaks=0")
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, (r.stderr[-4000:] or r.stdout[-4000:])
+    assert "ERROR: AddressSanitizer" not in r.stderr and "runtime error" not in r.stderr
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.endswith(" 0 failures") and int(last.split()[0]) >= 100, last
+
+
 @pytest.mark.parametrize("M, Ncols, K, suffix, split_k, tile", [
     (16, 230400, 9, "f32", False, "m32n128"),         # first U-Net layer: few output channels
     (128, 57600, 1152, "f32", False, "m128n128"),     # 128 -> 128 @48px: a large grid
@@ -84,7 +116,11 @@ def test_primitive_cross_entropy_refuses_targets_unless_told_they_are_checked():
 
 def test_conv_variant_comes_from_the_environment(monkeypatch):
     monkeypatch.delenv("MINICNN_CONV_VARIANT", raising=False)
-    assert cb.conv_variant() == "plain"
+    assert cb.conv_variant() == cb.DEFAULT_CONV_VARIANT == "fastdiv+prefetch+vec4"
+    assert cb._module_options("conv") == ("-DMINICNN_CONV_FASTDIV=1", "-DMINICNN_CONV_PREFETCH=1",
+                                          "-DMINICNN_CONV_VEC4=1")
+    monkeypatch.setenv("MINICNN_CONV_VARIANT", "plain")          # the build without features
+    assert cb.conv_variant() == "plain" and cb._module_options("conv") == ()
     monkeypatch.setenv("MINICNN_CONV_VARIANT", "prefetch")
     assert cb.conv_variant() == "prefetch" and cb._module_options("conv") == \
         ("-DMINICNN_CONV_PREFETCH=1",)

@@ -122,12 +122,13 @@ def _kernels_package():
 _MODULE_OPTIONS = {"optim": ("--fmad=false",)}
 
 # Build variants of kernels/conv.cu, chosen by the environment variable MINICNN_CONV_VARIANT
-# (read when the first convolution kernel is loaded): "plain" (the default) or a "+"-joined set
-# of features: "prefetch" (the GEMM engine's K loop software-pipelined), "vec4" (each thread
-# reads its register block's operands from shared memory in 16-byte loads), "fastdiv" (the
-# index arithmetic divides by multiply-high and shift). Every variant computes the same sums in
-# the same order. The benchmarks time each variant in its own process; the tests build the
-# ones in CONV_VARIANTS.
+# (read when the first convolution kernel is loaded): "plain" or a "+"-joined set of features:
+# "prefetch" (the GEMM engine's K loop software-pipelined), "vec4" (each thread reads its
+# register block's operands from shared memory in 16-byte loads), "fastdiv" (the index
+# arithmetic divides by multiply-high and shift). Every variant computes the same sums in the
+# same order. The default is all three (DEFAULT_CONV_VARIANT): on an H200 it made the U-Net's
+# training step 1.73x faster than "plain" (benchmarks/NOTES.md, entry 11). The benchmarks time
+# each variant in its own process; the tests build the ones in CONV_VARIANTS.
 CONV_FEATURES = {
     "prefetch": "-DMINICNN_CONV_PREFETCH=1",
     "vec4": "-DMINICNN_CONV_VEC4=1",
@@ -146,14 +147,16 @@ def conv_variant_options(variant):
     return tuple(CONV_FEATURES[f] for f in sorted(features))
 
 
+DEFAULT_CONV_VARIANT = "fastdiv+prefetch+vec4"
 CONV_VARIANTS = {name: conv_variant_options(name) for name in
-                 ("plain", "prefetch", "vec4", "fastdiv", "fastdiv+prefetch+vec4")}
+                 ("plain", "prefetch", "vec4", "fastdiv", DEFAULT_CONV_VARIANT)}
 
 
 def conv_variant():
-    """The conv build variant named by ``MINICNN_CONV_VARIANT`` (default ``"plain"``), its
-    features in a fixed order (``"vec4+prefetch"`` reads as ``"prefetch+vec4"``)."""
-    variant = os.environ.get("MINICNN_CONV_VARIANT", "plain")
+    """The conv build variant named by ``MINICNN_CONV_VARIANT`` (default
+    ``DEFAULT_CONV_VARIANT``), its features in a fixed order (``"vec4+prefetch"`` reads as
+    ``"prefetch+vec4"``)."""
+    variant = os.environ.get("MINICNN_CONV_VARIANT", DEFAULT_CONV_VARIANT)
     conv_variant_options(variant)                      # refuses an unknown name
     return variant if variant == "plain" else "+".join(sorted(variant.split("+")))
 

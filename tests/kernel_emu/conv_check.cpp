@@ -6,9 +6,11 @@
 // as NaN (so an element the kernel forgets is caught) and are followed by a guard zone that
 // must stay untouched (so a write past the end is caught). Prints one line per check and
 // exits 1 if any fails. Last, the integer division helper `quot` against plain division.
+// Built with AddressSanitizer (-fsanitize=address), the guard zones are poisoned, so that a
+// *read* past the end of any buffer (inputs too) or before its start stops the program.
 //
-// Build and run (tests/test_kernel_emulation.py does this):
-//   g++ -std=c++20 -O2 -pthread -I tests/kernel_emu -I kernels -x c++ \
+// Build and run (tests/test_cuda_without_gpu.py does this):
+//   g++ -std=c++20 -O2 -fno-strict-aliasing -I tests/kernel_emu -I kernels -x c++ \
 //       tests/kernel_emu/conv_check.cpp -o conv_check && ./conv_check
 #include "cuda_emu.h"
 #include "conv.cu"
@@ -17,6 +19,13 @@
 #include <cstdio>
 #include <limits>
 #include <string>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#else
+#define ASAN_POISON_MEMORY_REGION(addr, size) ((void)(addr), (void)(size))
+#define ASAN_UNPOISON_MEMORY_REGION(addr, size) ((void)(addr), (void)(size))
+#endif
 
 struct Shape { int N, C, H, W, O, kH, kW, sH, sW, pH, pW; };
 
@@ -50,11 +59,18 @@ struct Buffer {                              // n elements + a guard zone
     explicit Buffer(size_t n_, bool fill_nan) : v(n_ + GUARD, T(SENTINEL)), n(n_) {
         for (size_t i = 0; i < n; ++i)
             v[i] = fill_nan ? std::numeric_limits<T>::quiet_NaN() : T(uniform());
+        ASAN_POISON_MEMORY_REGION(v.data() + n, GUARD * sizeof(T));
     }
+    Buffer(const Buffer&) = delete;
+    Buffer& operator=(const Buffer&) = delete;
+    ~Buffer() { ASAN_UNPOISON_MEMORY_REGION(v.data() + n, GUARD * sizeof(T)); }
     T* data() { return v.data(); }
     bool guard_intact() const {
-        for (size_t i = n; i < n + GUARD; ++i) if (v[i] != T(SENTINEL)) return false;
-        return true;
+        ASAN_UNPOISON_MEMORY_REGION(v.data() + n, GUARD * sizeof(T));
+        bool intact = true;
+        for (size_t i = n; i < n + GUARD; ++i) if (v[i] != T(SENTINEL)) intact = false;
+        ASAN_POISON_MEMORY_REGION(v.data() + n, GUARD * sizeof(T));
+        return intact;
     }
 };
 
