@@ -13,7 +13,8 @@
 #   A6, A8, B3  (SET=norm) with instance normalisation (--norm instance), which helped most at
 #           width 16 on the CPU (docs/unet.md): A6 = A + norm, A8 = A6 with --augment strong
 #           (the best cmr/train-only recipe at width 16), B3 = B + norm
-#   A7  (SET=normlong) A8 with 200 epochs (alone on an H200, 2026-11-27: 153 epochs in
+#   A7  (SET=normlong) A8 with 200 epochs, i.e. --preset gpu64-strong (alone on an H200,
+#           2026-11-27, run with the flags spelled out: 153 epochs in
 #           LIMIT=190 s, 1.2 s per epoch with the validation; LIMIT=330 would let it finish)
 #
 #   CMR_DATA=../shared/data OUT=results bash benchmarks/gpu_train.sh          (A, A2, B)
@@ -64,7 +65,7 @@ elif [ "$SET" = norm ]; then   # instance normalisation after every 3x3 convolut
     start A8 --preset gpu64 --norm instance --augment strong
     start B3 --preset gpu64 --norm instance --epochs 30 --extra-data "$ACDC" --extra-transpose
 elif [ "$SET" = normlong ]; then
-    start A7 --preset gpu64 --norm instance --augment strong --epochs 200
+    start A7 --preset gpu64-strong      # = gpu64 --norm instance --augment strong --epochs 200
 elif [ "$SET" = lr ]; then     # a second set: lower learning rates, longer, on cmr/train only
     start A3 --preset gpu64 --lr 2e-4 --epochs 150
     start A4 --preset gpu64 --lr 3e-4 --epochs 150

@@ -71,6 +71,13 @@ def test_augment_flag_and_presets_reach_the_config(tmp_path):
     assert best == dict(train.DEFAULTS, base=16, init="he", loss="ce+dice", schedule="cosine",
                         lr=1e-3, batch_size=10, epochs=50, norm="instance",
                         extra_transpose=True)          # the recipe of the README's best run
+    # gpu64-strong is the configuration that the recorded GPU run (A7) wrote to its config.json
+    strong = train.config_from_args(parser.parse_args(["--preset", "gpu64-strong"]))
+    recorded = json.loads((Path(__file__).parents[2] / "benchmarks" / "results" / "cuda" /
+                           "gpu_train_normlong" / "results.json").read_text())["A7"]["config"]
+    recorded = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
+    assert {k: v for k, v in strong.items() if k not in ("data", "backend")} == \
+        {k: v for k, v in recorded.items() if k not in ("data", "backend")}
     history = train.run(dict(TINY, epochs=1, augment="strong"), tmp_path, say=quiet,
                         progress=False)
     assert np.isfinite(history[0]["loss"])
