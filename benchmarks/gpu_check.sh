@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gpu_check.sh -- the checks to run on a machine with an NVIDIA GPU, in one go: about 2 minutes,
-# about 4 with --bench (an H200, 2026-11-27: 238 s with --bench and one other conv build
-# variant; each further variant adds about 45 s). Each step has its own time limit (together
+# about 5 with --bench (an H200, 2026-11-27: 238 s with --bench and one other conv build
+# variant; each further variant adds about 45 s; the default list has two). Each step has its own time limit (together
 # 340 s; with --bench 725 s for the default variant list), so a hanging step cannot eat the
 # session.
 #
@@ -19,10 +19,10 @@
 #      on the GPU (skipped when the data is not there)
 #   5. with --bench: bench_ops.py and bench_train.py at full size (reports in $OUT/ops, $OUT/train),
 #      then for each other build variant of kernels/conv.cu in CONV_BENCH_VARIANTS (default:
-#      "plain", the build without the features of the default one; add "prefetch vec4 fastdiv"
-#      to time each feature alone) the self-check, the conv op tests against PyTorch (forward
-#      and every gradient), and bench_train ($OUT/train_<variant>); for the first of them the
-#      conv rows of bench_ops too ($OUT/ops_<variant>)
+#      "fastdiv+kmajor+prefetch+vec4", the default build plus the untimed kmajor feature, then
+#      "plain", the build without features) the self-check, the conv op tests against PyTorch
+#      (forward and every gradient), and bench_train ($OUT/train_<variant>); for the first of
+#      them the conv rows of bench_ops too ($OUT/ops_<variant>)
 #   6. the op tests under compute-sanitizer memcheck (CuPy's memory pool switched off, so that
 #      an out-of-bounds access is outside any allocation and gets reported), with the bounded
 #      hypothesis profile HYPOTHESIS_PROFILE=ci
@@ -52,7 +52,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 # conv build variants that --bench times after the default one (MINICNN_CONV_VARIANT values;
 # the default build is cuda_backend.DEFAULT_CONV_VARIANT)
-CONV_BENCH_VARIANTS="${CONV_BENCH_VARIANTS:-plain}"
+CONV_BENCH_VARIANTS="${CONV_BENCH_VARIANTS:-fastdiv+kmajor+prefetch+vec4 plain}"
 
 STEPS=()
 STATUS=()

@@ -99,6 +99,16 @@
 #define MINICNN_CONV_FASTDIV 0
 #endif
 
+// MINICNN_CONV_KMAJOR=1 changes how the threads of a block share the B-tile loads of the
+// problems that ask for it (K_MAJOR_B below: the weight gradient): consecutive threads load
+// consecutive k of one column instead of consecutive columns of one k. In the weight gradient
+// k is the pixel (n, p, q) and a column the tap (c, i, j), so the loads of a warp become
+// contiguous runs of x, and each thread decomposes its k once per tile instead of once per
+// load. Same sums in the same order.
+#ifndef MINICNN_CONV_KMAJOR
+#define MINICNN_CONV_KMAJOR 0
+#endif
+
 // ================================================================== shapes
 struct ConvShape {
     int N, C, H, W;        // x
@@ -149,12 +159,17 @@ typedef int Div;        // without the feature a Div is the divisor itself
 //   T a(int m, int k)               A[m, k]          (0 <= m < M, 0 <= k < K guaranteed)
 //   T b(int k, const Column& cl)    B[k, col]        (0 <= k < K, 0 <= col < Ncols)
 //   void store(int m, int col, T v) write Out[m, col] = v (+ epilogue)
+//   K_MAJOR_B                       true if B is contiguous along k (see MINICNN_CONV_KMAJOR);
+//                                   such a problem also provides
+//   KRow krow(int k)                per-k values, computed once per K tile by a thread
+//   T b(const KRow& kr, const Column& cl)  B[k, col] from them (the value of b(k, cl))
 // Every quotient in them is quot(n, d) of a non-negative n by a constant of the launch (a Div
 // where it is in the K loop); the remainder is then n - q*d.
 
 // ---------------------------------------------------------------- forward
 template <typename T>
 struct ConvForward {
+    static constexpr bool K_MAJOR_B = false;
     const T* x; const T* w; const T* bias; T* y;
     int has_bias;
     ConvShape s;
@@ -189,6 +204,7 @@ struct ConvForward {
 // ---------------------------------------------------------------- backward input
 template <typename T>
 struct ConvBackwardInput {
+    static constexpr bool K_MAJOR_B = false;
     const T* gy; const T* w; T* gx;
     ConvShape s;
     Div kHW, kW, sH, sW;    // the divisors of every B load
@@ -225,6 +241,7 @@ struct ConvBackwardInput {
 // ---------------------------------------------------------------- backward input, partition
 template <typename T>
 struct ConvBackwardInputPartition {
+    static constexpr bool K_MAJOR_B = false;
     const T* gy; const T* w; T* gx;
     ConvShape s;
     int kHW, kW, HoWo, Wo, HW;  // (no division in its K loop)
@@ -249,6 +266,7 @@ struct ConvBackwardInputPartition {
 // ---------------------------------------------------------------- backward weight
 template <typename T>
 struct ConvBackwardWeight {
+    static constexpr bool K_MAJOR_B = true;     // k = (n, p, q): contiguous in x along q
     const T* gy; const T* x; T* ws;
     ConvShape s;
     Div HoWo, Wo;       // the divisors of every A and B load
@@ -266,13 +284,18 @@ struct ConvBackwardWeight {
         const int n = quot(k, HoWo), pq = k - n * HoWo;
         return ldg(gy + (n * s.O + m) * HoWo + pq);
     }
-    __device__ T b(int k, const Column& cl) const {
-        const int n = quot(k, HoWo), pq = k - n * HoWo;
+    struct KRow { int xbase, hp, vq; };     // x offset of image n; (p*sH, q*sW)
+    __device__ KRow krow(int k) const {
+        const int n = quot(k, HoWo), pq = k - n * HoWo;         // k = (n, p, q)
         const int p = quot(pq, Wo), q = pq - p * Wo;
-        const int h = p * s.sH + cl.i0, v = q * s.sW + cl.j0;   // x row/col (unpadded)
-        if (h < 0 || h >= s.H || v < 0 || v >= s.W) return T(0);
-        return ldg(x + n * s.C * HW + cl.cbase + h * s.W + v);
+        return {n * s.C * HW, p * s.sH, q * s.sW};
     }
+    __device__ T b(const KRow& kr, const Column& cl) const {
+        const int h = kr.hp + cl.i0, v = kr.vq + cl.j0;         // x row/col (unpadded)
+        if (h < 0 || h >= s.H || v < 0 || v >= s.W) return T(0);
+        return ldg(x + kr.xbase + cl.cbase + h * s.W + v);
+    }
+    __device__ T b(int k, const Column& cl) const { return b(krow(k), cl); }
     __device__ void store(int m, int col, T v) const {
         ws[blockIdx.z * slab + m * Ncols + col] = v;            // this split's slab
     }
@@ -311,22 +334,28 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
     // a multiple of 16 bytes, which costs a 2-way bank conflict on the stores where BK = 16.)
     constexpr int VEC = 16 / int(sizeof(T));     // elements per 16-byte load
     constexpr int A_PAD = MINICNN_CONV_VEC4 ? (32 / BK + VEC - 1) / VEC * VEC : 32 / BK;
+    // K-major B loads (MINICNN_CONV_KMAJOR, for a problem whose B is contiguous along k): a
+    // warp's stores Bs[k][n] then cover BK rows x 32/BK columns, the pattern of the A stores,
+    // so the B rows get the same pad.
+    constexpr bool KM = MINICNN_CONV_KMAJOR && Problem::K_MAJOR_B;
+    constexpr int B_PAD = KM ? A_PAD : 0;
+    constexpr int B_N_STEP = THREADS / BK;       // (k-major) B columns covered by one pass
     static_assert(BM % TM == 0 && BN % TN == 0, "tile must split into register blocks");
     static_assert((BM * BK) % THREADS == 0 && (BK * BN) % THREADS == 0, "loads must divide");
     static_assert(THREADS % BK == 0 && THREADS % BN == 0, "each thread keeps one k / one column");
     static_assert(32 % BK == 0, "A_PAD assumes BK divides 32");
     static_assert(!MINICNN_CONV_VEC4 || (TM % 4 == 0 && TN % 4 == 0 &&
-                  (BM + A_PAD) % VEC == 0 && BN % VEC == 0),
+                  (BM + A_PAD) % VEC == 0 && (BN + B_PAD) % VEC == 0),
                   "16-byte reads: whole groups of 4, shared-memory rows on 16 bytes");
 
     // A is stored transposed (As[k][m]) so that the inner loop reads a thread's TM values of
     // A for one k from one shared-memory row, like its TN values of B.
 #if !MINICNN_CONV_PREFETCH
     __shared__ __align__(16) T As[BK][BM + A_PAD];
-    __shared__ __align__(16) T Bs[BK][BN];
+    __shared__ __align__(16) T Bs[BK][BN + B_PAD];
 #else
     __shared__ __align__(16) T As[2][BK][BM + A_PAD];  // two buffers: fill one, read the other
-    __shared__ __align__(16) T Bs[2][BK][BN];
+    __shared__ __align__(16) T Bs[2][BK][BN + B_PAD];
 #endif
 
     T acc[TM][TN];
@@ -347,7 +376,7 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
     auto column = [&](int j) { return (j / 4) * (4 * CS) + 4 * tx + j % 4; };
 #endif
     // The products of one K tile held in shared memory (as, bs: its A and B buffers).
-    auto multiply = [&](const T (*as)[BM + A_PAD], const T (*bs)[BN]) {
+    auto multiply = [&](const T (*as)[BM + A_PAD], const T (*bs)[BN + B_PAD]) {
 #pragma unroll
         for (int kk = 0; kk < BK; ++kk) {
             T av[TM], bv[TN];
@@ -380,10 +409,46 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
     const int a_k = tid % BK, a_m = tid / BK;
     // B tile (BK x BN): element e has k = e / BN and column e % BN: each thread keeps one
     // column b_n for the whole K loop, so the column's decomposition is done once, here.
-    const int b_n = tid % BN, b_k = tid / BN;
-    const int col = n0 + b_n;
+    // K-major (KM): element e has k = e % BK and column e / BK instead: each thread keeps one
+    // k (b_k) and loads the columns b_n + r*B_N_STEP; it decomposes its k once per tile, and
+    // reads the columns' decompositions from shared memory, where the block puts all BN of
+    // them once (in registers they would cost 3 x B_LOADS per thread, and spills). Columns past
+    // Ncols are copies of the last one instead of zeros: they only reach products that are
+    // never stored.
+    const int b_n = KM ? tid / BK : tid % BN, b_k = KM ? tid % BK : tid / BN;
+    const int col = n0 + b_n;                  // (column-major: the thread's one column)
     const bool col_ok = col < Ncols;
     const typename Problem::Column cl = prob.column(col_ok ? col : 0);
+    __shared__ typename Problem::Column col_table[KM ? BN : 1];
+    if constexpr (KM) {
+        for (int c = tid; c < BN; c += THREADS)
+            col_table[c] = prob.column(min(n0 + c, Ncols - 1));
+        __syncthreads();
+    }
+    // where this thread's B load r lands in the tile: Bs[b_kk(r)][b_nn(r)]
+    auto b_kk = [&](int r) { return KM ? b_k : b_k + r * B_K_STEP; };
+    auto b_nn = [&](int r) { return KM ? b_n + r * B_N_STEP : b_n; };
+    // this thread's B loads of the tile that starts at k0 (zeros past Ncols or the K slice):
+    // put(r, value) for r < B_LOADS
+    auto load_b = [&](int k0, auto&& put) {
+        if constexpr (KM) {
+            const int gk = k0 + b_k;
+            if (gk < k_end) {
+                const typename Problem::KRow kr = prob.krow(gk);
+#pragma unroll
+                for (int r = 0; r < B_LOADS; ++r) put(r, prob.b(kr, col_table[b_nn(r)]));
+            } else {
+#pragma unroll
+                for (int r = 0; r < B_LOADS; ++r) put(r, T(0));
+            }
+        } else {
+#pragma unroll
+            for (int r = 0; r < B_LOADS; ++r) {
+                const int gk = k0 + b_k + r * B_K_STEP;
+                put(r, (col_ok && gk < k_end) ? prob.b(gk, cl) : T(0));
+            }
+        }
+    };
 
 #if !MINICNN_CONV_PREFETCH
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
@@ -395,12 +460,7 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
             const int gm = m0 + m, gk = k0 + a_k;
             As[a_k][m] = (gm < M && gk < k_end) ? prob.a(gm, gk) : T(0);
         }
-#pragma unroll
-        for (int r = 0; r < B_LOADS; ++r) {
-            const int kk = b_k + r * B_K_STEP;
-            const int gk = k0 + kk;
-            Bs[kk][b_n] = (col_ok && gk < k_end) ? prob.b(gk, cl) : T(0);
-        }
+        load_b(k0, [&](int r, T v) { Bs[b_kk(r)][b_nn(r)] = v; });
         __syncthreads();   // the tile is complete
         multiply(As, Bs);  // the register-block product over this K tile
         __syncthreads();   // everyone is done reading before the next tile overwrites it
@@ -419,11 +479,7 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
             const int gm = m0 + a_m + r * A_ROW_STEP, gk = k1 + a_k;
             a_next[r] = (gm < M && gk < k_end) ? prob.a(gm, gk) : T(0);
         }
-#pragma unroll
-        for (int r = 0; r < B_LOADS; ++r) {
-            const int gk = k1 + b_k + r * B_K_STEP;
-            b_next[r] = (col_ok && gk < k_end) ? prob.b(gk, cl) : T(0);
-        }
+        load_b(k1, [&](int r, T v) { b_next[r] = v; });
     };
     fetch(k_begin);
     int buf = 0;
@@ -431,7 +487,7 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
 #pragma unroll
         for (int r = 0; r < A_LOADS; ++r) As[buf][a_k][a_m + r * A_ROW_STEP] = a_next[r];
 #pragma unroll
-        for (int r = 0; r < B_LOADS; ++r) Bs[buf][b_k + r * B_K_STEP][b_n] = b_next[r];
+        for (int r = 0; r < B_LOADS; ++r) Bs[buf][b_kk(r)][b_nn(r)] = b_next[r];
         __syncthreads();   // tile k0 is complete in buffer buf
         fetch(k0 + BK);    // in flight while this tile's products run
         multiply(As[buf], Bs[buf]);

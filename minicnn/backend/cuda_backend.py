@@ -125,14 +125,17 @@ _MODULE_OPTIONS = {"optim": ("--fmad=false",)}
 # (read when the first convolution kernel is loaded): "plain" or a "+"-joined set of features:
 # "prefetch" (the GEMM engine's K loop software-pipelined), "vec4" (each thread reads its
 # register block's operands from shared memory in 16-byte loads), "fastdiv" (the index
-# arithmetic divides by multiply-high and shift). Every variant computes the same sums in the
-# same order. The default is all three (DEFAULT_CONV_VARIANT): on an H200 it made the U-Net's
-# training step 1.73x faster than "plain" (benchmarks/NOTES.md, entry 11). The benchmarks time
-# each variant in its own process; the tests build the ones in CONV_VARIANTS.
+# arithmetic divides by multiply-high and shift), "kmajor" (the weight gradient's B-tile loads
+# run along k, i.e. along a row of x, instead of across taps; not timed yet). Every variant
+# computes the same sums in the same order. The default is the first three
+# (DEFAULT_CONV_VARIANT): on an H200 they made the U-Net's training step 1.73x faster than
+# "plain" (benchmarks/NOTES.md, entry 11). The benchmarks time each variant in its own
+# process; the tests build the ones in CONV_VARIANTS.
 CONV_FEATURES = {
     "prefetch": "-DMINICNN_CONV_PREFETCH=1",
     "vec4": "-DMINICNN_CONV_VEC4=1",
     "fastdiv": "-DMINICNN_CONV_FASTDIV=1",
+    "kmajor": "-DMINICNN_CONV_KMAJOR=1",
 }
 
 
@@ -149,7 +152,8 @@ def conv_variant_options(variant):
 
 DEFAULT_CONV_VARIANT = "fastdiv+prefetch+vec4"
 CONV_VARIANTS = {name: conv_variant_options(name) for name in
-                 ("plain", "prefetch", "vec4", "fastdiv", DEFAULT_CONV_VARIANT)}
+                 ("plain", "prefetch", "vec4", "fastdiv", "kmajor", DEFAULT_CONV_VARIANT,
+                  "fastdiv+kmajor+prefetch+vec4")}
 
 
 def conv_variant():
