@@ -88,6 +88,10 @@ def format_table(result):
                                  for c in CLASSES)
                      + "; present but not predicted: "
                      + ", ".join(f"{c} {pres[c]['missed']}" for c in CLASSES))
+        if "absent_at_ends" in pres[CLASSES[0]]:
+            lines.append("of the absent ones, among the first or last two slices of their stack: "
+                         + ", ".join(f"{c} {pres[c]['absent_at_ends']} "
+                                     f"({pres[c]['invented_at_ends']})" for c in CLASSES))
     return "\n".join(lines)
 
 

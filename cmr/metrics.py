@@ -18,6 +18,7 @@ Distances are in pixels unless a pixel ``spacing`` is given.
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import numpy as np
@@ -32,6 +33,7 @@ __all__ = [
     "surface",
     "surface_distances",
     "evaluate_masks",
+    "at_stack_ends",
 ]
 
 #: The foreground structures that are scored: label -> name.
@@ -126,6 +128,30 @@ def _nanmean(values) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
+_SLICE_NAME = re.compile(r"^(?P<stack>.+)_slice(?P<index>\d+)$")
+
+
+def at_stack_ends(names: Sequence[str], depth: int = 2) -> np.ndarray | None:
+    """For slices named ``<stack>_slice<NN>`` (acdc96: ``patientPPP_frameFF_sliceSS``), whether
+    each is among the first or last ``depth`` slices of its stack *in this set* (the basal and
+    apical ends of a short-axis stack, where structures are small or absent). None if any name
+    does not have that form. Example: slices 1..9 of one stack -> 1, 2, 8, 9 are at the ends.
+    """
+    parsed = [_SLICE_NAME.match(str(n)) for n in names]
+    if not parsed or not all(parsed):
+        return None
+    stacks: dict[str, list[int]] = {}
+    for m in parsed:
+        stacks.setdefault(m["stack"], []).append(int(m["index"]))
+    rank = {key: sorted(v) for key, v in stacks.items()}
+    out = []
+    for m in parsed:
+        order = rank[m["stack"]]
+        i = order.index(int(m["index"]))
+        out.append(i < depth or i >= len(order) - depth)
+    return np.array(out, dtype=bool)
+
+
 def evaluate_masks(preds: np.ndarray, targets: np.ndarray,
                    names: Sequence[str] | None = None,
                    spacing: float | Sequence[float] = 1.0) -> dict:
@@ -156,7 +182,10 @@ def evaluate_masks(preds: np.ndarray, targets: np.ndarray,
         ``presence`` counts, per structure, the images whose ground truth lacks it
         (``absent``), those of them where the prediction has it anyway (``invented``: Dice 0
         on that image) and the images where the prediction lacks a structure that the
-        ground truth has (``missed``: Dice 0 too).
+        ground truth has (``missed``: Dice 0 too); where the names give each slice's place
+        in its stack (``at_stack_ends``), also how many of the ``absent`` and ``invented``
+        are among the first or last two slices of their stack (``absent_at_ends``,
+        ``invented_at_ends``).
     """
     preds, targets = np.asarray(preds), np.asarray(targets)
     if preds.shape != targets.shape or preds.ndim != 3:
@@ -193,6 +222,15 @@ def evaluate_masks(preds: np.ndarray, targets: np.ndarray,
     sub = {STRUCTURES[c]: float(dice[present, k].mean()) if present.any() else float("nan")
            for k, c in enumerate(labels)}
     sub["mean"] = float(np.mean([sub[STRUCTURES[c]] for c in labels]))
+    ends = at_stack_ends(names)
+    presence = {}
+    for k, c in enumerate(labels):
+        absent, invented = ~in_target[:, k], ~in_target[:, k] & in_pred[:, k]
+        presence[STRUCTURES[c]] = {"absent": int(absent.sum()), "invented": int(invented.sum()),
+                                   "missed": int((in_target[:, k] & ~in_pred[:, k]).sum())}
+        if ends is not None:
+            presence[STRUCTURES[c]].update(absent_at_ends=int((absent & ends).sum()),
+                                           invented_at_ends=int((invented & ends).sum()))
     return {
         "dice": dice_mean,
         "hd95": hd_mean,
@@ -200,9 +238,6 @@ def evaluate_masks(preds: np.ndarray, targets: np.ndarray,
                            for k, c in enumerate(labels)},
         "n_images": n,
         "all_present": {"n_images": int(present.sum()), "dice": sub},
-        "presence": {STRUCTURES[c]: {"absent": int((~in_target[:, k]).sum()),
-                                     "invented": int((~in_target[:, k] & in_pred[:, k]).sum()),
-                                     "missed": int((in_target[:, k] & ~in_pred[:, k]).sum())}
-                     for k, c in enumerate(labels)},
+        "presence": presence,
         "per_image": per_image,
     }

@@ -127,3 +127,21 @@ def test_all_present_scores_only_slices_with_every_structure():
     assert res["presence"] == {"RV": {"absent": 1, "invented": 1, "missed": 0},
                                "Myo": {"absent": 0, "invented": 0, "missed": 1},
                                "LV": {"absent": 0, "invented": 0, "missed": 0}}
+
+
+def test_absent_structures_counted_at_the_ends_of_their_stacks():
+    from cmr.metrics import at_stack_ends
+    names = [f"patient001_frame01_slice{i:02d}" for i in (3, 1, 9, 2, 5, 8)] + \
+        ["patient002_frame12_slice04", "patient002_frame12_slice07"]
+    # patient001's stack here is 1 2 3 5 8 9: ends 1 2 8 9; patient002 has only two slices
+    assert at_stack_ends(names).tolist() == [False, True, True, True, False, True, True, True]
+    assert at_stack_ends(["0", "1"]) is None and at_stack_ends([]) is None
+    full = three_class_mask()
+    no_rv = full.copy()
+    no_rv[no_rv == 1] = 0
+    t = np.stack([no_rv, full, no_rv, full, full, full, full, full])   # RV absent: slices 3, 9
+    p = np.stack([full] * 8)                                           # RV drawn everywhere
+    pres = evaluate_masks(p, t, names)["presence"]["RV"]
+    assert pres == {"absent": 2, "invented": 2, "missed": 0, "absent_at_ends": 1,
+                    "invented_at_ends": 1}
+    assert "absent_at_ends" not in evaluate_masks(p, t)["presence"]["RV"]   # names "0", "1", ..
