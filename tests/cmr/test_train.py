@@ -92,6 +92,8 @@ def test_every_loss_and_optimizer_runs(tmp_path, loss, optimizer):
     assert np.isfinite(history[0]["loss"])
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")   # lr 1e30: wanted
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     train.run(dict(TINY, epochs=1), tmp_path, say=quiet, progress=False)
     before = (tmp_path / "last.npz").read_bytes()
