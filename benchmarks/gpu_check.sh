@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # gpu_check.sh -- the checks to run on a machine with an NVIDIA GPU, in one go: about 2 minutes,
 # about 5 with --bench (an H200, 2026-11-27: 238 s with --bench and one other conv build
-# variant; each further variant adds about 45 s; the default list has two). Each step has its own time limit (together
-# 340 s; with --bench 725 s for the default variant list), so a hanging step cannot eat the
-# session.
+# variant; each further variant adds about 45 s; the default list has two). Each step has its
+# own time limit (together 340 s; with --bench 875 s for the default variant list), so a
+# hanging step cannot eat the session.
 #
 #   bash benchmarks/gpu_check.sh            (from the repository root)
 #   bash benchmarks/gpu_check.sh --bench    (adds the full-size benchmarks: about 1.5 minutes more)
