@@ -23,22 +23,29 @@ EMU = os.path.join(ROOT, "tests", "kernel_emu")
 CXX = shutil.which(os.environ.get("CXX", "g++"))
 
 
-@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
-@pytest.mark.parametrize("program, variant", [("conv_check", v) for v in cb.CONV_VARIANTS])
-def test_kernels_in_the_emulator(program, variant, tmp_path):
-    """Each build variant of the kernel file (the NVRTC options of ``cb.CONV_VARIANTS``, which
-    are -D macros, passed to g++ as they are)."""
-    exe = tmp_path / program
-    build = [CXX, "-std=c++20", "-O2", "-fno-strict-aliasing", *cb.CONV_VARIANTS[variant],
-             "-I", EMU, "-I", os.path.join(ROOT, "kernels"), "-x", "c++", os.path.join(EMU, program + ".cpp"),
-             "-o", str(exe)]
+def _run_conv_check(variant, tmp_path, flags=("-O2",), env=None):
+    """Build tests/kernel_emu/conv_check.cpp with the NVRTC options of the conv build
+    ``variant`` (-D macros, passed to g++ as they are) and ``flags``, run it, and check that all
+    its (at least 100) checks passed; returns the run's stderr."""
+    exe = tmp_path / "conv_check"
+    build = [CXX, "-std=c++20", *flags, "-fno-strict-aliasing", *cb.conv_variant_options(variant),
+             "-I", EMU, "-I", os.path.join(ROOT, "kernels"), "-x", "c++",
+             os.path.join(EMU, "conv_check.cpp"), "-o", str(exe)]
     r = subprocess.run(build, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{' '.join(build)}:\n{r.stderr[-4000:]}"
-    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900, env=env)
     failed = [line for line in r.stdout.splitlines() if not line.startswith("ok")]
-    assert r.returncode == 0, "\n".join(failed)[-4000:]
+    assert r.returncode == 0, ("\n".join(failed) + r.stderr)[-4000:]
     last = r.stdout.strip().splitlines()[-1]
     assert last.endswith(" 0 failures") and int(last.split()[0]) >= 100, last
+    return r.stderr
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
+@pytest.mark.parametrize("variant", list(cb.CONV_VARIANTS))
+def test_kernels_in_the_emulator(variant, tmp_path):
+    """Each build variant of the kernel file (``cb.CONV_VARIANTS``)."""
+    _run_conv_check(variant, tmp_path)
 
 
 def _asan_works(tmp_path):
@@ -50,27 +57,19 @@ def _asan_works(tmp_path):
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
-def test_default_build_in_the_emulator_under_asan(tmp_path):
-    """The default build (the GPU's memcheck ran on "plain" only) under AddressSanitizer, with
-    every buffer's guard zone poisoned: an out-of-bounds *read*, which the plain emulator run
-    cannot see (rows read past M are never stored), stops the program. Dropping the ``gm < M``
-    test of the prefetched A loads is caught at once (checked by hand, 2026-11-27)."""
+@pytest.mark.parametrize("variant", [cb.DEFAULT_CONV_VARIANT, "fastdiv+kmajor+prefetch+vec4"])
+def test_build_in_the_emulator_under_asan(variant, tmp_path):
+    """The default build (the GPU's memcheck ran on "plain" only) and the one with kmajor (not
+    run on a GPU yet) under AddressSanitizer, with every buffer's guard zone poisoned: an
+    out-of-bounds *read*, which the plain emulator run cannot see (rows read past M are never
+    stored), stops the program. Dropping the ``gm < M`` test of the prefetched A loads is
+    caught at once (checked by hand, 2026-11-27)."""
     if not _asan_works(tmp_path):
         pytest.skip(f"{CXX} cannot build with -fsanitize=address (no libasan)")
-    exe = tmp_path / "conv_check_asan"
-    build = [CXX, "-std=c++20", "-O1", "-fno-strict-aliasing", "-fsanitize=address,undefined",
-             "-fno-sanitize-recover=undefined",
-             *cb.conv_variant_options(cb.DEFAULT_CONV_VARIANT), "-I", EMU,
-             "-I", os.path.join(ROOT, "kernels"), "-x", "c++",
-             os.path.join(EMU, "conv_check.cpp"), "-o", str(exe)]
-    r = subprocess.run(build, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"{' '.join(build)}:\n{r.stderr[-4000:]}"
     env = dict(os.environ, ASAN_OPTIONS="detect_stack_use_after_return=0:detect_leaks=0")
-    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900, env=env)
-    assert r.returncode == 0, (r.stderr[-4000:] or r.stdout[-4000:])
-    assert "ERROR: AddressSanitizer" not in r.stderr and "runtime error" not in r.stderr
-    last = r.stdout.strip().splitlines()[-1]
-    assert last.endswith(" 0 failures") and int(last.split()[0]) >= 100, last
+    stderr = _run_conv_check(variant, tmp_path, ("-O1", "-fsanitize=address,undefined",
+                                                 "-fno-sanitize-recover=undefined"), env)
+    assert "ERROR: AddressSanitizer" not in stderr and "runtime error" not in stderr
 
 
 @pytest.mark.parametrize("M, Ncols, K, suffix, split_k, tile", [
