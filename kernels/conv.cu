@@ -428,8 +428,8 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
     // where this thread's B load r lands in the tile: Bs[b_kk(r)][b_nn(r)]
     auto b_kk = [&](int r) { return KM ? b_k : b_k + r * B_K_STEP; };
     auto b_nn = [&](int r) { return KM ? b_n + r * B_N_STEP : b_n; };
-    // this thread's B loads of the tile that starts at k0 (zeros past Ncols or the K slice):
-    // put(r, value) for r < B_LOADS
+    // this thread's B loads of the tile that starts at k0, put(r, value) for r < B_LOADS:
+    // zeros past the K slice, and past Ncols (column-major) or copies of the last column (KM)
     auto load_b = [&](int k0, auto&& put) {
         if constexpr (KM) {
             const int gk = k0 + b_k;
@@ -453,7 +453,7 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
 #if !MINICNN_CONV_PREFETCH
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
         // ---- global -> shared. Out-of-range entries (past M, Ncols or the K slice) are 0,
-        // so they add nothing and never touch memory.
+        // so they add nothing and never touch memory (KM: see load_b for columns past Ncols).
 #pragma unroll
         for (int r = 0; r < A_LOADS; ++r) {
             const int m = a_m + r * A_ROW_STEP;
