@@ -31,7 +31,7 @@ for name in cb.CONV_VARIANTS:
     rows.append((name, d["meta"], r["training step"], r["forward, no_grad"]))
 if not rows:
     sys.exit(f"no bench_train.json under {folder}/<variant>/")
-plain = {name: (s["ours"], fw["ours"]) for name, _, s, fw in rows}.get("plain")
+plain_ms = {name: s["ours"] for name, _, s, _ in rows}.get("plain")
 lines = ["# Conv build variants: U-Net training step", "",
          "Each row: `MINICNN_CONV_VARIANT=<variant> python3 benchmarks/bench_train.py --device "
          "cuda` (as `bash benchmarks/bench_variants.sh` runs them; table by its `--table`), "
@@ -43,7 +43,7 @@ lines = ["# Conv build variants: U-Net training step", "",
          "| step speed-up over plain |",
          "|---|---|---|---|---|---|---|---|"]
 for name, m, s, fw in rows:
-    up = f"{plain[0] / s['ours']:.2f}x" if plain else ""
+    up = f"{plain_ms / s['ours']:.2f}x" if plain_ms else ""
     lines.append(f"| {name} | {s['ours']:.1f} | {s['theirs']:.1f} | {s['ratio']:.2f} | "
                  f"{fw['ours']:.1f} | {fw['theirs']:.1f} | {fw['ratio']:.2f} | {up} |")
 text = "\n".join(lines) + "\n"

@@ -143,13 +143,8 @@ def at_stack_ends(names: Sequence[str], depth: int = 2) -> np.ndarray | None:
     stacks: dict[str, list[int]] = {}
     for m in parsed:
         stacks.setdefault(m["stack"], []).append(int(m["index"]))
-    rank = {key: sorted(v) for key, v in stacks.items()}
-    out = []
-    for m in parsed:
-        order = rank[m["stack"]]
-        i = order.index(int(m["index"]))
-        out.append(i < depth or i >= len(order) - depth)
-    return np.array(out, dtype=bool)
+    ends = {key: set(sorted(v)[:depth] + sorted(v)[-depth:]) for key, v in stacks.items()}
+    return np.array([int(m["index"]) in ends[m["stack"]] for m in parsed], dtype=bool)
 
 
 def evaluate_masks(preds: np.ndarray, targets: np.ndarray,
