@@ -19,8 +19,9 @@
 #      on the GPU (skipped when the data is not there)
 #   5. with --bench: bench_ops.py and bench_train.py at full size (reports in $OUT/ops, $OUT/train),
 #      then for each other build variant of kernels/conv.cu in CONV_BENCH_VARIANTS (default:
-#      "fastdiv+kmajor+prefetch+vec4", the default build plus the untimed kmajor feature, then
-#      "plain", the build without features) the self-check, the conv op tests against PyTorch
+#      the default build plus both untimed features, kmajor and tiles, then plus each of them
+#      alone; "plain", the build without features, was timed in entry 11 of NOTES.md) the
+#      self-check, the conv op tests against PyTorch
 #      (forward and every gradient), and bench_train ($OUT/train_<variant>); for the first of
 #      them the conv rows of bench_ops too ($OUT/ops_<variant>)
 #   6. the op tests under compute-sanitizer memcheck (CuPy's memory pool switched off, so that
@@ -52,7 +53,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 # conv build variants that --bench times after the default one (MINICNN_CONV_VARIANT values;
 # the default build is cuda_backend.DEFAULT_CONV_VARIANT)
-CONV_BENCH_VARIANTS="${CONV_BENCH_VARIANTS:-fastdiv+kmajor+prefetch+vec4 plain}"
+CONV_BENCH_VARIANTS="${CONV_BENCH_VARIANTS:-fastdiv+kmajor+prefetch+tiles+vec4 fastdiv+prefetch+tiles+vec4 fastdiv+kmajor+prefetch+vec4}"
 
 STEPS=()
 STATUS=()
@@ -165,7 +166,7 @@ orig_plan = cb.plan_gemm
 def cdiv(a, b):
     return -(-a // b)
 def forced(tile, max_splits):
-    def plan(M, Ncols, K, suffix, sm_count, split_k=False):
+    def plan(M, Ncols, K, suffix, sm_count, split_k=False, tiles=False):
         BM, BN, BK = cb.TILES[tile][:3]
         k_chunk, splits = K, 1
         if split_k and K > 0:
@@ -180,8 +181,10 @@ rng = np.random.default_rng(0)
 cases = 0
 for dtype in (np.float32, np.float64):
     for tile in cb.TILES:
-        if tile == "m128n128" and dtype == np.float64:
-            continue
+        if dtype == np.float64 and tile not in ("m32n128", "m64n64"):
+            continue                           # the 8x8 register blocks are float32 only
+        if tile in ("m128n64", "m64n128") and not cb._tiles():
+            continue                           # built with the "tiles" feature only
         for i in range(2 if FAKE else 8):
             cb.plan_gemm = forced(tile, int(rng.integers(1, 8)))
             N, C, O = int(rng.integers(1, 4)), int(rng.integers(1, 41)), int(rng.integers(1, 141))

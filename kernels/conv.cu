@@ -56,12 +56,14 @@
 // B into shared memory (each element read from global memory once per block), synchronises,
 // and then every thread multiplies out its TM x TN register block from shared memory
 // (TM + TN shared loads feed TM*TN fused multiply-adds per k). Tile configurations
-// (threads = (BM/TM) * (BN/TN) = 256 in all of them):
+// (threads = (BM/TM) * (BN/TN)):
 //
-//   name      BM   BN   BK  TM  TN   used for
-//   m32n128   32  128   16   4   4   M <= 32 (the first U-Net layers have 16..32 channels)
-//   m64n64    64   64   16   4   4   the general case (always for float64)
-//   m128n128 128  128    8   8   8   float32 with M >= 128 when the grid is still large
+//   name      BM   BN   BK  TM  TN  threads  used for
+//   m32n128   32  128   16   4   4   256     M <= 32 (the first U-Net layers have 16..32 channels)
+//   m64n64    64   64   16   4   4   256     the general case (always for float64)
+//   m128n128 128  128    8   8   8   256     float32 with M >= 128 when the grid is still large
+//   m128n64  128   64    8   8   8   128     float32, MINICNN_CONV_TILES builds (the launcher's
+//   m64n128   64  128    8   8   8   128       planner models which tile is fastest)
 //
 // Thread -> output mapping inside the tile: thread t has tx = t % (BN/TN), ty = t / (BN/TN)
 // and owns rows  ty + i*(BM/TM)  (i < TM)  and columns  tx + j*(BN/TN)  (j < TN), i.e. its
@@ -107,6 +109,12 @@
 // load. Same sums in the same order.
 #ifndef MINICNN_CONV_KMAJOR
 #define MINICNN_CONV_KMAJOR 0
+#endif
+
+// MINICNN_CONV_TILES=1 adds two float32 tile configurations, m128n64 and m64n128 (below), and
+// tells the launcher's planner (cuda_backend.plan_gemm) that it may use them.
+#ifndef MINICNN_CONV_TILES
+#define MINICNN_CONV_TILES 0
 #endif
 
 // ================================================================== shapes
@@ -569,6 +577,12 @@ CONV_KERNELS(m64n64, 64, 64, 16, 4, 4, 0, float, f32)
 CONV_KERNELS(m64n64, 64, 64, 16, 4, 4, 0, double, f64)
 CONV_KERNELS(m128n128, 128, 128, 8, 8, 8, 2, float, f32)
 // (no m128n128 for double: 64 double accumulators per thread would spill registers)
+#if MINICNN_CONV_TILES
+// Half of the 128x128 tile, either way, with the same 8x8 register blocks: 128 threads, at
+// most 128 registers each for four blocks per SM.
+CONV_KERNELS(m128n64, 128, 64, 8, 8, 8, 4, float, f32)
+CONV_KERNELS(m64n128, 64, 128, 8, 8, 8, 4, float, f32)
+#endif
 
 // ================================================================== split-K reduction
 // out[e] = ws[0*size + e] + ws[1*size + e] + ... (slabs in order: deterministic)

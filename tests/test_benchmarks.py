@@ -2,6 +2,7 @@
 cannot rot. Each script runs in a subprocess, exactly as a person would run it."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -101,3 +102,66 @@ def test_variants_table_from_stored_reports(tmp_path):
     empty = subprocess.run(["bash", os.path.join(BENCH, "bench_variants.sh"), "--table",
                             str(tmp_path / "none")], cwd=ROOT, capture_output=True, text=True)
     assert empty.returncode != 0 and "no bench_train.json" in empty.stderr
+
+
+# A cuobjdump -sass listing in miniature: one kernel whose loop (0x20..0x60, the branch back
+# to 0x20) holds 2 FFMAs and 3 other instructions, and a second loop without FFMA.
+SASS = """
+        Function : conv2d_forward_m64n64_f32
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   ISETP.GE.AND P0, PT, R2, R3, PT ;
+        /*0020*/                   LDS.128 R4, [R8] ;
+        /*0030*/                   FFMA R10, R4, R5, R10 ;
+        /*0040*/                   FFMA R11, R6, R7, R11 ;
+        /*0050*/                   IADD3 R2, R2, 0x8, RZ ;
+        /*0060*/              @!P0 BRA 0x20 ;
+        /*0070*/                   IADD3 R3, R3, 0x1, RZ ;
+        /*0080*/               @P1 BRA 0x70 ;
+        /*0090*/                   EXIT ;
+        Function : splitk_reduce_f32
+        /*0000*/                   FADD R1, R2, R3 ;
+"""
+
+
+def test_sass_census_finds_the_k_loop():
+    sys.path.insert(0, BENCH)
+    try:
+        import sass_census
+    finally:
+        sys.path.remove(BENCH)
+    funcs = sass_census.split_functions(SASS)
+    assert list(funcs) == ["conv2d_forward_m64n64_f32", "splitk_reduce_f32"]
+    assert sass_census.opcode("@!P0 BRA 0x20") == "BRA"
+    assert sass_census.opcode("LDS.128 R4, [R8]") == "LDS"
+    rows = sass_census.census(SASS)
+    assert list(rows) == ["conv2d_forward_m64n64_f32"]
+    r = rows["conv2d_forward_m64n64_f32"]
+    assert (r["instructions"], r["ffma"], r["other_per_ffma"]) == (5, 2, 1.5)
+    assert r["opcodes"] == {"FFMA": 2, "LDS": 1, "IADD3": 1, "BRA": 1}
+
+
+@pytest.mark.skipif(not (shutil.which("nvcc") and shutil.which("cuobjdump")),
+                    reason="needs nvcc and cuobjdump (pip install nvidia-cuda-cuobjdump)")
+def test_planner_overheads_are_the_census_means(tmp_path):
+    from minicnn.backend import cuda_backend as cb
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "sass_census.py"), "--out",
+                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    means = json.loads((tmp_path / "sass_census.json").read_text())["tile_means"]
+    assert means.keys() == cb.TILE_OVERHEAD.keys()
+    for tile, value in means.items():
+        assert abs(value - cb.TILE_OVERHEAD[tile]) < 0.02, (tile, value)
+
+
+def test_plan_model_reproduces_the_measured_conv_times():
+    """The planner's cost model against the H200 measurements of the default build (NOTES.md
+    entry 13): one scale factor, then most rows within 15 %."""
+    report = os.path.join(ROOT, "benchmarks", "results", "cuda", "h200",
+                          "ops_fastdiv_prefetch_vec4", "bench_ops.json")
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "plan_model.py"), report],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("model vs measured"))
+    within, total = (int(v) for v in line.split(", ")[1].split(" rows")[0].split(" of "))
+    assert total == 39 and within >= 0.75 * total, line
+    assert "with the 'tiles' planner" in proc.stdout

@@ -57,10 +57,10 @@ def _asan_works(tmp_path):
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
-@pytest.mark.parametrize("variant", [cb.DEFAULT_CONV_VARIANT, "fastdiv+kmajor+prefetch+vec4"])
+@pytest.mark.parametrize("variant", [cb.DEFAULT_CONV_VARIANT, "fastdiv+kmajor+prefetch+tiles+vec4"])
 def test_build_in_the_emulator_under_asan(variant, tmp_path):
-    """The default build (the GPU's memcheck ran on "plain" only) and the one with kmajor (not
-    run on a GPU yet) under AddressSanitizer, with every buffer's guard zone poisoned: an
+    """The default build (the GPU's memcheck ran on "plain" only) and the one with every feature
+    (kmajor and tiles have not run on a GPU yet) under AddressSanitizer, with every buffer's guard zone poisoned: an
     out-of-bounds *read*, which the plain emulator run cannot see (rows read past M are never
     stored), stops the program. Dropping the ``gm < M`` test of the prefetched A loads is
     caught at once (checked by hand, 2026-11-27)."""
@@ -89,6 +89,66 @@ def test_plan_gemm(M, Ncols, K, suffix, split_k, tile):
         assert (grid[2] - 1) * k_chunk < K <= grid[2] * k_chunk      # no empty slice
     else:
         assert grid[2] == 1 and k_chunk == K
+
+
+# U-Net layers at batch 25 on 132 SMs, (M, Ncols, K, split_k) -> the "tiles" planner's tile
+UNET_GEMMS = [
+    ((64, 230400, 576, False), "m64n128"),     # down0.conv2 forward: M = 64
+    ((256, 14400, 2304, False), "m128n128"),   # down2.conv2 forward
+    ((1024, 900, 9216, False), "m64n64"),      # bottleneck forward: few columns, keep blocks
+    ((128, 57600, 1152, False), "m128n64"),    # down1.conv2 forward
+    ((256, 2304, 14400, True), "m128n128"),    # down2.conv2 weight gradient: split-K fills
+    ((64, 576, 230400, True), "m64n128"),      # down0.conv2 weight gradient
+]
+
+
+@pytest.mark.parametrize("problem, tile", UNET_GEMMS)
+def test_plan_gemm_with_tiles(problem, tile):
+    M, Ncols, K, split_k = problem
+    got, grid, k_chunk = cb.plan_gemm(M, Ncols, K, "f32", 132, split_k=split_k, tiles=True)
+    assert got == tile
+    costs = {t: cb.tile_cost(t, M, Ncols, K, 132, split_k)
+             for t in ("m128n128", "m128n64", "m64n128", "m64n64")}
+    assert costs[got] == min(costs.values())
+    BM, BN, BK = cb.TILES[got][:3]
+    assert grid[:2] == (-(-Ncols // BN), -(-M // BM))
+    assert (grid[2] - 1) * k_chunk < K <= grid[2] * k_chunk and k_chunk % BK == 0
+    # without the feature, or in float64, the planner is the old one
+    assert cb.plan_gemm(M, Ncols, K, "f32", 132, split_k) == cb.plan_gemm(M, Ncols, K, "f32",
+                                                                           132, split_k, False)
+    assert cb.plan_gemm(M, Ncols, K, "f64", 132, split_k, tiles=True)[0] == "m64n64"
+
+
+def test_plan_gemm_with_tiles_covers_any_problem():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        M, Ncols, K = (int(v) for v in rng.integers(1, [2048, 300000, 300000]))
+        split_k = bool(rng.integers(2))
+        tile, grid, k_chunk = cb.plan_gemm(M, Ncols, K, "f32", 132, split_k, tiles=True)
+        BM, BN, BK = cb.TILES[tile][:3]
+        assert grid[0] * BN >= Ncols > (grid[0] - 1) * BN and grid[1] * BM >= M > (grid[1] - 1) * BM
+        assert (grid[2] - 1) * k_chunk < K <= grid[2] * k_chunk
+        assert grid[2] == 1 or (split_k and k_chunk % BK == 0)
+        assert (tile == "m32n128") == (M <= 32)
+
+
+def test_tile_cost_model():
+    # the same blocks per SM: the tile with less overhead per FMA is cheaper
+    assert cb.tile_cost("m128n128", 256, 256 * 132, 64, 132) < \
+        cb.tile_cost("m64n64", 256, 256 * 132, 64, 132)
+    # one 4-warp block per SM runs at half rate; the cost doubles against 8 warps
+    one = cb.tile_cost("m128n64", 128, 64 * 132, 64, 132)
+    two = cb.tile_cost("m128n64", 128, 2 * 64 * 132, 64, 132)
+    assert one == two
+    assert {cb.tile_threads(t) for t in cb.TILES} == {128, 256}
+    assert set(cb.TILE_OVERHEAD) == set(cb.TILE_BLOCKS_PER_SM) == set(cb.TILES)
+
+
+def test_tiles_feature_reaches_the_planner(monkeypatch):
+    monkeypatch.setenv("MINICNN_CONV_VARIANT", "fastdiv+prefetch+tiles+vec4")
+    assert cb._tiles() and "-DMINICNN_CONV_TILES=1" in cb._module_options("conv")
+    monkeypatch.setenv("MINICNN_CONV_VARIANT", cb.DEFAULT_CONV_VARIANT)
+    assert not cb._tiles()
 
 
 def test_window_partition():

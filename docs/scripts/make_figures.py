@@ -547,7 +547,7 @@ def fig_unet_receptive_field():
 # =========================================================================== CUDA
 @figure("cuda_tiling")
 def fig_cuda_tiling():
-    from minicnn.backend.cuda_backend import TILES, GEMM_THREADS
+    from minicnn.backend.cuda_backend import TILES, tile_threads
     name = "m64n64"
     BM, BN, BK, TM, TN = TILES[name]
     RS, CS = BM // TM, BN // TN
@@ -583,7 +583,7 @@ def fig_cuda_tiling():
     ax.set_aspect("equal")
     ax.set_axis_off()
     ax.set_title(f"tile '{name}': BM={BM}, BN={BN}, BK={BK}, TM={TM}, TN={TN}, "
-                 f"{GEMM_THREADS} threads", fontsize=9)
+                 f"{tile_threads(name)} threads", fontsize=9)
     # inside one block tile: who computes what
     owner = np.zeros((BM, BN))
     for t in range(32):                      # warp 0

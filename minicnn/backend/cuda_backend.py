@@ -126,8 +126,11 @@ _MODULE_OPTIONS = {"optim": ("--fmad=false",)}
 # "prefetch" (the GEMM engine's K loop software-pipelined), "vec4" (each thread reads its
 # register block's operands from shared memory in 16-byte loads), "fastdiv" (the index
 # arithmetic divides by multiply-high and shift), "kmajor" (the weight gradient's B-tile loads
-# run along k, i.e. along a row of x, instead of across taps; not timed yet). Every variant
-# computes the same sums in the same order. The default is the first three
+# run along k, i.e. along a row of x, instead of across taps; not timed yet), "tiles" (two
+# more tile shapes, 128x64 and 64x128, and a planner that picks each GEMM's tile with a cost
+# model, see plan_gemm; not timed yet). Every variant computes the same sums in the same
+# order, except that "tiles" may cut a weight gradient's K into other split-K slices (sums
+# regrouped: float32 rounding differs). The default is the first three
 # (DEFAULT_CONV_VARIANT): on an H200 they made the U-Net's training step 1.73x faster than
 # "plain" (benchmarks/NOTES.md, entry 11). The benchmarks time each variant in its own
 # process; the tests build the ones in CONV_VARIANTS.
@@ -136,6 +139,7 @@ CONV_FEATURES = {
     "vec4": "-DMINICNN_CONV_VEC4=1",
     "fastdiv": "-DMINICNN_CONV_FASTDIV=1",
     "kmajor": "-DMINICNN_CONV_KMAJOR=1",
+    "tiles": "-DMINICNN_CONV_TILES=1",
 }
 
 
@@ -152,8 +156,8 @@ def conv_variant_options(variant):
 
 DEFAULT_CONV_VARIANT = "fastdiv+prefetch+vec4"
 CONV_VARIANTS = {name: conv_variant_options(name) for name in
-                 ("plain", "prefetch", "vec4", "fastdiv", "kmajor", DEFAULT_CONV_VARIANT,
-                  "fastdiv+kmajor+prefetch+vec4")}
+                 ("plain", "prefetch", "vec4", "fastdiv", "kmajor", "tiles", DEFAULT_CONV_VARIANT,
+                  "fastdiv+prefetch+tiles+vec4", "fastdiv+kmajor+prefetch+tiles+vec4")}
 
 
 def conv_variant():
@@ -163,6 +167,11 @@ def conv_variant():
     variant = os.environ.get("MINICNN_CONV_VARIANT", DEFAULT_CONV_VARIANT)
     conv_variant_options(variant)                      # refuses an unknown name
     return variant if variant == "plain" else "+".join(sorted(variant.split("+")))
+
+
+def _tiles():
+    """Whether the conv build has the "tiles" feature (its planner may use m128n64, m64n128)."""
+    return "tiles" in conv_variant().split("+")
 
 
 def _module_options(module_name):
@@ -275,33 +284,44 @@ def _launch_1d(kernel, n, args, threads=256):
 
 
 # =========================================================================== convolution
-# Tile configurations of kernels/conv.cu: name -> (BM, BN, BK, TM, TN), 256 threads each.
+# Tile configurations of kernels/conv.cu: name -> (BM, BN, BK, TM, TN); a block has
+# (BM/TM) * (BN/TN) threads (tile_threads). The last two exist only in builds with the
+# "tiles" feature.
 TILES = {
     "m32n128": (32, 128, 16, 4, 4),
     "m64n64": (64, 64, 16, 4, 4),
     "m128n128": (128, 128, 8, 8, 8),   # float32 only
+    "m128n64": (128, 64, 8, 8, 8),     # float32, "tiles" builds
+    "m64n128": (64, 128, 8, 8, 8),     # float32, "tiles" builds
 }
-GEMM_THREADS = 256
 MAX_SPLITS = 256          # split-K slabs of the weight gradient at most
 MIN_K_PER_SPLIT = 512     # do not split K finer than this
+
+# The planner of "tiles" builds estimates each tile's time with a small model (plan_gemm):
+# TILE_OVERHEAD is the number of other instructions per FMA in the tile's K loop, the mean of
+# the forward and both gradients' kernels in the SASS of the default build + tiles for sm_90
+# (`python benchmarks/sass_census.py`, benchmarks/NOTES.md entry 13: the B-tile loads' index
+# arithmetic is most of it, and a tile with BM rows does one B load per BM FMAs);
+# TILE_BLOCKS_PER_SM is how many blocks of the tile fit on an SM at once (registers).
+TILE_OVERHEAD = {"m128n128": 0.58, "m128n64": 0.73, "m64n128": 0.92, "m64n64": 1.15,
+                 "m32n128": 1.72}
+TILE_BLOCKS_PER_SM = {"m128n128": 2, "m128n64": 4, "m64n128": 4, "m64n64": 3, "m32n128": 3}
+MIN_WARPS_PER_SM = 8      # below this many resident warps an SM is assumed latency-bound
+
+
+def tile_threads(tile):
+    """Threads per block of a tile configuration."""
+    BM, BN, _, TM, TN = TILES[tile]
+    return (BM // TM) * (BN // TN)
 
 
 def _cdiv(a, b):
     return -(-a // b)
 
 
-def plan_gemm(M, Ncols, K, suffix, sm_count, split_k=False):
-    """Launch plan of an implicit GEMM ``(M x K) * (K x Ncols)``: returns
-    ``(tile, grid, k_chunk)``; ``grid[2]`` is the number of split-K slices (1 unless
-    ``split_k``), each ``k_chunk`` long (a multiple of BK). Pure Python (tested without a GPU).
-    """
-    if M <= 32:
-        tile = "m32n128"
-    elif (suffix == "f32" and M >= 128
-          and _cdiv(M, 128) * _cdiv(Ncols, 128) >= 2 * sm_count):
-        tile = "m128n128"
-    else:
-        tile = "m64n64"
+def _split(tile, M, Ncols, K, sm_count, split_k):
+    """Grid and k_chunk of one tile: with ``split_k``, K is cut into about enough slices for
+    four waves of blocks (whole K tiles each, no empty slice, MIN_K_PER_SPLIT at least)."""
     BM, BN, BK = TILES[tile][:3]
     gx, gy = _cdiv(Ncols, BN), _cdiv(M, BM)
     k_chunk, splits = K, 1
@@ -310,7 +330,43 @@ def plan_gemm(M, Ncols, K, suffix, sm_count, split_k=False):
         splits = max(1, min(want, _cdiv(K, MIN_K_PER_SPLIT), MAX_SPLITS))
         k_chunk = _cdiv(_cdiv(K, splits), BK) * BK    # whole K tiles per slice
         splits = _cdiv(K, k_chunk)                    # no empty slices
-    return tile, (gx, gy, splits), k_chunk
+    return (gx, gy, splits), k_chunk
+
+
+def tile_cost(tile, M, Ncols, K, sm_count, split_k=False):
+    """The planner's model of a tile's time (arbitrary units): the busiest SM runs
+    ceil(blocks / SMs) blocks, each BM x BN x k_chunk FMAs plus TILE_OVERHEAD other
+    instructions per FMA, issued at full rate if it holds MIN_WARPS_PER_SM warps at once and
+    proportionally slower with fewer."""
+    BM, BN = TILES[tile][:2]
+    grid, k_chunk = _split(tile, M, Ncols, K, sm_count, split_k)
+    per_sm = _cdiv(grid[0] * grid[1] * grid[2], sm_count)
+    warps = min(per_sm, TILE_BLOCKS_PER_SM[tile]) * tile_threads(tile) // 32
+    rate = min(1.0, warps / MIN_WARPS_PER_SM)
+    return per_sm * BM * BN * max(k_chunk, 1) * (1 + TILE_OVERHEAD[tile]) / rate
+
+
+def plan_gemm(M, Ncols, K, suffix, sm_count, split_k=False, tiles=False):
+    """Launch plan of an implicit GEMM ``(M x K) * (K x Ncols)``: returns
+    ``(tile, grid, k_chunk)``; ``grid[2]`` is the number of split-K slices (1 unless
+    ``split_k``), each ``k_chunk`` long (a multiple of BK). ``tiles``: the build has the
+    "tiles" feature; float32 problems with M > 32 then take the tile of least ``tile_cost``
+    among m128n128, m128n64, m64n128 and m64n64. Without it: m32n128 for M <= 32, m128n128
+    for float32 when its grid fills two blocks per SM, else m64n64. Pure Python (tested
+    without a GPU)."""
+    if M <= 32:
+        tile = "m32n128"
+    elif tiles and suffix == "f32":
+        costs = {t: tile_cost(t, M, Ncols, K, sm_count, split_k)
+                 for t in ("m128n128", "m128n64", "m64n128", "m64n64")}
+        tile = min(costs, key=costs.get)              # the first of equal costs
+    elif (suffix == "f32" and M >= 128
+          and _cdiv(M, 128) * _cdiv(Ncols, 128) >= 2 * sm_count):
+        tile = "m128n128"
+    else:
+        tile = "m64n64"
+    grid, k_chunk = _split(tile, M, Ncols, K, sm_count, split_k)
+    return tile, grid, k_chunk
 
 
 def _check_grid(op, desc, grid):
@@ -358,10 +414,10 @@ def conv2d_forward(x, w, b, stride, padding):
     y = cupy.empty((N, O, Ho, Wo), dtype=x.dtype)
     if y.size == 0:
         return y
-    tile, grid, k_chunk = plan_gemm(O, N * Ho * Wo, C * kH * kW, sfx, _num_sms())
+    tile, grid, k_chunk = plan_gemm(O, N * Ho * Wo, C * kH * kW, sfx, _num_sms(), tiles=_tiles())
     _check_grid(op, desc, grid)
     kernel = _kernel("conv", f"conv2d_forward_{tile}_{sfx}")
-    kernel(grid, (GEMM_THREADS,),
+    kernel(grid, (tile_threads(tile),),
            (x, w, w if b is None else b, y, _i32(b is not None),
             *_conv_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)))
     return y
@@ -401,14 +457,15 @@ def conv2d_backward_input(gy, w, x_shape, stride, padding):
     if window_partition(kH, kW, sH, sW, pH, pW, H, W, Ho, Wo):
         # Each input pixel lies in exactly one window (the U-Net's 2x2/2 up-convolution): a
         # dense GEMM over the output pixels whose epilogue scatters into gx ("pixel shuffle").
-        tile, grid, _ = plan_gemm(C * kH * kW, N * Ho * Wo, O, sfx, _num_sms())
+        tile, grid, _ = plan_gemm(C * kH * kW, N * Ho * Wo, O, sfx, _num_sms(),
+                                  tiles=_tiles())
         name = f"conv2d_backward_input_partition_{tile}_{sfx}"
     else:
-        tile, grid, _ = plan_gemm(C, N * H * W, O * kH * kW, sfx, _num_sms())
+        tile, grid, _ = plan_gemm(C, N * H * W, O * kH * kW, sfx, _num_sms(), tiles=_tiles())
         name = f"conv2d_backward_input_{tile}_{sfx}"
     _check_grid(op, desc, grid)
     kernel = _kernel("conv", name)
-    kernel(grid, (GEMM_THREADS,),
+    kernel(grid, (tile_threads(tile),),
            (gy, w, gx, *_conv_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)))
     return gx
 
@@ -438,14 +495,15 @@ def conv2d_backward_weight(gy, x, w_shape, stride, padding):
     if gw.size == 0:
         return gw
     K = N * Ho * Wo
-    tile, grid, k_chunk = plan_gemm(O, C * kH * kW, K, sfx, _num_sms(), split_k=True)
+    tile, grid, k_chunk = plan_gemm(O, C * kH * kW, K, sfx, _num_sms(), split_k=True,
+                                    tiles=_tiles())
     splits = grid[2]
     _check_grid(op, desc, grid)
     _check_index_range(op, desc, split_k_workspace=splits * gw.size,
                        split_k_range=splits * k_chunk + 256)
     ws = gw if splits == 1 else cupy.empty((splits,) + gw.shape, dtype=gw.dtype)
     kernel = _kernel("conv", f"conv2d_backward_weight_{tile}_{sfx}")
-    kernel(grid, (GEMM_THREADS,),
+    kernel(grid, (tile_threads(tile),),
            (gy, x, ws, _i32(k_chunk),
             *_conv_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)))
     if splits > 1:

@@ -107,7 +107,8 @@ using ReduceFn = void (*)(const T*, T*, int, long long);
 
 template <typename T>
 struct Tile {
-    const char* name; int BM, BN, BK; FwdFn<T> fwd; BinFn<T> bin; BwFn<T> bw; BinFn<T> bin_part;
+    const char* name; int BM, BN, BK, threads; FwdFn<T> fwd; BinFn<T> bin; BwFn<T> bw;
+    BinFn<T> bin_part;
 };
 
 template <typename T>
@@ -142,7 +143,7 @@ void check_shape(const Tile<T>& tile, const Shape& s, ReduceFn<T> reduce, const 
     std::snprintf(tag, sizeof tag, "%s %s N%d C%d %dx%d O%d k%dx%d s%dx%d p%dx%d", tile.name, dt,
                   s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW);
     const std::string t(tag);
-    const dim3 block(256);
+    const dim3 block(tile.threads);
     auto cdiv = [](long long a, long long c) { return (int)((a + c - 1) / c); };
 
     Buffer<T> y(ny, true);
@@ -215,12 +216,20 @@ static void check_div()
 
 int main()
 {
-#define TILE(NAME, BM, BN, BK, DT)                                                          \
-    {#NAME, BM, BN, BK, conv2d_forward_##NAME##_##DT, conv2d_backward_input_##NAME##_##DT,  \
-     conv2d_backward_weight_##NAME##_##DT, conv2d_backward_input_partition_##NAME##_##DT}
-    const Tile<float> f32_tiles[] = {TILE(m32n128, 32, 128, 16, f32), TILE(m64n64, 64, 64, 16, f32),
-                                     TILE(m128n128, 128, 128, 8, f32)};
-    const Tile<double> f64_tiles[] = {TILE(m32n128, 32, 128, 16, f64), TILE(m64n64, 64, 64, 16, f64)};
+#define TILE(NAME, BM, BN, BK, THREADS, DT)                                                 \
+    {#NAME, BM, BN, BK, THREADS, conv2d_forward_##NAME##_##DT,                              \
+     conv2d_backward_input_##NAME##_##DT, conv2d_backward_weight_##NAME##_##DT,             \
+     conv2d_backward_input_partition_##NAME##_##DT}
+    const Tile<float> f32_tiles[] = {TILE(m32n128, 32, 128, 16, 256, f32),
+                                     TILE(m64n64, 64, 64, 16, 256, f32),
+                                     TILE(m128n128, 128, 128, 8, 256, f32),
+#if MINICNN_CONV_TILES
+                                     TILE(m128n64, 128, 64, 8, 128, f32),
+                                     TILE(m64n128, 64, 128, 8, 128, f32),
+#endif
+    };
+    const Tile<double> f64_tiles[] = {TILE(m32n128, 32, 128, 16, 256, f64),
+                                      TILE(m64n64, 64, 64, 16, 256, f64)};
 #undef TILE
     for (const Shape& s : SHAPES) {
         for (const auto& tile : f32_tiles) check_shape<float>(tile, s, splitk_reduce_f32, "f32");
