@@ -19,8 +19,9 @@
 #      on the GPU (skipped when the data is not there)
 #   5. with --bench: bench_ops.py and bench_train.py at full size (reports in $OUT/ops, $OUT/train),
 #      then for each other build variant of kernels/conv.cu in CONV_BENCH_VARIANTS (default:
-#      the default build plus both untimed features, kmajor and tiles, then plus each of them
-#      alone; "plain", the build without features, was timed in entry 11 of NOTES.md) the
+#      the default build plus the three untimed features, kmajor, ktable and tiles, then plus
+#      tiles alone and ktable alone; "plain", the build without features, was timed in entry
+#      11 of NOTES.md) the
 #      self-check, the conv op tests against PyTorch
 #      (forward and every gradient), and bench_train ($OUT/train_<variant>); for the first of
 #      them the conv rows of bench_ops too ($OUT/ops_<variant>)
@@ -53,7 +54,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 # conv build variants that --bench times after the default one (MINICNN_CONV_VARIANT values;
 # the default build is cuda_backend.DEFAULT_CONV_VARIANT)
-CONV_BENCH_VARIANTS="${CONV_BENCH_VARIANTS:-fastdiv+kmajor+prefetch+tiles+vec4 fastdiv+prefetch+tiles+vec4 fastdiv+kmajor+prefetch+vec4}"
+CONV_BENCH_VARIANTS="${CONV_BENCH_VARIANTS:-fastdiv+kmajor+ktable+prefetch+tiles+vec4 fastdiv+prefetch+tiles+vec4 fastdiv+ktable+prefetch+vec4}"
 
 STEPS=()
 STATUS=()

@@ -111,6 +111,15 @@
 #define MINICNN_CONV_KMAJOR 0
 #endif
 
+// MINICNN_CONV_KTABLE=1: the B-tile loads of the forward and of the input gradient read what
+// they need of k -- the tap (i, j) and the k part of the address -- from a table that the
+// launcher builds once per shape (`ktab`, one int2 per k, see tap_i below), instead of
+// computing it with two divisions and their multiplies per element. Without the feature the
+// kernels ignore ktab (the launcher passes a null pointer). Same sums in the same order.
+#ifndef MINICNN_CONV_KTABLE
+#define MINICNN_CONV_KTABLE 0
+#endif
+
 // MINICNN_CONV_TILES=1 adds two float32 tile configurations, m128n64 and m64n128 (below), and
 // tells the launcher's planner (cuda_backend.plan_gemm) that it may use them.
 #ifndef MINICNN_CONV_TILES
@@ -175,6 +184,15 @@ typedef int Div;        // without the feature a Div is the divisor itself
 // where it is in the K loop); the remainder is then n - q*d.
 
 // ---------------------------------------------------------------- forward
+// The k table of MINICNN_CONV_KTABLE: for each k, the part of B's address that depends on k
+// only (.x) and the tap (i, j), packed as .y = i << 16 | j (kH, kW < 2^15). Forward, k =
+// (c, i, j): .x = c*H*W + i*W + j, so that the element is x[column base + .x] with column
+// base = n*C*H*W + h0*W + w0 for the window origin (h0, w0), and the tap decides whether it
+// is in the padding (two unsigned comparisons). Input gradient, k = (o, i, j): .x = o*Ho*Wo;
+// the tap gives the output pixel (p, q) as before.
+__device__ __forceinline__ int tap_i(int packed) { return packed >> 16; }
+__device__ __forceinline__ int tap_j(int packed) { return packed & 0xffff; }
+
 template <typename T>
 struct ConvForward {
     static constexpr bool K_MAJOR_B = false;
@@ -184,6 +202,7 @@ struct ConvForward {
     int K;                  // C*kH*kW
     Div kHW, kW;            // kH*kW, kW: the divisors of every B load
     int HoWo, Wo, HW;       // Ho*Wo, Wo, H*W: once per block and in the epilogue
+    const int2* ktab;       // MINICNN_CONV_KTABLE: the k table (else unused)
 
     struct Column { int xbase, h0, w0; };   // x offset of image n; top-left of the window
     __device__ Column column(int col) const {
@@ -196,11 +215,18 @@ struct ConvForward {
     // column of output (p, q) = (0, 4) with stride 2, padding 1: h0 = -1, w0 = 7, so the
     // entry is x[n, 1, 0, 9] (or 0 if W <= 9).
     __device__ T b(int k, const Column& cl) const {
+#if MINICNN_CONV_KTABLE
+        const int2 t = ldg(ktab + k);
+        if ((unsigned)(cl.h0 + tap_i(t.y)) >= (unsigned)s.H ||
+            (unsigned)(cl.w0 + tap_j(t.y)) >= (unsigned)s.W) return T(0);   // in the padding
+        return ldg(x + (cl.xbase + cl.h0 * s.W + cl.w0 + t.x));
+#else
         const int c = quot(k, kHW), r = k - c * kHW;            // k = (c, i, j)
         const int i = quot(r, kW), j = r - i * kW;
         const int h = cl.h0 + i, v = cl.w0 + j;                 // x row/col (unpadded)
         if (h < 0 || h >= s.H || v < 0 || v >= s.W) return T(0);  // in the zero padding
         return ldg(x + cl.xbase + (c * s.H + h) * s.W + v);
+#endif
     }
     __device__ void store(int m, int col, T v) const {
         const int n = quot(col, HoWo), pq = col - n * HoWo;
@@ -210,13 +236,16 @@ struct ConvForward {
 };
 
 // ---------------------------------------------------------------- backward input
-template <typename T>
+// UNIT (MINICNN_CONV_KTABLE builds, kernels conv2d_backward_input_unit_*): stride 1, so that
+// the output pixel of tap (i, j) is simply (hp - i, wp - j), without the stride's divisions.
+template <typename T, bool UNIT = false>
 struct ConvBackwardInput {
     static constexpr bool K_MAJOR_B = false;
     const T* gy; const T* w; T* gx;
     ConvShape s;
     Div kHW, kW, sH, sW;    // the divisors of every B load
     int HW, W, HoWo;
+    const int2* ktab;       // MINICNN_CONV_KTABLE: the k table (else unused)
 
     struct Column { int gybase, hp, wp; };  // gy offset of image n; (h + pH, v + pW)
     __device__ Column column(int col) const {
@@ -229,8 +258,18 @@ struct ConvBackwardInput {
         return ldg(w + (o * s.C + m) * kHW + r);                // w[o, m, i, j]
     }
     __device__ T b(int k, const Column& cl) const {
+#if MINICNN_CONV_KTABLE
+        const int2 t = ldg(ktab + k);                           // .x = o*Ho*Wo
+        const int i = tap_i(t.y), j = tap_j(t.y), obase = t.x;
+        if constexpr (UNIT) {
+            const int p = cl.hp - i, q = cl.wp - j;
+            if ((unsigned)p >= (unsigned)s.Ho || (unsigned)q >= (unsigned)s.Wo) return T(0);
+            return ldg(gy + cl.gybase + obase + p * s.Wo + q);
+        }
+#else
         const int o = quot(k, kHW), r = k - o * kHW;
-        const int i = quot(r, kW), j = r - i * kW;
+        const int i = quot(r, kW), j = r - i * kW, obase = o * s.Ho * s.Wo;
+#endif
         // x_pad row hp is tap i of output row p iff hp = p*sH + i. Example: stride 2, hp = 5:
         // tap i = 1 gives ph = 4 -> p = 2 (hit); tap i = 0 gives ph = 5, odd -> no output.
         const int ph = cl.hp - i, pw = cl.wp - j;
@@ -238,7 +277,7 @@ struct ConvBackwardInput {
         const int p = quot(ph, sH), q = quot(pw, sW);
         if (p * sH != ph || q * sW != pw) return T(0);          // not on the stride grid
         if (p >= s.Ho || q >= s.Wo) return T(0);                // past the last output
-        return ldg(gy + cl.gybase + (o * s.Ho + p) * s.Wo + q);
+        return ldg(gy + cl.gybase + obase + p * s.Wo + q);
     }
     __device__ void store(int m, int col, T v) const {
         const int n = quot(col, HW), hv = col - n * HW;
@@ -522,34 +561,53 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
     int Ho, int Wo
 #define CONV_SHAPE_INIT {N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo}
 
-// conv2d_forward_<cfg>_<dt>(x, w, bias, y, has_bias, shape...)
+// conv2d_forward_<cfg>_<dt>(x, w, bias, y, has_bias, ktab, shape...)
 //   grid (ceil(N*Ho*Wo / BN), ceil(O / BM), 1)
-// conv2d_backward_input_<cfg>_<dt>(gy, w, gx, shape...)
+// conv2d_backward_input_<cfg>_<dt>(gy, w, gx, ktab, shape...)
+//   (and conv2d_backward_input_unit_<cfg>_<dt>, the same for stride 1, in KTABLE builds)
 //   grid (ceil(N*H*W / BN), ceil(C / BM), 1)
 // conv2d_backward_input_partition_<cfg>_<dt>(gy, w, gx, shape...)   (stride = kernel, no
 //   padding, H = Ho*kH, W = Wo*kW only)   grid (ceil(N*Ho*Wo / BN), ceil(C*kH*kW / BM), 1)
 // conv2d_backward_weight_<cfg>_<dt>(gy, x, ws, k_chunk, shape...)
 //   grid (ceil(C*kH*kW / BN), ceil(O / BM), splits); ws holds `splits` slabs of O*C*kH*kW
+#if MINICNN_CONV_KTABLE
+// conv2d_backward_input_unit_<cfg>_<dt>: the input gradient for stride 1 (same arguments)
+#define CONV_UNIT_KERNEL(CFG, BM, BN, BK, TM, TN, MINB, T, DT)                                \
+extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
+conv2d_backward_input_unit_##CFG##_##DT(const T* __restrict__ gy, const T* __restrict__ w, \
+                                        T* __restrict__ gx, const int2* __restrict__ ktab, \
+                                        CONV_SHAPE_PARAMS)                                 \
+{                                                                                          \
+    ConvBackwardInput<T, true> prob{gy, w, gx, CONV_SHAPE_INIT, kH * kW, kW, sH, sW, H * W, \
+                                    W, Ho * Wo, ktab};                                     \
+    const int K = O * kH * kW;                                                             \
+    implicit_gemm<T, BM, BN, BK, TM, TN>(prob, C, N * H * W, K, K);                       \
+}
+#else
+#define CONV_UNIT_KERNEL(CFG, BM, BN, BK, TM, TN, MINB, T, DT)
+#endif
 #define CONV_KERNELS(CFG, BM, BN, BK, TM, TN, MINB, T, DT)                                    \
 extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
 conv2d_forward_##CFG##_##DT(const T* __restrict__ x, const T* __restrict__ w,              \
                             const T* __restrict__ bias, T* __restrict__ y, int has_bias,   \
-                            CONV_SHAPE_PARAMS)                                             \
+                            const int2* __restrict__ ktab, CONV_SHAPE_PARAMS)              \
 {                                                                                          \
     ConvForward<T> prob{x, w, bias, y, has_bias, CONV_SHAPE_INIT, C * kH * kW,             \
-                        kH * kW, kW, Ho * Wo, Wo, H * W};                                  \
+                        kH * kW, kW, Ho * Wo, Wo, H * W, ktab};                            \
     const int K = C * kH * kW;                                                             \
     implicit_gemm<T, BM, BN, BK, TM, TN>(prob, O, N * Ho * Wo, K, K);                     \
 }                                                                                          \
 extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
 conv2d_backward_input_##CFG##_##DT(const T* __restrict__ gy, const T* __restrict__ w,      \
-                                   T* __restrict__ gx, CONV_SHAPE_PARAMS)                  \
+                                   T* __restrict__ gx, const int2* __restrict__ ktab,      \
+                                   CONV_SHAPE_PARAMS)                                      \
 {                                                                                          \
     ConvBackwardInput<T> prob{gy, w, gx, CONV_SHAPE_INIT, kH * kW, kW, sH, sW, H * W, W,  \
-                              Ho * Wo};                                                    \
+                              Ho * Wo, ktab};                                              \
     const int K = O * kH * kW;                                                             \
     implicit_gemm<T, BM, BN, BK, TM, TN>(prob, C, N * H * W, K, K);                       \
 }                                                                                          \
+CONV_UNIT_KERNEL(CFG, BM, BN, BK, TM, TN, MINB, T, DT)                                    \
 extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
 conv2d_backward_input_partition_##CFG##_##DT(const T* __restrict__ gy, const T* __restrict__ w, \
                                          T* __restrict__ gx, CONV_SHAPE_PARAMS)            \

@@ -57,10 +57,11 @@ def _asan_works(tmp_path):
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
-@pytest.mark.parametrize("variant", [cb.DEFAULT_CONV_VARIANT, "fastdiv+kmajor+prefetch+tiles+vec4"])
+@pytest.mark.parametrize("variant", [cb.DEFAULT_CONV_VARIANT,
+                                     "fastdiv+kmajor+ktable+prefetch+tiles+vec4"])
 def test_build_in_the_emulator_under_asan(variant, tmp_path):
     """The default build (the GPU's memcheck ran on "plain" only) and the one with every feature
-    (kmajor and tiles have not run on a GPU yet) under AddressSanitizer, with every buffer's guard zone poisoned: an
+    (kmajor, tiles and ktable have not run on a GPU yet) under AddressSanitizer, with every buffer's guard zone poisoned: an
     out-of-bounds *read*, which the plain emulator run cannot see (rows read past M are never
     stored), stops the program. Dropping the ``gm < M`` test of the prefetched A loads is
     caught at once (checked by hand, 2026-11-27)."""
@@ -149,6 +150,149 @@ def test_tiles_feature_reaches_the_planner(monkeypatch):
     assert cb._tiles() and "-DMINICNN_CONV_TILES=1" in cb._module_options("conv")
     monkeypatch.setenv("MINICNN_CONV_VARIANT", cb.DEFAULT_CONV_VARIANT)
     assert not cb._tiles()
+
+
+def test_k_tables_give_the_convolution():
+    """The launcher's k tables (cb.k_table), read the way the "ktable" kernels read them
+    (kernels/conv.cu: ConvForward::b, ConvBackwardInput::b), give numpy_backend's forward and
+    input gradient (stride 2, padding 1, a non-square kernel)."""
+    rng = np.random.default_rng(1)
+    N, C, H, W, O, kH, kW, (sH, sW), (pH, pW) = 2, 3, 7, 6, 4, 3, 2, (2, 2), (1, 1)
+    Ho, Wo = (H + 2 * pH - kH) // sH + 1, (W + 2 * pW - kW) // sW + 1
+    x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((O, C, kH, kW))
+    gy = rng.standard_normal((N, O, Ho, Wo))
+    K = C * kH * kW
+    tab = cb.k_table("forward", C, kH, kW, H, W)
+    assert tab.shape == (K, 2) and tab.dtype == np.int32
+    y = np.zeros((N, O, Ho, Wo))
+    for n in range(N):
+        for p in range(Ho):
+            for q in range(Wo):
+                h0, w0 = p * sH - pH, q * sW - pW
+                col = np.zeros(K)
+                for k, (off, ij) in enumerate(tab):
+                    i, j = ij >> 16, ij & 0xFFFF
+                    if 0 <= h0 + i < H and 0 <= w0 + j < W:
+                        col[k] = x.reshape(-1)[n * C * H * W + h0 * W + w0 + off]
+                y[n, :, p, q] = w.reshape(O, K) @ col
+    np.testing.assert_allclose(y, nb.conv2d_forward(x, w, None, (sH, sW), (pH, pW)), atol=1e-12)
+
+    tab = cb.k_table("input", O, kH, kW, Ho, Wo)
+    A = w.transpose(1, 0, 2, 3).reshape(C, O * kH * kW)     # A[c, (o, i, j)]
+    gx = np.zeros((N, C, H, W))
+    for n in range(N):
+        for h in range(H):
+            for v in range(W):
+                hp, wp = h + pH, v + pW
+                col = np.zeros(O * kH * kW)
+                for k, (obase, ij) in enumerate(tab):
+                    ph, pw = hp - (ij >> 16), wp - (ij & 0xFFFF)
+                    if ph >= 0 and pw >= 0 and ph % sH == 0 and pw % sW == 0 \
+                            and ph // sH < Ho and pw // sW < Wo:
+                        col[k] = gy.reshape(-1)[n * O * Ho * Wo + obase + ph // sH * Wo + pw // sW]
+                gx[n, :, h, v] = A @ col
+    np.testing.assert_allclose(gx, nb.conv2d_backward_input(gy, w, x.shape, (sH, sW), (pH, pW)),
+                               atol=1e-12)
+    with pytest.raises(ValueError, match="too large for the k table"):
+        cb.k_table("forward", 1, 1, 2**15, 1, 2**15)
+
+
+def _conv_signatures(variant):
+    """{kernel name: [parameter type, ...]} of kernels/conv.cu built as ``variant``, from the
+    C++ preprocessor (the entry points are written by macros)."""
+    src = '#include "cuda_emu.h"\n#include "conv.cu"\n'
+    r = subprocess.run([CXX, "-E", "-P", "-std=c++20", *cb.conv_variant_options(variant),
+                        "-I", EMU, "-I", os.path.join(ROOT, "kernels"), "-x", "c++", "-"],
+                       input=src, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    sigs = {}
+    for name, params in re.findall(r'extern "C"\s*void\s+(\w+)\(([^)]*)\)', r.stdout):
+        # "const float* __restrict__ x" -> "float*", "long long size" -> "longlong"
+        sigs[name] = [re.sub(r"\w+$", "", p.replace("__restrict__", " ").replace("const ", "")
+                             .strip()).replace(" ", "") for p in params.split(",")]
+    return sigs
+
+
+class _FakeDevice:
+    id = 0
+
+    def __init__(self, *args):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _FakeCupy:
+    """Just enough of CuPy, on NumPy, for the conv launchers to run up to their launches."""
+    ndarray = np.ndarray
+    asarray = staticmethod(np.asarray)
+    ascontiguousarray = staticmethod(np.ascontiguousarray)
+    empty = staticmethod(np.empty)
+
+    class cuda:
+        Device = _FakeDevice
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to read the signatures")
+@pytest.mark.parametrize("variant", [cb.DEFAULT_CONV_VARIANT, "plain",
+                                     "fastdiv+kmajor+ktable+prefetch+tiles+vec4"])
+def test_conv_launchers_match_the_kernel_signatures(variant, monkeypatch):
+    """Every argument the conv launchers pass has the type of its kernel parameter (CuPy
+    passes a RawKernel's arguments by position, unchecked): pointers get arrays (the k table
+    an int32 (K, 2) array in "ktable" builds, a null pointer otherwise), ``int`` gets int32,
+    ``long long`` int64, and the block has the tile's threads. Runs the launchers on NumPy
+    arrays with a stand-in for CuPy; what the kernels compute is the GPU's and the emulator's
+    business."""
+    sigs = _conv_signatures(variant)
+    launched = []
+
+    def fake_kernel(module, name):
+        assert name in sigs, f"{name} is not a kernel of the {variant} build"
+
+        def launch(grid, block, args):
+            params = sigs[name]
+            assert len(args) == len(params), (name, len(args), params)
+            for ptype, arg in zip(params, args):
+                if ptype.endswith("*"):
+                    if ptype == "int2*":
+                        ok = (isinstance(arg, np.ndarray) and arg.dtype == np.int32
+                              and arg.ndim == 2 and arg.shape[1] == 2) or \
+                            (arg == 0 and isinstance(arg, np.uint64) and "ktable" not in variant)
+                    else:
+                        ok = isinstance(arg, np.ndarray) and \
+                            arg.dtype == {"float*": np.float32, "double*": np.float64}[ptype]
+                else:
+                    ok = {"int": np.int32, "longlong": np.int64}[ptype] == type(arg)
+                assert ok, (name, ptype, type(arg), getattr(arg, "dtype", None))
+            tile = re.search(r"_(m\d+n\d+)_f", name)
+            if tile:
+                assert block == (cb.tile_threads(tile.group(1)),)
+            launched.append(name)
+        return launch
+
+    monkeypatch.setenv("MINICNN_CONV_VARIANT", variant)
+    monkeypatch.setattr(cb, "cupy", _FakeCupy)
+    monkeypatch.setattr(cb, "_kernel", fake_kernel)
+    monkeypatch.setattr(cb, "_num_sms", lambda: 132)
+    monkeypatch.setattr(cb, "_device_k_table", lambda device_id, *key: cb.k_table(*key))
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        for (N, C, H, W, O, k, s, p) in [(2, 64, 12, 12, 128, 3, 1, 1), (2, 8, 9, 9, 16, 3, 2, 1),
+                                         (2, 16, 6, 6, 8, 2, 2, 0), (4, 8, 24, 24, 16, 3, 1, 1)]:
+            x = rng.standard_normal((N, C, H, W)).astype(dtype)
+            w = rng.standard_normal((O, C, k, k)).astype(dtype)
+            s2, p2 = (s, s), (p, p)
+            y = cb.conv2d_forward(x, w, np.zeros(O, dtype), s2, p2)
+            cb.conv2d_backward_input(y, w, x.shape, s2, p2)
+            cb.conv2d_backward_weight(y, x, w.shape, s2, p2)
+    kinds = {re.sub(r"_m\d+n\d+_f\d+$", "", n) for n in launched}
+    assert {"conv2d_forward", "conv2d_backward_input_partition", "conv2d_backward_weight",
+            "splitk_reduce_f32", "splitk_reduce_f64"} <= kinds
+    assert ("conv2d_backward_input_unit" in kinds) == ("ktable" in variant)
 
 
 def test_window_partition():

@@ -270,3 +270,25 @@ def test_mkdocs_build_strict(tmp_path):
         assert (tmp_path / "site" / html).exists(), f"{page} was not built"
     unet = (tmp_path / "site" / "unet" / "index.html").read_text(encoding="utf-8")
     assert "31,030,788" in unet, "the generated U-Net table is not in the built page"
+
+
+def test_presence_threshold_rules():
+    """The two size rules of docs/scripts/presence_threshold.py (docs/unet.md) on a made-up
+    stack of four slices: only small structures go, and the stack rule only at the ends."""
+    import numpy as np
+    spec = importlib.util.spec_from_file_location(
+        "presence_threshold", os.path.join(SCRIPTS, "presence_threshold.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    preds = np.zeros((5, 10, 10), dtype=np.int64)
+    preds[0, :2, :2] = 1                    # 4 px of RV on the first slice
+    preds[1, :6, :6] = 1                    # 36 px
+    preds[2, :2, :3] = 1                    # 6 px, but in the middle of the stack
+    preds[3, 5:, 5:] = 3                    # 25 px of LV
+    preds[4, :1, :3] = 1                    # 3 px on the last slice
+    names = [f"p1_frame01_slice{i:02d}" for i in range(1, 6)]
+    area = mod.by_area(preds, 5)
+    assert [int((area[i] > 0).sum()) for i in range(5)] == [0, 36, 6, 25, 0]
+    stack = mod.by_stack(preds, names, 0.2)  # below 0.2 * 36 = 7.2 px, at the ends only
+    assert [int((stack[i] > 0).sum()) for i in range(5)] == [0, 36, 6, 25, 0]
+    assert np.array_equal(mod.by_stack(preds, names, 0.05), preds)      # 1.8 px: nothing goes

@@ -128,7 +128,9 @@ _MODULE_OPTIONS = {"optim": ("--fmad=false",)}
 # arithmetic divides by multiply-high and shift), "kmajor" (the weight gradient's B-tile loads
 # run along k, i.e. along a row of x, instead of across taps; not timed yet), "tiles" (two
 # more tile shapes, 128x64 and 64x128, and a planner that picks each GEMM's tile with a cost
-# model, see plan_gemm; not timed yet). Every variant computes the same sums in the same
+# model, see plan_gemm; not timed yet), "ktable" (the B loads of the forward and the input
+# gradient read the tap and the k part of the address from a table built once per shape,
+# k_table, instead of dividing; not timed yet). Every variant computes the same sums in the same
 # order, except that "tiles" may cut a weight gradient's K into other split-K slices (sums
 # regrouped: float32 rounding differs). The default is the first three
 # (DEFAULT_CONV_VARIANT): on an H200 they made the U-Net's training step 1.73x faster than
@@ -140,6 +142,7 @@ CONV_FEATURES = {
     "fastdiv": "-DMINICNN_CONV_FASTDIV=1",
     "kmajor": "-DMINICNN_CONV_KMAJOR=1",
     "tiles": "-DMINICNN_CONV_TILES=1",
+    "ktable": "-DMINICNN_CONV_KTABLE=1",
 }
 
 
@@ -156,8 +159,9 @@ def conv_variant_options(variant):
 
 DEFAULT_CONV_VARIANT = "fastdiv+prefetch+vec4"
 CONV_VARIANTS = {name: conv_variant_options(name) for name in
-                 ("plain", "prefetch", "vec4", "fastdiv", "kmajor", "tiles", DEFAULT_CONV_VARIANT,
-                  "fastdiv+prefetch+tiles+vec4", "fastdiv+kmajor+prefetch+tiles+vec4")}
+                 ("plain", "prefetch", "vec4", "fastdiv", "kmajor", "tiles", "ktable",
+                  DEFAULT_CONV_VARIANT, "fastdiv+prefetch+tiles+vec4",
+                  "fastdiv+kmajor+ktable+prefetch+tiles+vec4")}
 
 
 def conv_variant():
@@ -169,9 +173,14 @@ def conv_variant():
     return variant if variant == "plain" else "+".join(sorted(variant.split("+")))
 
 
+def _conv_feature(name):
+    """Whether the conv build has the feature ``name`` (of CONV_FEATURES)."""
+    return name in conv_variant().split("+")
+
+
 def _tiles():
     """Whether the conv build has the "tiles" feature (its planner may use m128n64, m64n128)."""
-    return "tiles" in conv_variant().split("+")
+    return _conv_feature("tiles")
 
 
 def _module_options(module_name):
@@ -382,6 +391,37 @@ def _conv_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo):
     return tuple(_i32(v) for v in (N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo))
 
 
+_NULL = np.uint64(0)      # a null pointer argument (the k table of builds without "ktable")
+
+
+def k_table(kind, n, kH, kW, a, b):
+    """The k table of the "ktable" conv builds (kernels/conv.cu, ``tap_i``): one (int32,
+    int32) pair per k = (outer, i, j) of the forward (``kind="forward"``, outer = input
+    channel c, (a, b) = (H, W): ``(c*H*W + i*W + j, i << 16 | j)``) or of the input gradient
+    (``"input"``, outer = output channel o, (a, b) = (Ho, Wo): ``(o*Ho*Wo, i << 16 | j)``);
+    ``n`` outer values. A host array; pure NumPy."""
+    if max(kH, kW) >= 2**15:
+        raise ValueError(f"a {kH}x{kW} kernel is too large for the k table (each side < 32768)")
+    k = np.arange(n * kH * kW, dtype=np.int64)
+    outer, r = np.divmod(k, kH * kW)
+    i, j = np.divmod(r, kW)
+    x = outer * a * b + (i * b + j if kind == "forward" else 0)
+    return np.stack([x, (i << 16) | j], axis=1).astype(np.int32)
+
+
+@functools.lru_cache(maxsize=256)
+def _device_k_table(device_id, *key):
+    with cupy.cuda.Device(device_id):
+        return cupy.asarray(k_table(*key))
+
+
+def _ktab(kind, n, kH, kW, a, b):
+    """The k table on the current device (built once per shape), or a null pointer."""
+    if not _conv_feature("ktable"):
+        return _NULL
+    return _device_k_table(cupy.cuda.Device().id, kind, n, kH, kW, a, b)
+
+
 def _check_conv_sizes(op, desc, N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo):
     _check_index_range(op, desc, x_size=N * C * H * W, w_size=O * C * kH * kW,
                        y_size=N * O * Ho * Wo, padded_height_plus_stride=H + 2 * pH + sH,
@@ -418,7 +458,7 @@ def conv2d_forward(x, w, b, stride, padding):
     _check_grid(op, desc, grid)
     kernel = _kernel("conv", f"conv2d_forward_{tile}_{sfx}")
     kernel(grid, (tile_threads(tile),),
-           (x, w, w if b is None else b, y, _i32(b is not None),
+           (x, w, w if b is None else b, y, _i32(b is not None), _ktab("forward", C, kH, kW, H, W),
             *_conv_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)))
     return y
 
@@ -460,13 +500,17 @@ def conv2d_backward_input(gy, w, x_shape, stride, padding):
         tile, grid, _ = plan_gemm(C * kH * kW, N * Ho * Wo, O, sfx, _num_sms(),
                                   tiles=_tiles())
         name = f"conv2d_backward_input_partition_{tile}_{sfx}"
+        ktab = ()
     else:
         tile, grid, _ = plan_gemm(C, N * H * W, O * kH * kW, sfx, _num_sms(), tiles=_tiles())
-        name = f"conv2d_backward_input_{tile}_{sfx}"
+        # "ktable" builds have a kernel for stride 1 (no division by the stride)
+        unit = "unit_" if _conv_feature("ktable") and (sH, sW) == (1, 1) else ""
+        name = f"conv2d_backward_input_{unit}{tile}_{sfx}"
+        ktab = (_ktab("input", O, kH, kW, Ho, Wo),)
     _check_grid(op, desc, grid)
     kernel = _kernel("conv", name)
     kernel(grid, (tile_threads(tile),),
-           (gy, w, gx, *_conv_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)))
+           (gy, w, gx, *ktab, *_conv_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)))
     return gx
 
 

@@ -94,11 +94,14 @@ void compare(const std::string& what, const Buffer<T>& out, const std::vector<do
 }
 
 template <typename T>
-using FwdFn = void (*)(const T*, const T*, const T*, T*, int, int, int, int, int, int, int, int,
-                       int, int, int, int, int, int);
+using FwdFn = void (*)(const T*, const T*, const T*, T*, int, const int2*, int, int, int, int, int,
+                       int, int, int, int, int, int, int, int);
 template <typename T>
-using BinFn = void (*)(const T*, const T*, T*, int, int, int, int, int, int, int, int, int, int,
-                       int, int, int);
+using BinFn = void (*)(const T*, const T*, T*, const int2*, int, int, int, int, int, int, int, int,
+                       int, int, int, int, int);
+template <typename T>
+using BinPartFn = void (*)(const T*, const T*, T*, int, int, int, int, int, int, int, int, int,
+                           int, int, int, int);
 template <typename T>
 using BwFn = void (*)(const T*, const T*, T*, int, int, int, int, int, int, int, int, int, int,
                       int, int, int, int);
@@ -108,7 +111,7 @@ using ReduceFn = void (*)(const T*, T*, int, long long);
 template <typename T>
 struct Tile {
     const char* name; int BM, BN, BK, threads; FwdFn<T> fwd; BinFn<T> bin; BwFn<T> bw;
-    BinFn<T> bin_part;
+    BinPartFn<T> bin_part; BinFn<T> bin_unit;      // bin_unit: KTABLE builds, else nullptr
 };
 
 template <typename T>
@@ -146,17 +149,38 @@ void check_shape(const Tile<T>& tile, const Shape& s, ReduceFn<T> reduce, const 
     const dim3 block(tile.threads);
     auto cdiv = [](long long a, long long c) { return (int)((a + c - 1) / c); };
 
+    // MINICNN_CONV_KTABLE builds read the k tables (built as the launcher builds them)
+    const int kHW = s.kH * s.kW;
+    std::vector<int2> fwd_tab(s.C * kHW), bin_tab(s.O * kHW);
+    for (int k = 0; k < s.C * kHW; ++k) {
+        const int c = k / kHW, i = k % kHW / s.kW, j = k % s.kW;
+        fwd_tab[k] = {c * s.H * s.W + i * s.W + j, i << 16 | j};
+    }
+    for (int k = 0; k < s.O * kHW; ++k) {
+        const int o = k / kHW, i = k % kHW / s.kW, j = k % s.kW;
+        bin_tab[k] = {o * Ho * Wo, i << 16 | j};
+    }
+    const int2* fwd_ktab = MINICNN_CONV_KTABLE ? fwd_tab.data() : nullptr;
+    const int2* bin_ktab = MINICNN_CONV_KTABLE ? bin_tab.data() : nullptr;
+
     Buffer<T> y(ny, true);
     emu_launch(dim3(cdiv((long long)s.N * Ho * Wo, tile.BN), cdiv(s.O, tile.BM)), block, tile.fwd,
-               (const T*)x.data(), (const T*)w.data(), (const T*)b.data(), y.data(), 1,
+               (const T*)x.data(), (const T*)w.data(), (const T*)b.data(), y.data(), 1, fwd_ktab,
                s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
     compare(t + " forward", y, y_ref);
 
     Buffer<T> gx(nx, true);
     emu_launch(dim3(cdiv((long long)s.N * s.H * s.W, tile.BN), cdiv(s.C, tile.BM)), block, tile.bin,
-               (const T*)gy.data(), (const T*)w.data(), gx.data(),
+               (const T*)gy.data(), (const T*)w.data(), gx.data(), bin_ktab,
                s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
     compare(t + " backward input", gx, gx_ref);
+    if (tile.bin_unit && s.sH == 1 && s.sW == 1) {
+        Buffer<T> gxu(nx, true);
+        emu_launch(dim3(cdiv((long long)s.N * s.H * s.W, tile.BN), cdiv(s.C, tile.BM)), block,
+                   tile.bin_unit, (const T*)gy.data(), (const T*)w.data(), gxu.data(), bin_ktab,
+                   s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
+        compare(t + " backward input (stride 1)", gxu, gx_ref);
+    }
 
     // windows that partition the input: the dense GEMM + pixel-shuffle kernel
     if (s.sH == s.kH && s.sW == s.kW && s.pH == 0 && s.pW == 0 && s.H == Ho * s.kH &&
@@ -216,10 +240,15 @@ static void check_div()
 
 int main()
 {
+#if MINICNN_CONV_KTABLE
+#define UNIT(NAME, DT) conv2d_backward_input_unit_##NAME##_##DT
+#else
+#define UNIT(NAME, DT) nullptr
+#endif
 #define TILE(NAME, BM, BN, BK, THREADS, DT)                                                 \
     {#NAME, BM, BN, BK, THREADS, conv2d_forward_##NAME##_##DT,                              \
      conv2d_backward_input_##NAME##_##DT, conv2d_backward_weight_##NAME##_##DT,             \
-     conv2d_backward_input_partition_##NAME##_##DT}
+     conv2d_backward_input_partition_##NAME##_##DT, UNIT(NAME, DT)}
     const Tile<float> f32_tiles[] = {TILE(m32n128, 32, 128, 16, 256, f32),
                                      TILE(m64n64, 64, 64, 16, 256, f32),
                                      TILE(m128n128, 128, 128, 8, 256, f32),
@@ -231,6 +260,7 @@ int main()
     const Tile<double> f64_tiles[] = {TILE(m32n128, 32, 128, 16, 256, f64),
                                       TILE(m64n64, 64, 64, 16, 256, f64)};
 #undef TILE
+#undef UNIT
     for (const Shape& s : SHAPES) {
         for (const auto& tile : f32_tiles) check_shape<float>(tile, s, splitk_reduce_f32, "f32");
         for (const auto& tile : f64_tiles) check_shape<double>(tile, s, splitk_reduce_f64, "f64");

@@ -42,6 +42,7 @@ inline dim3 threadIdx, blockIdx, blockDim, gridDim;   // set by the scheduler be
 
 struct alignas(16) float4 { float x, y, z, w; };     // the CUDA vector types the kernels use
 struct alignas(16) double2 { double x, y; };
+struct alignas(8) int2 { int x, y; };
 
 inline ucontext_t emu_scheduler;                      // where a fiber returns to
 inline ucontext_t* emu_running = nullptr;             // the fiber now running

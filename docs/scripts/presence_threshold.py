@@ -1,0 +1,80 @@
+"""Can a size rule remove the structures a model draws where the ground truth has none?
+
+    python docs/scripts/presence_threshold.py CHECKPOINT [CHECKPOINT ...] --data DIR/acdc96
+
+For each checkpoint (a model trained with acdc96, e.g. ``--preset cpu16-acdc``), predicts the
+acdc96 ``val`` and ``test`` patients (the split of ``cmr.train`` with seed 0, slices
+transposed as ``cmr.evaluate --transpose``) and erases a predicted structure from a slice
+when it is small:
+
+* ``area``: fewer than T pixels (every structure; T = 0 is no rule);
+* ``stack``: RV only, less than a fraction f of the largest RV predicted in the same stack,
+  and only on the first or last two slices of the stack (``cmr.metrics.at_stack_ends``).
+
+The threshold is chosen on ``val`` (the best mean Dice), then scored once on ``test``.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from cmr import checkpoint, metrics  # noqa: E402
+from cmr.evaluate import load_split  # noqa: E402
+from cmr.predict import predict_masks  # noqa: E402
+
+AREAS = (0, 10, 20, 30, 40, 50, 75, 100)
+FRACTIONS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
+
+
+def mean_dice(preds, masks):
+    return metrics.evaluate_masks(preds, masks)["dice"]["mean"]
+
+
+def by_area(preds, t):
+    out = preds.copy()
+    for c in (1, 2, 3):
+        small = (out == c).sum(axis=(1, 2)) < t
+        out[small[:, None, None] & (out == c)] = 0
+    return out
+
+
+def by_stack(preds, names, f):
+    out = preds.copy()
+    area = (out == 1).sum(axis=(1, 2)).astype(float)
+    stacks = np.array([n.rsplit("_slice", 1)[0] for n in names])
+    largest = np.array([area[stacks == s].max() for s in stacks])
+    drop = (area < f * largest) & metrics.at_stack_ends(names)
+    out[drop[:, None, None] & (out == 1)] = 0
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("checkpoints", nargs="+")
+    ap.add_argument("--data", required=True, help="the acdc96 folder")
+    args = ap.parse_args(argv)
+    splits = {w: load_split(args.data, w).transposed() for w in ("val", "test")}
+    for path in args.checkpoints:
+        model, _ = checkpoint.load_model(path, "cpu")
+        preds = {w: predict_masks(model, s.images) for w, s in splits.items()}
+        masks = splits["test"].masks
+        drawn, truth = ((preds["test"] == 1).sum(axis=(1, 2)), (masks == 1).sum(axis=(1, 2)))
+        print(f"{path}: test mean Dice without a rule {mean_dice(preds['test'], masks):.4f}; "
+              f"RV area (pixels) drawn where the ground truth has none: median "
+              f"{np.median(drawn[(truth == 0) & (drawn > 0)]):.0f}, where it has one: 5th "
+              f"percentile {np.percentile(drawn[(truth > 0) & (drawn > 0)], 5):.0f}")
+        for rule, values, apply in (
+                ("area", AREAS, lambda p, w, v: by_area(p, v)),
+                ("stack", FRACTIONS, lambda p, w, v: by_stack(p, splits[w].names, v))):
+            val = {v: mean_dice(apply(preds["val"], "val", v), splits["val"].masks) for v in values}
+            best = max(values, key=lambda v: (val[v], -values.index(v)))
+            test = mean_dice(apply(preds["test"], "test", best), splits["test"].masks)
+            print(f"  {rule:5s}: val " + " ".join(f"{v}:{val[v]:.4f}" for v in values)
+                  + f" -> chosen {best}, test {test:.4f}")
+
+
+if __name__ == "__main__":
+    main()
