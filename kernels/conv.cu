@@ -268,7 +268,7 @@ struct ConvBackwardInput {
         }
 #else
         const int o = quot(k, kHW), r = k - o * kHW;
-        const int i = quot(r, kW), j = r - i * kW, obase = o * s.Ho * s.Wo;
+        const int i = quot(r, kW), j = r - i * kW;
 #endif
         // x_pad row hp is tap i of output row p iff hp = p*sH + i. Example: stride 2, hp = 5:
         // tap i = 1 gives ph = 4 -> p = 2 (hit); tap i = 0 gives ph = 5, odd -> no output.
@@ -277,7 +277,11 @@ struct ConvBackwardInput {
         const int p = quot(ph, sH), q = quot(pw, sW);
         if (p * sH != ph || q * sW != pw) return T(0);          // not on the stride grid
         if (p >= s.Ho || q >= s.Wo) return T(0);                // past the last output
+#if MINICNN_CONV_KTABLE
         return ldg(gy + cl.gybase + obase + p * s.Wo + q);
+#else
+        return ldg(gy + cl.gybase + (o * s.Ho + p) * s.Wo + q);
+#endif
     }
     __device__ void store(int m, int col, T v) const {
         const int n = quot(col, HW), hv = col - n * HW;
