@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # bench_variants.sh -- the U-Net training step with each build variant of kernels/conv.cu
-# (cuda_backend.CONV_VARIANTS: plain, each feature alone, all three), one after the other on
+# (cuda_backend.CONV_VARIANTS: plain, each feature alone, the default and the combinations
+# listed there), one after the other on
 # the same GPU, each in its own processes (bench_train.py: ours, then PyTorch), then one table:
 # step and inference times, the ratio to PyTorch, and the speed-up over "plain".
 #
-#   OUT=results bash benchmarks/bench_variants.sh        (about 2 minutes on an H200)
+#   OUT=results bash benchmarks/bench_variants.sh        (five variants took 2 minutes on an H200)
 #   bash benchmarks/bench_variants.sh --table DIR        (only the table, from DIR/<variant>/)
 #
 # Writes $OUT/variants/<variant>/bench_train.{json,md,png} and $OUT/variants/variants.md.
