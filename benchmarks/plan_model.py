@@ -38,7 +38,8 @@ def gemm(row, batch):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bench_ops_json")
-    ap.add_argument("--sms", type=int, default=132, help="SMs of the GPU it ran on (132: H100/H200)")
+    ap.add_argument("--sms", type=int, default=132,
+                    help="SMs of the GPU it ran on (132: H100/H200)")
     ap.add_argument("--batch", type=int, default=25)
     args = ap.parse_args(argv)
     with open(args.bench_ops_json) as f:

@@ -4,7 +4,8 @@
 
 Compiles ``kernels/conv.cu`` with ``nvcc --cubin`` for one build variant (default: the default
 build plus the "tiles" feature, so that every tile exists), disassembles it with
-``cuobjdump -sass`` (CUDA toolkit, or ``pip install nvidia-cuda-cuobjdump``) and, for every
+``cuobjdump -sass`` (CUDA toolkit, or ``pip install nvidia-cuda-cuobjdump
+nvidia-cuda-nvdisasm``: cuobjdump runs nvdisasm, both in ``nvidia/cu13/bin``) and, for every
 float32 GEMM kernel, finds the K loop: the backward branch whose range holds the most FFMAs.
 It prints, per kernel, the loop's instructions, its FFMAs and the other instructions per FFMA
 (index arithmetic, loads, stores, barriers, branches), the mean per tile over the three 3x3
@@ -103,9 +104,9 @@ def disassemble(variant, arch):
     """(the SASS listing of conv.cu built as ``variant`` for ``arch``, tool versions)"""
     nvcc = shutil.which("nvcc")
     cuobjdump = shutil.which("cuobjdump")
-    if not (nvcc and cuobjdump):
-        sys.exit("needs nvcc and cuobjdump on PATH (cuobjdump: CUDA toolkit, or "
-                 "`pip install nvidia-cuda-cuobjdump` and its nvidia/cu13/bin on PATH)")
+    if not (nvcc and cuobjdump and shutil.which("nvdisasm")):
+        sys.exit("needs nvcc, cuobjdump and nvdisasm on PATH (CUDA toolkit, or `pip install "
+                 "nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm` and their nvidia/cu13/bin on PATH)")
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "conv.cubin")
         kernels = os.path.join(ROOT, "kernels")

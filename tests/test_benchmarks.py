@@ -140,8 +140,9 @@ def test_sass_census_finds_the_k_loop():
     assert r["opcodes"] == {"FFMA": 2, "LDS": 1, "IADD3": 1, "BRA": 1}
 
 
-@pytest.mark.skipif(not (shutil.which("nvcc") and shutil.which("cuobjdump")),
-                    reason="needs nvcc and cuobjdump (pip install nvidia-cuda-cuobjdump)")
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("nvcc", "cuobjdump", "nvdisasm")),
+                    reason="needs nvcc, cuobjdump and nvdisasm (pip install "
+                    "nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
 def test_planner_overheads_are_the_census_means(tmp_path):
     from minicnn.backend import cuda_backend as cb
     proc = subprocess.run([sys.executable, os.path.join(BENCH, "sass_census.py"), "--out",

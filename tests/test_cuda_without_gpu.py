@@ -61,8 +61,8 @@ def _asan_works(tmp_path):
                                      "fastdiv+kmajor+ktable+prefetch+tiles+vec4"])
 def test_build_in_the_emulator_under_asan(variant, tmp_path):
     """The default build (the GPU's memcheck ran on "plain" only) and the one with every feature
-    (kmajor, tiles and ktable have not run on a GPU yet) under AddressSanitizer, with every buffer's guard zone poisoned: an
-    out-of-bounds *read*, which the plain emulator run cannot see (rows read past M are never
+    (kmajor, tiles and ktable have not run on a GPU yet) under AddressSanitizer, with every
+    buffer's guard zone poisoned: an out-of-bounds *read*, which the plain emulator run cannot see (rows read past M are never
     stored), stops the program. Dropping the ``gm < M`` test of the prefetched A loads is
     caught at once (checked by hand, 2026-11-27)."""
     if not _asan_works(tmp_path):
@@ -127,7 +127,8 @@ def test_plan_gemm_with_tiles_covers_any_problem():
         split_k = bool(rng.integers(2))
         tile, grid, k_chunk = cb.plan_gemm(M, Ncols, K, "f32", 132, split_k, tiles=True)
         BM, BN, BK = cb.TILES[tile][:3]
-        assert grid[0] * BN >= Ncols > (grid[0] - 1) * BN and grid[1] * BM >= M > (grid[1] - 1) * BM
+        assert grid[0] * BN >= Ncols > (grid[0] - 1) * BN
+        assert grid[1] * BM >= M > (grid[1] - 1) * BM
         assert (grid[2] - 1) * k_chunk < K <= grid[2] * k_chunk
         assert grid[2] == 1 or (split_k and k_chunk % BK == 0)
         assert (tile == "m32n128") == (M <= 32)

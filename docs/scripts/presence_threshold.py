@@ -69,7 +69,8 @@ def main(argv=None):
         for rule, values, apply in (
                 ("area", AREAS, lambda p, w, v: by_area(p, v)),
                 ("stack", FRACTIONS, lambda p, w, v: by_stack(p, splits[w].names, v))):
-            val = {v: mean_dice(apply(preds["val"], "val", v), splits["val"].masks) for v in values}
+            val = {v: mean_dice(apply(preds["val"], "val", v), splits["val"].masks)
+                   for v in values}
             best = max(values, key=lambda v: (val[v], -values.index(v)))
             test = mean_dice(apply(preds["test"], "test", best), splits["test"].masks)
             print(f"  {rule:5s}: val " + " ".join(f"{v}:{val[v]:.4f}" for v in values)

@@ -454,11 +454,13 @@ def conv2d_forward(x, w, b, stride, padding):
     y = cupy.empty((N, O, Ho, Wo), dtype=x.dtype)
     if y.size == 0:
         return y
-    tile, grid, k_chunk = plan_gemm(O, N * Ho * Wo, C * kH * kW, sfx, _num_sms(), tiles=_tiles())
+    tile, grid, k_chunk = plan_gemm(O, N * Ho * Wo, C * kH * kW, sfx, _num_sms(),
+                                    tiles=_tiles())
     _check_grid(op, desc, grid)
     kernel = _kernel("conv", f"conv2d_forward_{tile}_{sfx}")
     kernel(grid, (tile_threads(tile),),
-           (x, w, w if b is None else b, y, _i32(b is not None), _ktab("forward", C, kH, kW, H, W),
+           (x, w, w if b is None else b, y, _i32(b is not None),
+            _ktab("forward", C, kH, kW, H, W),
             *_conv_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)))
     return y
 
