@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # gpu_check.sh -- the checks to run on a machine with an NVIDIA GPU, in one go: about 2 minutes,
 # about 5 with --bench (an H200, 2026-11-27: 238 s with --bench and one other conv build
-# variant; each further variant adds about 45 s; the default list has two). Each step has its
-# own time limit (together 340 s; with --bench 875 s for the default variant list), so a
+# variant; each further variant adds about 45 s; the default list has three). Each step has its
+# own time limit (together 340 s; with --bench 1025 s for the default variant list), so a
 # hanging step cannot eat the session.
 #
 #   bash benchmarks/gpu_check.sh            (from the repository root)
@@ -21,8 +21,7 @@
 #      then for each other build variant of kernels/conv.cu in CONV_BENCH_VARIANTS (default:
 #      the default build plus the three untimed features, kmajor, ktable and tiles, then plus
 #      tiles alone and ktable alone; "plain", the build without features, was timed in entry
-#      11 of NOTES.md) the
-#      self-check, the conv op tests against PyTorch
+#      11 of NOTES.md) the self-check, the conv op tests against PyTorch
 #      (forward and every gradient), and bench_train ($OUT/train_<variant>); for the first of
 #      them the conv rows of bench_ops too ($OUT/ops_<variant>)
 #   6. the op tests under compute-sanitizer memcheck (CuPy's memory pool switched off, so that
@@ -184,7 +183,7 @@ for dtype in (np.float32, np.float64):
     for tile in cb.TILES:
         if dtype == np.float64 and tile not in ("m32n128", "m64n64"):
             continue                           # the 8x8 register blocks are float32 only
-        if tile in ("m128n64", "m64n128") and not cb._tiles():
+        if tile in ("m128n64", "m64n128") and not cb._conv_feature("tiles"):
             continue                           # built with the "tiles" feature only
         for i in range(2 if FAKE else 8):
             cb.plan_gemm = forced(tile, int(rng.integers(1, 8)))

@@ -35,13 +35,14 @@ from minicnn.backend import cuda_backend as cb  # noqa: E402  (importable withou
 
 PROBLEMS = ("forward", "backward_input", "backward_weight")   # the three 3x3 GEMMs
 _INSTR = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
-_BRANCH = re.compile(r"\bBRA\s+(?:`\(\.L_x_\d+\)|(0x[0-9a-f]+))")
+_BRANCH = re.compile(r"\bBRA\s+(0x[0-9a-f]+)")      # cuobjdump prints absolute targets
 
 
 def split_functions(sass):
     """``{kernel name: [(address, instruction text), ...]}`` of a ``cuobjdump -sass`` listing."""
     out = {}
-    for name, body in zip(*[iter(re.split(r"\n\s*Function : (\S+)", sass)[1:])] * 2):
+    parts = re.split(r"\n\s*Function : (\S+)", sass)     # [before, name, body, name, body, ...]
+    for name, body in zip(parts[1::2], parts[2::2]):
         out[name] = [(int(m.group(1), 16), m.group(2))
                      for m in map(_INSTR.match, body.splitlines()) if m]
     return out
@@ -59,7 +60,7 @@ def k_loop(instrs):
     best = None
     for addr, text in instrs:
         m = _BRANCH.search(text)
-        if not m or m.group(1) is None or int(m.group(1), 16) >= addr:
+        if not m or int(m.group(1), 16) >= addr:
             continue
         body = [t for a, t in instrs if int(m.group(1), 16) <= a <= addr]
         ffma = sum(opcode(t) == "FFMA" for t in body)

@@ -62,9 +62,9 @@ def _asan_works(tmp_path):
 def test_build_in_the_emulator_under_asan(variant, tmp_path):
     """The default build (the GPU's memcheck ran on "plain" only) and the one with every feature
     (kmajor, tiles and ktable have not run on a GPU yet) under AddressSanitizer, with every
-    buffer's guard zone poisoned: an out-of-bounds *read*, which the plain emulator run cannot see (rows read past M are never
-    stored), stops the program. Dropping the ``gm < M`` test of the prefetched A loads is
-    caught at once (checked by hand, 2026-11-27)."""
+    buffer's guard zone poisoned: an out-of-bounds *read*, which the plain emulator run cannot
+    see (rows read past M are never stored), stops the program. Dropping the ``gm < M`` test
+    of the prefetched A loads is caught at once (checked by hand, 2026-11-27)."""
     if not _asan_works(tmp_path):
         pytest.skip(f"{CXX} cannot build with -fsanitize=address (no libasan)")
     env = dict(os.environ, ASAN_OPTIONS="detect_stack_use_after_return=0:detect_leaks=0")
@@ -114,10 +114,10 @@ def test_plan_gemm_with_tiles(problem, tile):
     BM, BN, BK = cb.TILES[got][:3]
     assert grid[:2] == (-(-Ncols // BN), -(-M // BM))
     assert (grid[2] - 1) * k_chunk < K <= grid[2] * k_chunk and k_chunk % BK == 0
-    # without the feature, or in float64, the planner is the old one
-    assert cb.plan_gemm(M, Ncols, K, "f32", 132, split_k) == cb.plan_gemm(M, Ncols, K, "f32",
-                                                                           132, split_k, False)
-    assert cb.plan_gemm(M, Ncols, K, "f64", 132, split_k, tiles=True)[0] == "m64n64"
+    # without the feature the planner never picks the new tiles; float64 ignores the feature
+    assert cb.plan_gemm(M, Ncols, K, "f32", 132, split_k)[0] in ("m64n64", "m128n128")
+    assert cb.plan_gemm(M, Ncols, K, "f64", 132, split_k, tiles=True) == \
+        cb.plan_gemm(M, Ncols, K, "f64", 132, split_k)
 
 
 def test_plan_gemm_with_tiles_covers_any_problem():
@@ -138,7 +138,7 @@ def test_tile_cost_model():
     # the same blocks per SM: the tile with less overhead per FMA is cheaper
     assert cb.tile_cost("m128n128", 256, 256 * 132, 64, 132) < \
         cb.tile_cost("m64n64", 256, 256 * 132, 64, 132)
-    # one 4-warp block per SM runs at half rate; the cost doubles against 8 warps
+    # one 4-warp block per SM runs at half rate: it costs as much as two (8 warps, full rate)
     one = cb.tile_cost("m128n64", 128, 64 * 132, 64, 132)
     two = cb.tile_cost("m128n64", 128, 2 * 64 * 132, 64, 132)
     assert one == two
@@ -148,9 +148,13 @@ def test_tile_cost_model():
 
 def test_tiles_feature_reaches_the_planner(monkeypatch):
     monkeypatch.setenv("MINICNN_CONV_VARIANT", "fastdiv+prefetch+tiles+vec4")
-    assert cb._tiles() and "-DMINICNN_CONV_TILES=1" in cb._module_options("conv")
+    assert cb._conv_feature("tiles") and not cb._conv_feature("ktable")
+    assert "-DMINICNN_CONV_TILES=1" in cb._module_options("conv")
     monkeypatch.setenv("MINICNN_CONV_VARIANT", cb.DEFAULT_CONV_VARIANT)
-    assert not cb._tiles()
+    assert not cb._conv_feature("tiles")
+    monkeypatch.setenv("MINICNN_CONV_VARIANT", "tiles+nonsense")
+    with pytest.raises(ValueError, match="MINICNN_CONV_VARIANT"):
+        cb._conv_feature("tiles")
 
 
 def test_k_tables_give_the_convolution():

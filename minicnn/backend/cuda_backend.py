@@ -173,14 +173,17 @@ def conv_variant():
     return variant if variant == "plain" else "+".join(sorted(variant.split("+")))
 
 
+@functools.lru_cache(maxsize=None)
+def _variant_features(variant):
+    conv_variant_options(variant)                      # refuses an unknown name
+    return frozenset(variant.split("+"))
+
+
 def _conv_feature(name):
-    """Whether the conv build has the feature ``name`` (of CONV_FEATURES)."""
-    return name in conv_variant().split("+")
-
-
-def _tiles():
-    """Whether the conv build has the "tiles" feature (its planner may use m128n64, m64n128)."""
-    return _conv_feature("tiles")
+    """Whether the conv build has the feature ``name`` (of CONV_FEATURES). Asked at every conv
+    launch, so the parsed variant is cached (one environment lookup per call)."""
+    return name in _variant_features(os.environ.get("MINICNN_CONV_VARIANT",
+                                                    DEFAULT_CONV_VARIANT))
 
 
 def _module_options(module_name):
@@ -355,6 +358,7 @@ def tile_cost(tile, M, Ncols, K, sm_count, split_k=False):
     return per_sm * BM * BN * max(k_chunk, 1) * (1 + TILE_OVERHEAD[tile]) / rate
 
 
+@functools.lru_cache(maxsize=1024)
 def plan_gemm(M, Ncols, K, suffix, sm_count, split_k=False, tiles=False):
     """Launch plan of an implicit GEMM ``(M x K) * (K x Ncols)``: returns
     ``(tile, grid, k_chunk)``; ``grid[2]`` is the number of split-K slices (1 unless
@@ -362,7 +366,7 @@ def plan_gemm(M, Ncols, K, suffix, sm_count, split_k=False, tiles=False):
     "tiles" feature; float32 problems with M > 32 then take the tile of least ``tile_cost``
     among m128n128, m128n64, m64n128 and m64n64. Without it: m32n128 for M <= 32, m128n128
     for float32 when its grid fills two blocks per SM, else m64n64. Pure Python (tested
-    without a GPU)."""
+    without a GPU); cached, since every conv launch asks."""
     if M <= 32:
         tile = "m32n128"
     elif tiles and suffix == "f32":
@@ -455,7 +459,7 @@ def conv2d_forward(x, w, b, stride, padding):
     if y.size == 0:
         return y
     tile, grid, k_chunk = plan_gemm(O, N * Ho * Wo, C * kH * kW, sfx, _num_sms(),
-                                    tiles=_tiles())
+                                    tiles=_conv_feature("tiles"))
     _check_grid(op, desc, grid)
     kernel = _kernel("conv", f"conv2d_forward_{tile}_{sfx}")
     kernel(grid, (tile_threads(tile),),
@@ -500,11 +504,12 @@ def conv2d_backward_input(gy, w, x_shape, stride, padding):
         # Each input pixel lies in exactly one window (the U-Net's 2x2/2 up-convolution): a
         # dense GEMM over the output pixels whose epilogue scatters into gx ("pixel shuffle").
         tile, grid, _ = plan_gemm(C * kH * kW, N * Ho * Wo, O, sfx, _num_sms(),
-                                  tiles=_tiles())
+                                  tiles=_conv_feature("tiles"))
         name = f"conv2d_backward_input_partition_{tile}_{sfx}"
         ktab = ()
     else:
-        tile, grid, _ = plan_gemm(C, N * H * W, O * kH * kW, sfx, _num_sms(), tiles=_tiles())
+        tile, grid, _ = plan_gemm(C, N * H * W, O * kH * kW, sfx, _num_sms(),
+                                  tiles=_conv_feature("tiles"))
         # "ktable" builds have a kernel for stride 1 (no division by the stride)
         unit = "unit_" if _conv_feature("ktable") and (sH, sW) == (1, 1) else ""
         name = f"conv2d_backward_input_{unit}{tile}_{sfx}"
@@ -542,7 +547,7 @@ def conv2d_backward_weight(gy, x, w_shape, stride, padding):
         return gw
     K = N * Ho * Wo
     tile, grid, k_chunk = plan_gemm(O, C * kH * kW, K, sfx, _num_sms(), split_k=True,
-                                    tiles=_tiles())
+                                    tiles=_conv_feature("tiles"))
     splits = grid[2]
     _check_grid(op, desc, grid)
     _check_index_range(op, desc, split_k_workspace=splits * gw.size,
