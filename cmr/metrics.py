@@ -34,6 +34,7 @@ __all__ = [
     "surface_distances",
     "evaluate_masks",
     "at_stack_ends",
+    "stack_positions",
 ]
 
 #: The foreground structures that are scored: label -> name.
@@ -131,20 +132,30 @@ def _nanmean(values) -> float:
 _SLICE_NAME = re.compile(r"^(?P<stack>.+)_slice(?P<index>\d+)$")
 
 
-def at_stack_ends(names: Sequence[str], depth: int = 2) -> np.ndarray | None:
-    """For slices named ``<stack>_slice<NN>`` (acdc96: ``patientPPP_frameFF_sliceSS``), whether
-    each is among the first or last ``depth`` slices of its stack *in this set* (the basal and
-    apical ends of a short-axis stack, where structures are small or absent). None if any name
-    does not have that form. Example: slices 1..9 of one stack -> 1, 2, 8, 9 are at the ends.
-    """
+def stack_positions(names: Sequence[str]) -> list[tuple[str, int]] | None:
+    """``(stack, slice index)`` of each slice named ``<stack>_slice<NN>`` (acdc96:
+    ``patientPPP_frameFF_sliceSS`` -> ``("patientPPP_frameFF", SS)``); None if there are no
+    names or any does not have that form."""
     parsed = [_SLICE_NAME.match(str(n)) for n in names]
     if not parsed or not all(parsed):
         return None
+    return [(m["stack"], int(m["index"])) for m in parsed]
+
+
+def at_stack_ends(names: Sequence[str], depth: int = 2) -> np.ndarray | None:
+    """For slices named ``<stack>_slice<NN>`` (``stack_positions``), whether each is among the
+    first or last ``depth`` slices of its stack *in this set* (the basal and apical ends of a
+    short-axis stack, where structures are small or absent). None if any name does not have
+    that form. Example: slices 1..9 of one stack -> 1, 2, 8, 9 are at the ends.
+    """
+    positions = stack_positions(names)
+    if positions is None:
+        return None
     stacks: dict[str, list[int]] = {}
-    for m in parsed:
-        stacks.setdefault(m["stack"], []).append(int(m["index"]))
+    for stack, index in positions:
+        stacks.setdefault(stack, []).append(index)
     ends = {key: set(sorted(v)[:depth] + sorted(v)[-depth:]) for key, v in stacks.items()}
-    return np.array([int(m["index"]) in ends[m["stack"]] for m in parsed], dtype=bool)
+    return np.array([index in ends[stack] for stack, index in positions], dtype=bool)
 
 
 def evaluate_masks(preds: np.ndarray, targets: np.ndarray,

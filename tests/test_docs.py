@@ -274,7 +274,8 @@ def test_mkdocs_build_strict(tmp_path):
 
 def test_presence_threshold_rules():
     """The two size rules of docs/scripts/presence_threshold.py (docs/unet.md) on a made-up
-    stack of four slices: only small structures go, and the stack rule only at the ends."""
+    stack of five slices: only small structures go, and the stack rule only at the ends; and
+    its mean Dice is cmr.evaluate's."""
     import numpy as np
     spec = importlib.util.spec_from_file_location(
         "presence_threshold", os.path.join(SCRIPTS, "presence_threshold.py"))
@@ -292,3 +293,7 @@ def test_presence_threshold_rules():
     stack = mod.by_stack(preds, names, 0.2)  # below 0.2 * 36 = 7.2 px, at the ends only
     assert [int((stack[i] > 0).sum()) for i in range(5)] == [0, 36, 6, 25, 0]
     assert np.array_equal(mod.by_stack(preds, names, 0.05), preds)      # 1.8 px: nothing goes
+    from cmr.metrics import evaluate_masks
+    target = np.roll(preds, 1, axis=2)
+    assert mod.mean_dice(preds, target) == pytest.approx(
+        evaluate_masks(preds, target)["dice"]["mean"], abs=1e-12)

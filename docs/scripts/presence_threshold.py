@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cmr import checkpoint, metrics  # noqa: E402
+from cmr import checkpoint, data, metrics  # noqa: E402
 from cmr.evaluate import load_split  # noqa: E402
 from cmr.predict import predict_masks  # noqa: E402
 
@@ -30,7 +30,9 @@ FRACTIONS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
 
 
 def mean_dice(preds, masks):
-    return metrics.evaluate_masks(preds, masks)["dice"]["mean"]
+    """The mean Dice of ``cmr.evaluate`` (per image, then over RV, Myo, LV), without its HD95."""
+    return float(np.mean([list(metrics.dice_per_class(p, m).values())
+                          for p, m in zip(preds, masks)]))
 
 
 def by_area(preds, t):
@@ -44,7 +46,7 @@ def by_area(preds, t):
 def by_stack(preds, names, f):
     out = preds.copy()
     area = (out == 1).sum(axis=(1, 2)).astype(float)
-    stacks = np.array([n.rsplit("_slice", 1)[0] for n in names])
+    stacks = np.array([stack for stack, _ in metrics.stack_positions(names)])
     largest = np.array([area[stacks == s].max() for s in stacks])
     drop = (area < f * largest) & metrics.at_stack_ends(names)
     out[drop[:, None, None] & (out == 1)] = 0
@@ -56,9 +58,15 @@ def main(argv=None):
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--data", required=True, help="the acdc96 folder")
     args = ap.parse_args(argv)
-    splits = {w: load_split(args.data, w).transposed() for w in ("val", "test")}
-    for path in args.checkpoints:
-        model, _ = checkpoint.load_model(path, "cpu")
+    try:
+        splits = {w: load_split(args.data, w).transposed() for w in ("val", "test")}
+        if any(metrics.stack_positions(s.names) is None for s in splits.values()):
+            raise data.CMRDataError(f"{args.data}: the slices are not named "
+                                    "<stack>_slice<NN> (the stack rule needs their order)")
+        models = [(path, checkpoint.load_model(path, "cpu")[0]) for path in args.checkpoints]
+    except (data.CMRDataError, checkpoint.CheckpointError) as err:
+        ap.exit(2, f"error: {err}\n")
+    for path, model in models:
         preds = {w: predict_masks(model, s.images) for w, s in splits.items()}
         masks = splits["test"].masks
         drawn, truth = ((preds["test"] == 1).sum(axis=(1, 2)), (masks == 1).sum(axis=(1, 2)))
@@ -71,7 +79,7 @@ def main(argv=None):
                 ("stack", FRACTIONS, lambda p, w, v: by_stack(p, splits[w].names, v))):
             val = {v: mean_dice(apply(preds["val"], "val", v), splits["val"].masks)
                    for v in values}
-            best = max(values, key=lambda v: (val[v], -values.index(v)))
+            best = max(values, key=val.get)                 # the first of equal scores
             test = mean_dice(apply(preds["test"], "test", best), splits["test"].masks)
             print(f"  {rule:5s}: val " + " ".join(f"{v}:{val[v]:.4f}" for v in values)
                   + f" -> chosen {best}, test {test:.4f}")

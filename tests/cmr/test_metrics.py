@@ -136,6 +136,8 @@ def test_absent_structures_counted_at_the_ends_of_their_stacks():
     # patient001's stack here is 1 2 3 5 8 9: ends 1 2 8 9; patient002 has only two slices
     assert at_stack_ends(names).tolist() == [False, True, True, True, False, True, True, True]
     assert at_stack_ends(["0", "1"]) is None and at_stack_ends([]) is None
+    from cmr.metrics import stack_positions
+    assert stack_positions(names[:2]) == [("patient001_frame01", 3), ("patient001_frame01", 1)]
     full = three_class_mask()
     no_rv = full.copy()
     no_rv[no_rv == 1] = 0
