@@ -17,8 +17,9 @@
 #           2026-11-27, run with the flags spelled out: 153 epochs in
 #           LIMIT=190 s, 1.2 s per epoch with the validation; LIMIT=330 would let it finish)
 #   A9, A10, B4  (SET=confirm, not run yet) --preset gpu64-strong for its full 200 epochs with
-#           seeds 0 and 1 (is A7's 0.905 more than one lucky seed?), and B4 = the same recipe
-#           with the acdc96 training patients for 30 epochs (set LIMIT=400)
+#           seeds 0 and 1 (is A7's 0.905 more than one lucky seed?), then both as one ensemble
+#           (A9+A10: their probabilities averaged), and B4 = the same recipe with the acdc96
+#           training patients for 30 epochs (set LIMIT=400)
 #
 #   CMR_DATA=../shared/data OUT=results bash benchmarks/gpu_train.sh          (A, A2, B)
 #   CMR_DATA=../shared/data OUT=results SET=lr bash benchmarks/gpu_train.sh   (A3, A4)
@@ -99,6 +100,18 @@ for dir in "$RUNS"/*/; do
     evaluate "$run" cmr_val --data "$CMR"
     evaluate "$run" acdc96_test --data "$ACDC" --split test --transpose
 done
+
+# SET=confirm: the two seeds as one model (cmr.evaluate averages their probabilities)
+if [ "$SET" = confirm ] && [ -f "$RUNS/A9/best.npz" ] && [ -f "$RUNS/A10/best.npz" ]; then
+    mkdir -p "$RUNS/A9+A10"
+    for post in "" --keep-largest; do
+        echo "== A9+A10 (ensemble) on cmr_val $post"
+        # shellcheck disable=SC2086
+        "$PYTHON" -m cmr.evaluate --backend "$BACKEND" --data "$CMR" $post \
+            --checkpoint "$RUNS/A9/best.npz" "$RUNS/A10/best.npz" \
+            --json "$RUNS/A9+A10/eval_cmr_val${post:+_keep_largest}.json"
+    done
+fi
 
 "$PYTHON" - "$RUNS" "$OUT/results.json" <<'PY'
 import json, sys

@@ -4,6 +4,7 @@ Dice and the 95th-percentile Hausdorff distance (pixels) per class (RV, Myo, LV)
 with the mean over the three classes. Dice follows the original work: computed per image, then
 averaged; a structure absent from both prediction and ground truth scores 1. ``DIR`` is a
 folder with ``image/`` and ``mask/`` or a coursework root (its ``val`` split is used).
+``--checkpoint C1 C2 ...`` scores an ensemble: the models' class probabilities are averaged.
 """
 import argparse
 import csv
@@ -36,12 +37,14 @@ def load_split(directory, which="default", seed=0):
     return parts[("train", "val", "test").index(which)]
 
 
-def evaluate(model, split, device="cpu", batch_size=16, flip_tta=False, return_masks=False,
-             keep_largest=False):
+def evaluate(models, split, device="cpu", batch_size=16, flip_tta=False, return_masks=False,
+             keep_largest=False, min_confidence=0.0):
     """The metrics dictionary of ``cmr.metrics.evaluate_masks`` for ``split`` (and the
-    predicted label maps with ``return_masks``); ``keep_largest`` post-processes the
-    predictions with ``cmr.predict.keep_largest_component`` first."""
-    preds = predict_masks(model, split.images, batch_size, device, flip_tta, keep_largest)
+    predicted label maps with ``return_masks``) of one model or a list of models (an
+    ensemble, see ``cmr.predict.predict_probs``); ``keep_largest`` and ``min_confidence``
+    post-process the predictions first, as in ``cmr.predict.predict_masks``."""
+    preds = predict_masks(models, split.images, batch_size, device, flip_tta, keep_largest,
+                          min_confidence)
     result = metrics.evaluate_masks(preds, split.masks, split.names)
     return (result, preds) if return_masks else result
 
@@ -100,8 +103,9 @@ def write_outputs(args, split, preds, result):
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     if args.figure:
+        models = " + ".join(Path(c).name for c in args.checkpoint)
         save_figure(args.figure, split, preds, result, args.figure_rows,
-                    f"{Path(args.checkpoint).name} on {args.data} ({args.split} split): "
+                    f"{models} on {args.data} ({args.split} split): "
                     f"mean Dice {result['dice']['mean']:.3f}")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
@@ -116,7 +120,9 @@ def write_outputs(args, split, preds, result):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cmr.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", required=True, nargs="+",
+                        help="a .npz written by cmr.train; several: an ensemble (their class "
+                        "probabilities averaged)")
     parser.add_argument("--data", required=True, help="image/+mask/ folder or coursework root")
     parser.add_argument("--json", help="write the full result (per image too) here")
     parser.add_argument("--csv", help="write one row per image here")
@@ -127,6 +133,9 @@ def main(argv=None):
     parser.add_argument("--flip-tta", action="store_true", help="test-time left-right flip")
     parser.add_argument("--keep-largest", action="store_true",
                         help="keep only the largest region of each structure in the predictions")
+    parser.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                        help="erase a predicted structure whose mean probability over its "
+                        "pixels is below P (0: off)")
     parser.add_argument("--split", choices=["default", "train", "val", "test"], default="default",
                         help="which part of DIR to score (default: all of an image/+mask/ folder,"
                         " or the val split of a coursework root)")
@@ -139,14 +148,15 @@ def main(argv=None):
     try:
         device = "cuda" if args.backend == "cuda" else "cpu"
         minicnn.backend.get(device)
-        model, _ = checkpoint.load_model(args.checkpoint, device)
+        models = [checkpoint.load_model(path, device)[0] for path in args.checkpoint]
         split = load_split(args.data, args.split, args.seed)
         if not split.has_masks:
             raise data.CMRDataError(f"{args.data}: the {args.split} split has no masks to score")
         if args.transpose:
             split = split.transposed()
-        result, preds = evaluate(model, split, device, args.batch_size, args.flip_tta,
-                                 return_masks=True, keep_largest=args.keep_largest)
+        result, preds = evaluate(models, split, device, args.batch_size, args.flip_tta,
+                                 return_masks=True, keep_largest=args.keep_largest,
+                                 min_confidence=args.min_confidence)
     except (data.CMRDataError, checkpoint.CheckpointError, ValueError,
             minicnn.backend.BackendUnavailable) as err:
         parser.exit(2, f"error: {err}\n")

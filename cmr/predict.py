@@ -1,5 +1,8 @@
 """Apply a trained U-Net: ``python -m cmr.predict --checkpoint C --input DIR_or_PNG --out DIR``.
 
+``--checkpoint C1 C2 ...`` predicts with an ensemble: the models' class probabilities are
+averaged before the argmax.
+
 Writes one mask per image as an 8-bit PNG holding the labels 0..3 (``NAME_mask.png``, as in
 the data sets) and a colour overlay for looking at (``overlay/NAME.png``: RV red, Myo green,
 LV blue).
@@ -29,17 +32,51 @@ def predict_logits(model, images, batch_size=16, device="cpu"):
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
-def predict_masks(model, images, batch_size=16, device="cpu", flip_tta=False,
-                  keep_largest=False):
-    """Label maps ``(N, H, W)`` (uint8): argmax of the class probabilities. With
-    ``flip_tta`` the probabilities of the image and its left-right mirror are averaged; with
-    ``keep_largest`` the maps are post-processed by ``keep_largest_component``."""
-    probs = predict_logits(model, images, batch_size, device)
-    if flip_tta:
-        probs = 0.5 * (probs + predict_logits(model, images[:, :, ::-1], batch_size,
-                                              device)[:, :, :, ::-1])
+def predict_probs(models, images, batch_size=16, device="cpu", flip_tta=False):
+    """Class probabilities ``(N, C, H, W)`` of ``models``: one model, or a list of models (an
+    ensemble), whose softmax probabilities are averaged. With ``flip_tta`` each model also
+    sees the left-right mirror of every image, and that prediction, mirrored back, joins the
+    average."""
+    models = list(models) if isinstance(models, (list, tuple)) else [models]
+    if not models:
+        raise ValueError("no model to predict with")
+    total, count = 0.0, 0
+    for model in models:
+        total = total + predict_logits(model, images, batch_size, device)
+        count += 1
+        if flip_tta:
+            total = total + predict_logits(model, images[:, :, ::-1], batch_size,
+                                           device)[:, :, :, ::-1]
+            count += 1
+    return total / count
+
+
+def predict_masks(models, images, batch_size=16, device="cpu", flip_tta=False,
+                  keep_largest=False, min_confidence=0.0):
+    """Label maps ``(N, H, W)`` (uint8): argmax of the class probabilities of
+    ``predict_probs`` (one model or an ensemble, ``flip_tta`` as there); post-processed by
+    ``drop_unsure_structures`` with ``min_confidence`` > 0, then by ``keep_largest_component``
+    with ``keep_largest``."""
+    probs = predict_probs(models, images, batch_size, device, flip_tta)
     masks = probs.argmax(axis=1).astype(np.uint8)
+    if min_confidence > 0:
+        masks = drop_unsure_structures(masks, probs, min_confidence)
     return keep_largest_component(masks) if keep_largest else masks
+
+
+def drop_unsure_structures(masks, probs, threshold, classes=(1, 2, 3)):
+    """Post-processing: erase a class from a label map (set it to background) when its mean
+    probability over the pixels where it is predicted, ``mean(probs[c][masks == c])``, is
+    below ``threshold``. Meant for the structures drawn on slices that have none (the RV at
+    the base or apex of a stack): they are drawn with less confidence than real ones.
+    ``masks`` ``(N, H, W)``, ``probs`` ``(N, C, H, W)``; returns a new array."""
+    out = np.array(masks, copy=True)
+    for c in classes:
+        drawn = out == c
+        area = drawn.sum(axis=(1, 2))
+        mean = (probs[:, c] * drawn).sum(axis=(1, 2)) / np.maximum(area, 1)
+        out[((area > 0) & (mean < threshold))[:, None, None] & drawn] = 0
+    return out
 
 
 def keep_largest_component(masks, classes=(1, 2, 3)):
@@ -88,7 +125,9 @@ def main(argv=None):
     from PIL import Image
     parser = argparse.ArgumentParser(prog="python -m cmr.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="a .npz written by cmr.train")
+    parser.add_argument("--checkpoint", required=True, nargs="+",
+                        help="a .npz written by cmr.train; several: an ensemble (their class "
+                        "probabilities averaged)")
     parser.add_argument("--input", required=True, help="a PNG, a folder of PNGs, or a folder "
                         "with an image/ sub-folder")
     parser.add_argument("--out", required=True, help="output folder")
@@ -97,14 +136,17 @@ def main(argv=None):
     parser.add_argument("--flip-tta", action="store_true", help="average with the mirrored image")
     parser.add_argument("--keep-largest", action="store_true",
                         help="keep only the largest region of each structure")
+    parser.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                        help="erase a structure whose mean probability over its pixels is "
+                        "below P (0: off)")
     args = parser.parse_args(argv)
     try:
         device = "cuda" if args.backend == "cuda" else "cpu"
         minicnn.backend.get(device)
-        model, _ = checkpoint.load_model(args.checkpoint, device)
+        models = [checkpoint.load_model(path, device)[0] for path in args.checkpoint]
         names, images = _inputs(args.input)
-        masks = predict_masks(model, images, args.batch_size, device, args.flip_tta,
-                              args.keep_largest)
+        masks = predict_masks(models, images, args.batch_size, device, args.flip_tta,
+                              args.keep_largest, args.min_confidence)
     except (data.CMRDataError, checkpoint.CheckpointError, ValueError,
             minicnn.backend.BackendUnavailable) as err:
         parser.exit(2, f"error: {err}\n")

@@ -34,7 +34,7 @@ DEFAULTS = dict(data=None, backend="numpy", epochs=50, batch_size=25, lr=2e-4, b
                 class_weights=(0.1, 0.3, 0.3, 0.3), loss="ce", optimizer="adam", base=64,
                 depth=4, init="torch", norm="none", augment="default", seed=0,
                 schedule="constant", weight_decay=0.0, phantom_train=200, phantom_val=40,
-                extra_data=None, extra_transpose=False, flip_tta=False)
+                extra_data=None, extra_transpose=False, flip_tta=False, split_seed=None)
 PRESETS = {
     # the README's first command: a few minutes on a 2-core CPU, on the phantom
     "quick": dict(epochs=8, base=8, batch_size=8, lr=3e-3, loss="ce+dice", init="he",
@@ -93,9 +93,11 @@ def load_data(cfg, say):
             "real data: --data DIR.")
         return (phantom.make_phantom(cfg["phantom_train"], seed=cfg["seed"]),
                 phantom.make_phantom(cfg["phantom_val"], seed=cfg["seed"] + 10_000))
-    train, val = data.load_dataset(cfg["data"], seed=cfg["seed"])
+    # the split of a folder by patient (or slice): --split-seed, or --seed when not given
+    split_seed = cfg["seed"] if cfg.get("split_seed") is None else cfg["split_seed"]
+    train, val = data.load_dataset(cfg["data"], seed=split_seed)
     if cfg["extra_data"]:
-        extra_train, _ = data.load_dataset(cfg["extra_data"], seed=cfg["seed"])
+        extra_train, _ = data.load_dataset(cfg["extra_data"], seed=split_seed)
         if cfg["extra_transpose"]:    # acdc96 is stored transposed relative to the cmr set
             extra_train = extra_train.transposed()
         train = data.Split.concatenate([train, extra_train])
@@ -251,7 +253,11 @@ def build_parser():
                    help="validate with test-time left-right flips")
     p.add_argument("--phantom-train", type=int, help="phantom training slices (no --data)")
     p.add_argument("--phantom-val", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="initialisation, augmentation, batch order, and "
+                   "the split of a folder into train/val/test unless --split-seed is given (0)")
+    p.add_argument("--split-seed", type=int, help="seed of the train/val/test split by patient "
+                   "of --data and --extra-data folders (default: --seed); keep it fixed to "
+                   "train several seeds on the same patients")
     p.add_argument("--out", default="runs/latest", help="output folder (default runs/latest)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.npz")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -275,7 +275,7 @@ def test_mkdocs_build_strict(tmp_path):
 def test_presence_threshold_rules():
     """The two size rules of docs/scripts/presence_threshold.py (docs/unet.md) on a made-up
     stack of five slices: only small structures go, and the stack rule only at the ends; and
-    its mean Dice is cmr.evaluate's."""
+    its mean Dice is cmr.evaluate's. (Its confidence rule is cmr.predict's, tested there.)"""
     import numpy as np
     spec = importlib.util.spec_from_file_location(
         "presence_threshold", os.path.join(SCRIPTS, "presence_threshold.py"))

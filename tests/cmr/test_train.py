@@ -76,6 +76,7 @@ def test_augment_flag_and_presets_reach_the_config(tmp_path):
     recorded = json.loads((Path(__file__).parents[2] / "benchmarks" / "results" / "cuda" /
                            "gpu_train_normlong" / "results.json").read_text())["A7"]["config"]
     recorded = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
+    recorded = dict(train.DEFAULTS, **recorded)     # a key added since that run: its default
     assert {k: v for k, v in strong.items() if k not in ("data", "backend")} == \
         {k: v for k, v in recorded.items() if k not in ("data", "backend")}
     history = train.run(dict(TINY, epochs=1, augment="strong"), tmp_path, say=quiet,
@@ -183,6 +184,78 @@ def test_evaluate_and_predict_cli(tmp_path):
         expected["dice"])
 
 
+def test_an_ensemble_averages_its_models_probabilities(tmp_path):
+    from PIL import Image
+    from minicnn.random import manual_seed
+    from cmr import evaluate, metrics
+    from cmr.phantom import make_phantom
+    from cmr.predict import predict_logits, predict_masks, predict_probs
+    from cmr.unet import UNet
+    ckpts = []
+    for seed in (0, 1):            # untrained He-initialised nets: their label maps vary by pixel
+        manual_seed(seed)
+        checkpoint.save(tmp_path / f"m{seed}.npz", UNet(1, 4, 4, 2, "he"), {"epoch": 0})
+        ckpts.append(str(tmp_path / f"m{seed}.npz"))
+    models = [checkpoint.load_model(c, "cpu")[0] for c in ckpts]
+    split = make_phantom(3, seed=5)
+    one, two = (predict_logits(m, split.images) for m in models)
+    assert np.abs(one - two).max() > 1e-3                   # two different models
+    np.testing.assert_allclose(predict_probs(models, split.images), (one + two) / 2, rtol=1e-6)
+    np.testing.assert_allclose(predict_probs(models[0], split.images), one, rtol=1e-6)
+    flipped = [predict_logits(m, split.images[:, :, ::-1])[..., ::-1] for m in models]
+    np.testing.assert_allclose(predict_probs(models, split.images, flip_tta=True),
+                               (one + two + flipped[0] + flipped[1]) / 4, rtol=1e-6)
+    expected = ((one + two) / 2).argmax(axis=1)
+    np.testing.assert_array_equal(predict_masks(models, split.images), expected)
+    for single in (one, two):
+        assert (single.argmax(axis=1) != expected).any()    # so the checks below can tell
+    with pytest.raises(ValueError):
+        predict_probs([], split.images)
+    # the command lines: --checkpoint A B scores and writes the ensemble's label maps
+    for sub in ("image", "mask"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    for name, im, m in zip(split.names, split.images, split.masks):
+        Image.fromarray((im * 255).astype(np.uint8)).save(tmp_path / "data" / "image"
+                                                          / f"{name}.png")
+        Image.fromarray(m).save(tmp_path / "data" / "mask" / f"{name}_mask.png")
+    r = run_cli("cmr.evaluate", "--checkpoint", *ckpts, "--data", str(tmp_path / "data"),
+                "--json", str(tmp_path / "e.json"))
+    assert r.returncode == 0, r.stderr
+    loaded = evaluate.load_split(tmp_path / "data")
+    score = metrics.evaluate_masks(predict_masks(models, loaded.images), loaded.masks,
+                                   loaded.names)
+    assert json.loads((tmp_path / "e.json").read_text())["dice"] == pytest.approx(score["dice"])
+    for model in models:                                    # which no single model scores
+        alone = metrics.evaluate_masks(predict_masks(model, loaded.images), loaded.masks,
+                                       loaded.names)
+        assert alone["dice"] != pytest.approx(score["dice"])
+    r = run_cli("cmr.predict", "--checkpoint", *ckpts, "--input", str(tmp_path / "data"),
+                "--out", str(tmp_path / "pred"))
+    assert r.returncode == 0, r.stderr
+    written = np.stack([np.array(Image.open(tmp_path / "pred" / f"{n}_mask.png"))
+                        for n in loaded.names])
+    np.testing.assert_array_equal(written, predict_masks(models, loaded.images))
+    # --min-confidence: the ensemble's unsure structures erased, by evaluate and predict alike
+    from cmr.predict import drop_unsure_structures
+    probs = predict_probs(models, loaded.images)
+    confidence = [probs[i, c][written[i] == c].mean() for i in range(len(written))
+                  for c in (1, 2, 3) if (written[i] == c).any()]
+    threshold = f"{np.median(confidence):.6f}"              # some structures go, some stay
+    unsure = drop_unsure_structures(written, probs, float(threshold))
+    assert (unsure != written).any() and (unsure > 0).any()
+    r = run_cli("cmr.predict", "--checkpoint", *ckpts, "--input", str(tmp_path / "data"),
+                "--out", str(tmp_path / "pred_c"), "--min-confidence", threshold)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(
+        np.stack([np.array(Image.open(tmp_path / "pred_c" / f"{n}_mask.png"))
+                  for n in loaded.names]), unsure)
+    r = run_cli("cmr.evaluate", "--checkpoint", *ckpts, "--data", str(tmp_path / "data"),
+                "--min-confidence", threshold, "--json", str(tmp_path / "c.json"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "c.json").read_text())["dice"] == pytest.approx(
+        metrics.evaluate_masks(unsure, loaded.masks, loaded.names)["dice"])
+
+
 def test_keep_largest_component():
     m = np.zeros((2, 8, 8), np.uint8)
     m[0, 0:3, 0:3] = 1                 # RV: a 9-pixel region ...
@@ -202,6 +275,25 @@ def test_keep_largest_component():
     assert keep_largest_component(diagonal).sum() == 1      # the first one is kept
 
 
+def test_drop_unsure_structures():
+    from cmr.predict import drop_unsure_structures
+    masks = np.zeros((3, 10, 10), np.uint8)
+    masks[0, :2, :2] = 1                    # 4 px of RV
+    masks[1, :6, :6] = 1                    # 36 px of RV ...
+    masks[1, 8:, 8:] = 2                    # ... and 4 px of Myo
+    masks[2, 5:, 5:] = 3                    # 25 px of LV
+    probs = np.full((3, 4, 10, 10), 0.9)    # confident everywhere but two structures:
+    probs[1, 1] = np.where(np.arange(10)[:, None] < 3, 0.5, 0.9)    # RV of image 1: mean 0.7
+    probs[2, 3, 5:, 5:] = 0.55                                      # LV of image 2: 0.55
+
+    def kept(threshold):                    # labelled pixels left in each image
+        return [int((m > 0).sum()) for m in drop_unsure_structures(masks, probs, threshold)]
+    assert kept(0.6) == [4, 40, 0]
+    assert kept(0.75) == [4, 4, 0]          # the RV of image 1 goes, its Myo stays
+    assert kept(0.0) == [4, 40, 25]
+    assert masks[2, 9, 9] == 3                                  # the input is not modified
+
+
 REAL = os.environ.get("CMR_DATA")
 
 
@@ -213,23 +305,41 @@ def test_short_training_on_real_data_lowers_the_loss(tmp_path):
     assert history[-1]["loss"] < history[0]["loss"]
 
 
-def test_evaluate_can_score_the_held_out_part_of_a_split(tmp_path):
+def write_patient_folder(directory, n):
+    """``n`` phantom slices as a flat folder (image/, mask/), two slices per patient."""
     from PIL import Image
-    from cmr import data, evaluate
     from cmr.phantom import make_phantom
-    split = make_phantom(10, seed=2)
+    split = make_phantom(n, seed=2)
     for sub in ("image", "mask"):
-        (tmp_path / sub).mkdir()
+        (directory / sub).mkdir()
     for i, (im, m) in enumerate(zip(split.images, split.masks)):
         name = f"patient{i // 2:03d}_frame01_slice{i % 2:02d}"
-        Image.fromarray((im * 255).astype(np.uint8)).save(tmp_path / "image" / f"{name}.png")
-        Image.fromarray(m).save(tmp_path / "mask" / f"{name}_mask.png")
+        Image.fromarray((im * 255).astype(np.uint8)).save(directory / "image" / f"{name}.png")
+        Image.fromarray(m).save(directory / "mask" / f"{name}_mask.png")
+
+
+def test_evaluate_can_score_the_held_out_part_of_a_split(tmp_path):
+    from cmr import data, evaluate
+    write_patient_folder(tmp_path, 10)
     whole = evaluate.load_split(tmp_path)
     test = evaluate.load_split(tmp_path, "test", seed=3)
     expected = data.split_by_patient(data.load_folder(tmp_path), seed=3)[2]
     assert len(whole) == 10 and test.names == expected.names
     train_part = evaluate.load_split(tmp_path, "train", seed=3)
     assert not set(train_part.patients) & set(test.patients)
+
+
+def test_split_seed_fixes_the_patients_whatever_the_seed(tmp_path):
+    write_patient_folder(tmp_path, 20)
+
+    def patients(**cfg):
+        train_part, val = train.load_data(dict(train.DEFAULTS, data=str(tmp_path), **cfg), quiet)
+        return sorted(set(train_part.patients)), sorted(set(val.patients))
+    assert patients(seed=0) != patients(seed=1)                 # --seed alone moves the split
+    assert patients(seed=1, split_seed=0) == patients(seed=0)   # --split-seed holds it
+    assert patients(seed=0, split_seed=1) == patients(seed=1)
+    args = train.build_parser().parse_args(["--seed", "1", "--split-seed", "0"])
+    assert train.config_from_args(args)["split_seed"] == 0
 
 
 def test_cuda_training_matches_numpy_first_steps(device):
