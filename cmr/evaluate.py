@@ -17,7 +17,7 @@ import numpy as np
 import minicnn
 
 from . import checkpoint, data, metrics
-from .predict import overlay, predict_masks
+from .predict import overlay, predict_masks, probability
 
 CLASSES = ("RV", "Myo", "LV")
 
@@ -133,7 +133,7 @@ def main(argv=None):
     parser.add_argument("--flip-tta", action="store_true", help="test-time left-right flip")
     parser.add_argument("--keep-largest", action="store_true",
                         help="keep only the largest region of each structure in the predictions")
-    parser.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+    parser.add_argument("--min-confidence", type=probability, default=0.0, metavar="P",
                         help="erase a predicted structure whose mean probability over its "
                         "pixels is below P (0: off)")
     parser.add_argument("--split", choices=["default", "train", "val", "test"], default="default",

@@ -64,19 +64,35 @@ def predict_masks(models, images, batch_size=16, device="cpu", flip_tta=False,
     return keep_largest_component(masks) if keep_largest else masks
 
 
+def structure_confidence(masks, probs, c):
+    """Per label map, the mean probability of class ``c`` over the pixels labelled ``c``,
+    ``mean(probs[n, c][masks[n] == c])`` (0 where ``c`` is not drawn): ``(N,)``."""
+    drawn = masks == c
+    return (probs[:, c] * drawn).sum(axis=(1, 2)) / np.maximum(drawn.sum(axis=(1, 2)), 1)
+
+
 def drop_unsure_structures(masks, probs, threshold, classes=(1, 2, 3)):
-    """Post-processing: erase a class from a label map (set it to background) when its mean
-    probability over the pixels where it is predicted, ``mean(probs[c][masks == c])``, is
-    below ``threshold``. Meant for the structures drawn on slices that have none (the RV at
-    the base or apex of a stack): they are drawn with less confidence than real ones.
-    ``masks`` ``(N, H, W)``, ``probs`` ``(N, C, H, W)``; returns a new array."""
+    """Post-processing: erase a class from a label map (set it to background) when its
+    ``structure_confidence`` is below ``threshold``. Meant for the structures drawn on slices
+    that have none (the RV at the base or apex of a stack): they are drawn with less
+    confidence than real ones. ``masks`` ``(N, H, W)``, ``probs`` ``(N, C, H, W)``; returns a
+    new array."""
     out = np.array(masks, copy=True)
     for c in classes:
-        drawn = out == c
-        area = drawn.sum(axis=(1, 2))
-        mean = (probs[:, c] * drawn).sum(axis=(1, 2)) / np.maximum(area, 1)
-        out[((area > 0) & (mean < threshold))[:, None, None] & drawn] = 0
+        unsure = structure_confidence(out, probs, c) < threshold
+        out[unsure[:, None, None] & (out == c)] = 0
     return out
+
+
+def probability(text):
+    """argparse type of ``--min-confidence``: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text!r}")
+    return value
 
 
 def keep_largest_component(masks, classes=(1, 2, 3)):
@@ -136,7 +152,7 @@ def main(argv=None):
     parser.add_argument("--flip-tta", action="store_true", help="average with the mirrored image")
     parser.add_argument("--keep-largest", action="store_true",
                         help="keep only the largest region of each structure")
-    parser.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+    parser.add_argument("--min-confidence", type=probability, default=0.0, metavar="P",
                         help="erase a structure whose mean probability over its pixels is "
                         "below P (0: off)")
     args = parser.parse_args(argv)

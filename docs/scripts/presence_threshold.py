@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cmr import checkpoint, data, metrics  # noqa: E402
 from cmr.evaluate import load_split  # noqa: E402
-from cmr.predict import drop_unsure_structures, predict_probs  # noqa: E402
+from cmr.predict import drop_unsure_structures, predict_probs, structure_confidence  # noqa: E402
 
 AREAS = (0, 10, 20, 30, 40, 50, 75, 100)
 FRACTIONS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
@@ -82,8 +82,7 @@ def main(argv=None):
         preds = {w: p.argmax(axis=1).astype(np.uint8) for w, p in probs.items()}
         masks = splits["test"].masks
         drawn, truth = ((preds["test"] == 1).sum(axis=(1, 2)), (masks == 1).sum(axis=(1, 2)))
-        rv = probs["test"][:, 1]
-        sure = (rv * (preds["test"] == 1)).sum(axis=(1, 2)) / np.maximum(drawn, 1)
+        sure = structure_confidence(preds["test"], probs["test"], 1)
         invented, real = (truth == 0) & (drawn > 0), (truth > 0) & (drawn > 0)
         print(f"{path}: test mean Dice without a rule {mean_dice(preds['test'], masks):.4f}; "
               f"RV area (pixels) drawn where the ground truth has none: median "

@@ -118,6 +118,12 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     assert r.returncode == 2 and "--epochs must be >= 1" in r.stderr
     r = run_cli("cmr.evaluate", "--checkpoint", str(tmp_path / "missing.npz"), "--data", ".")
     assert r.returncode == 2 and "checkpoint not found" in r.stderr and "Traceback" not in r.stderr
+    for module, where in (("cmr.evaluate", "--data"), ("cmr.predict", "--input")):
+        for bad in ("1.5", "-0.1", "high"):
+            r = run_cli(module, "--checkpoint", "c.npz", where, ".", "--out", "o",
+                        "--min-confidence", bad)
+            assert r.returncode == 2 and "between 0 and 1" in r.stderr, (module, bad, r.stderr)
+            assert "Traceback" not in r.stderr
 
 
 def test_cuda_backend_without_gpu_is_a_clear_message(tmp_path):
@@ -276,7 +282,7 @@ def test_keep_largest_component():
 
 
 def test_drop_unsure_structures():
-    from cmr.predict import drop_unsure_structures
+    from cmr.predict import drop_unsure_structures, structure_confidence
     masks = np.zeros((3, 10, 10), np.uint8)
     masks[0, :2, :2] = 1                    # 4 px of RV
     masks[1, :6, :6] = 1                    # 36 px of RV ...
@@ -285,6 +291,8 @@ def test_drop_unsure_structures():
     probs = np.full((3, 4, 10, 10), 0.9)    # confident everywhere but two structures:
     probs[1, 1] = np.where(np.arange(10)[:, None] < 3, 0.5, 0.9)    # RV of image 1: mean 0.7
     probs[2, 3, 5:, 5:] = 0.55                                      # LV of image 2: 0.55
+    np.testing.assert_allclose(structure_confidence(masks, probs, 1), [0.9, 0.7, 0.0])
+    np.testing.assert_allclose(structure_confidence(masks, probs, 3), [0.0, 0.0, 0.55])
 
     def kept(threshold):                    # labelled pixels left in each image
         return [int((m > 0).sum()) for m in drop_unsure_structures(masks, probs, threshold)]
