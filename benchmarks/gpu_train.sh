@@ -126,8 +126,9 @@ for run in sorted(p for p in runs.iterdir() if p.is_dir()):
         e = json.loads(ev.read_text())
         entry[ev.stem] = {k: e[k] for k in ("dice", "hd95", "n_images", "all_present")}
     best = max(entry["epochs"], key=lambda r: r["val_dice"]["mean"], default=None)
-    print(f"{run.name}: {len(entry['epochs'])} epochs, best val mean Dice "
-          f"{best['val_dice']['mean'] if best else float('nan'):.3f} (epoch {best['epoch'] if best else '-'}); "
+    trained = (f"{len(entry['epochs'])} epochs, best val mean Dice "
+               f"{best['val_dice']['mean']:.3f} (epoch {best['epoch']}); " if best else "")
+    print(f"{run.name}: {trained}"       # an ensemble's folder holds evaluations only
           + "; ".join(f"{k}: {v['dice']}" for k, v in entry.items() if k.startswith("eval_")))
     result[run.name] = entry
 out.write_text(json.dumps(result, indent=1))
