@@ -73,6 +73,26 @@ def load(path):
     return meta, params, states
 
 
+def resolve(paths):
+    """The checkpoint files that ``paths`` name: a ``.npz`` itself; an ``ensemble.json``
+    (``cmr.train --members``) its members; a run folder its ``ensemble.json`` if it has one,
+    else its ``best.npz``."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            ensemble = path / "ensemble.json"
+            path = ensemble if ensemble.is_file() else path / "best.npz"
+        if path.suffix == ".json":
+            try:
+                members = json.loads(path.read_text())["members"]
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise CheckpointError(f"{path} is not an ensemble file: {err}") from None
+            files += [path.parent / member for member in members]
+        else:
+            files.append(path)
+    return files
+
+
 def load_model(path, device="cpu"):
     """The UNet stored in ``path``, weights loaded, on ``device``, in eval mode."""
     from .unet import UNet

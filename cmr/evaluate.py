@@ -5,6 +5,8 @@ with the mean over the three classes. Dice follows the original work: computed p
 averaged; a structure absent from both prediction and ground truth scores 1. ``DIR`` is a
 folder with ``image/`` and ``mask/`` or a coursework root (its ``val`` split is used).
 ``--checkpoint C1 C2 ...`` scores an ensemble: the models' class probabilities are averaged.
+``--checkpoint RUN`` (a ``cmr.train`` output folder) scores its ``best.npz``, or every member
+of a ``--members`` ensemble.
 """
 import argparse
 import csv
@@ -121,8 +123,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cmr.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, nargs="+",
-                        help="a .npz written by cmr.train; several: an ensemble (their class "
-                        "probabilities averaged)")
+                        help="a .npz written by cmr.train, a run folder (its best.npz, or "
+                        "every member of a --members ensemble), or several: an ensemble (their "
+                        "class probabilities averaged)")
     parser.add_argument("--data", required=True, help="image/+mask/ folder or coursework root")
     parser.add_argument("--json", help="write the full result (per image too) here")
     parser.add_argument("--csv", help="write one row per image here")
@@ -148,7 +151,8 @@ def main(argv=None):
     try:
         device = "cuda" if args.backend == "cuda" else "cpu"
         minicnn.backend.get(device)
-        models = [checkpoint.load_model(path, device)[0] for path in args.checkpoint]
+        models = [checkpoint.load_model(path, device)[0]
+                  for path in checkpoint.resolve(args.checkpoint)]
         split = load_split(args.data, args.split, args.seed)
         if not split.has_masks:
             raise data.CMRDataError(f"{args.data}: the {args.split} split has no masks to score")

@@ -142,8 +142,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cmr.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, nargs="+",
-                        help="a .npz written by cmr.train; several: an ensemble (their class "
-                        "probabilities averaged)")
+                        help="a .npz written by cmr.train, a run folder (its best.npz, or "
+                        "every member of a --members ensemble), or several: an ensemble (their "
+                        "class probabilities averaged)")
     parser.add_argument("--input", required=True, help="a PNG, a folder of PNGs, or a folder "
                         "with an image/ sub-folder")
     parser.add_argument("--out", required=True, help="output folder")
@@ -159,7 +160,8 @@ def main(argv=None):
     try:
         device = "cuda" if args.backend == "cuda" else "cpu"
         minicnn.backend.get(device)
-        models = [checkpoint.load_model(path, device)[0] for path in args.checkpoint]
+        models = [checkpoint.load_model(path, device)[0]
+                  for path in checkpoint.resolve(args.checkpoint)]
         names, images = _inputs(args.input)
         masks = predict_masks(models, images, args.batch_size, device, args.flip_tta,
                               args.keep_largest, args.min_confidence)

@@ -10,6 +10,13 @@ validation Dice) checkpoints, ``log.jsonl`` (one line per epoch), ``curves.png``
 ``config.json``. ``--resume`` continues from ``last.npz`` to the same result as an
 uninterrupted run; Ctrl-C writes ``interrupted.npz`` (the weights at that moment) and keeps
 ``last.npz`` for an exact resume.
+
+``--members N`` trains an ensemble: N runs with seeds ``seed``, ``seed + 1``, ... on the same
+split (``--split-seed``, default ``--seed``), into ``OUT/member0`` ... (each a full run folder
+as above; ``--jobs 2`` trains two at a time), then writes ``OUT/ensemble.json`` (the members'
+``best.npz``) and the ensemble's validation scores, ``OUT/ensemble_val.json``.
+``cmr.evaluate``/``cmr.predict --checkpoint OUT`` load every member and average their class
+probabilities.
 """
 import argparse
 import json
@@ -34,7 +41,8 @@ DEFAULTS = dict(data=None, backend="numpy", epochs=50, batch_size=25, lr=2e-4, b
                 class_weights=(0.1, 0.3, 0.3, 0.3), loss="ce", optimizer="adam", base=64,
                 depth=4, init="torch", norm="none", augment="default", seed=0,
                 schedule="constant", weight_decay=0.0, phantom_train=200, phantom_val=40,
-                extra_data=None, extra_transpose=False, flip_tta=False, split_seed=None)
+                extra_data=None, extra_transpose=False, flip_tta=False, split_seed=None,
+                members=1)
 PRESETS = {
     # the README's first command: a few minutes on a 2-core CPU, on the phantom
     "quick": dict(epochs=8, base=8, batch_size=8, lr=3e-3, loss="ce+dice", init="he",
@@ -54,6 +62,10 @@ PRESETS["cpu16-acdc"] = dict(PRESETS["cpu16"], epochs=50, norm="instance", extra
 # the best recipe measured on the 100 cmr/train slices alone (docs/unet.md): gpu64 with instance
 # normalisation and strong augmentation for 200 epochs (--backend cuda; about 4 min on an H200)
 PRESETS["gpu64-strong"] = dict(PRESETS["gpu64"], epochs=200, norm="instance", augment="strong")
+# the same recipe at width 16 (about 40 min on one CPU core), and three seeds of it as one
+# ensemble: the best cmr/train-only result measured on a CPU (--jobs 2 trains two at a time)
+PRESETS["cpu16-strong"] = dict(PRESETS["cpu16"], epochs=200, norm="instance", augment="strong")
+PRESETS["cpu16-strong-x3"] = dict(PRESETS["cpu16-strong"], members=3)
 
 
 def make_loss(name, class_weights):
@@ -87,14 +99,15 @@ def learning_rate(cfg, epoch):
 
 def load_data(cfg, say):
     """Train and validation splits for the configuration."""
+    # the split of a folder by patient (or slice), or the phantom's slices: --split-seed, or
+    # --seed when not given
+    split_seed = cfg["seed"] if cfg.get("split_seed") is None else cfg["split_seed"]
     if cfg["data"] is None:
         say(f"No --data given: training on {cfg['phantom_train']} SYNTHETIC phantom slices "
             f"(cmr.phantom), validating on {cfg['phantom_val']} others. Real results need "
             "real data: --data DIR.")
-        return (phantom.make_phantom(cfg["phantom_train"], seed=cfg["seed"]),
-                phantom.make_phantom(cfg["phantom_val"], seed=cfg["seed"] + 10_000))
-    # the split of a folder by patient (or slice): --split-seed, or --seed when not given
-    split_seed = cfg["seed"] if cfg.get("split_seed") is None else cfg["split_seed"]
+        return (phantom.make_phantom(cfg["phantom_train"], seed=split_seed),
+                phantom.make_phantom(cfg["phantom_val"], seed=split_seed + 10_000))
     train, val = data.load_dataset(cfg["data"], seed=split_seed)
     if cfg["extra_data"]:
         extra_train, _ = data.load_dataset(cfg["extra_data"], seed=split_seed)
@@ -132,6 +145,8 @@ def run(cfg, out, resume=False, say=print, progress=True):
         rng.bit_generator.state = meta["rng"]
         history, start, best = meta["history"], meta["epoch"], meta["best"]
         say(f"Resuming from {out / 'last.npz'} after epoch {start}")
+    else:
+        (out / "log.jsonl").unlink(missing_ok=True)     # a new run in an old folder: a new log
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
     say(f"U-Net base {cfg['base']}, depth {cfg['depth']}, norm {cfg['norm']}: "
         f"{model.num_parameters():,} parameters;"
@@ -200,6 +215,64 @@ def run(cfg, out, resume=False, say=print, progress=True):
     return history
 
 
+def member_configs(cfg):
+    """The configuration of each ensemble member: seeds ``seed``, ``seed + 1``, ...; one split
+    (``split_seed``, default ``seed``) for all, so that they can be averaged and scored on the
+    same held-out patients."""
+    split_seed = cfg["seed"] if cfg.get("split_seed") is None else cfg["split_seed"]
+    return [dict(cfg, seed=cfg["seed"] + k, split_seed=split_seed, members=1)
+            for k in range(cfg["members"])]
+
+
+def _train_member(k, cfg, out, resume, progress):
+    """One member (also the entry point of a ``--jobs`` worker process)."""
+    def say(message):
+        print(f"[member {k}] {message}", flush=True)
+    run(cfg, out, resume=resume and (Path(out) / "last.npz").is_file(), say=say,
+        progress=progress)
+
+
+def run_ensemble(cfg, out, resume=False, jobs=1, say=print, progress=True):
+    """Train ``cfg['members']`` models (``member_configs``) into ``out/member0``, ... ,
+    ``jobs`` at a time (worker processes when more than one), then write ``out/ensemble.json``
+    (the members' ``best.npz``) and score the ensemble on the validation split; returns that
+    result (``cmr.metrics.evaluate_masks``). ``resume`` continues every unfinished member."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg, indent=1))
+    configs = member_configs(cfg)
+    folders = [out / f"member{k}" for k in range(len(configs))]
+    say(f"Ensemble of {len(configs)} U-Nets (seeds {configs[0]['seed']}-{configs[-1]['seed']},"
+        f" split seed {configs[0]['split_seed']}), {jobs} at a time, into {out}/member*")
+    if jobs == 1:
+        for k, (member, folder) in enumerate(zip(configs, folders)):
+            _train_member(k, member, folder, resume, progress)
+    else:
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")     # the workers share the cores: a thread each
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_train_member, k, member, folder, resume, False)
+                       for k, (member, folder) in enumerate(zip(configs, folders))]
+            for future in futures:
+                future.result()
+    (out / "ensemble.json").write_text(json.dumps(
+        {"members": [f"{folder.name}/best.npz" for folder in folders]}, indent=1))
+    device = "cuda" if cfg["backend"] == "cuda" else "cpu"
+    models = [checkpoint.load_model(path, device)[0]
+              for path in checkpoint.resolve([out / "ensemble.json"])]
+    _, val = load_data(configs[0], lambda *_: None)
+    result = metrics.evaluate_masks(predict_masks(models, val.images, device=device,
+                                                  flip_tta=cfg["flip_tta"]),
+                                    val.masks, val.names)
+    (out / "ensemble_val.json").write_text(json.dumps(result, indent=1))
+    say(f"Ensemble of the {len(models)} best.npz on the validation split:\n"
+        + format_table(result))
+    return result
+
+
 def plot_curves(history, path):
     """Training loss and validation Dice per epoch, as a PNG."""
     import matplotlib
@@ -258,8 +331,13 @@ def build_parser():
     p.add_argument("--split-seed", type=int, help="seed of the train/val/test split by patient "
                    "of --data and --extra-data folders (default: --seed); keep it fixed to "
                    "train several seeds on the same patients")
+    p.add_argument("--members", type=int, help="train an ensemble of this many models, seeds "
+                   "SEED, SEED+1, ... on one split, into OUT/member0, ... (1)")
+    p.add_argument("--jobs", type=int, default=1, help="with --members: train this many at "
+                   "a time, in worker processes of one thread each (1)")
     p.add_argument("--out", default="runs/latest", help="output folder (default runs/latest)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.npz")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.npz (an "
+                   "ensemble: every unfinished member)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -272,7 +350,8 @@ def config_from_args(args):
         value = getattr(args, key, None)
         if value is not None:
             cfg[key] = list(value) if isinstance(value, (list, tuple)) else value
-    for key in ("epochs", "batch_size", "base", "depth", "phantom_train", "phantom_val"):
+    for key in ("epochs", "batch_size", "base", "depth", "phantom_train", "phantom_val",
+                "members"):
         if cfg[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
     if cfg["lr"] <= 0:
@@ -283,13 +362,22 @@ def config_from_args(args):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     try:
         cfg = config_from_args(args)
+        out = Path(args.out)
         if args.resume:
-            saved = checkpoint.load(Path(args.out) / "last.npz")[0]["train"]
+            ensemble = not (out / "last.npz").is_file() and (out / "config.json").is_file()
+            saved = (json.loads((out / "config.json").read_text()) if ensemble
+                     else checkpoint.load(out / "last.npz")[0]["train"])
             saved.update({k: v for k, v in cfg.items() if k == "epochs" and args.epochs})
             cfg = dict(DEFAULTS, **saved)   # a key added since the checkpoint: its default
-        run(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+        if cfg["members"] > 1:
+            run_ensemble(cfg, out, resume=args.resume, jobs=min(args.jobs, cfg["members"]),
+                         progress=not args.no_progress)
+        else:
+            run(cfg, out, resume=args.resume, progress=not args.no_progress)
     except (data.CMRDataError, checkpoint.CheckpointError, ValueError,
             minicnn.backend.BackendUnavailable) as err:
         parser.exit(2, f"error: {err}\n")

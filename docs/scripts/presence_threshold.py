@@ -62,7 +62,7 @@ def by_stack(preds, names, f):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("checkpoints", nargs="+")
+    ap.add_argument("checkpoints", nargs="+", help="checkpoints or run folders (as cmr.evaluate)")
     ap.add_argument("--data", required=True, help="the acdc96 folder")
     ap.add_argument("--ensemble", action="store_true",
                     help="average the checkpoints' probabilities (one model)")
@@ -72,11 +72,12 @@ def main(argv=None):
         if any(metrics.stack_positions(s.names) is None for s in splits.values()):
             raise data.CMRDataError(f"{args.data}: the slices are not named "
                                     "<stack>_slice<NN> (the stack rule needs their order)")
-        models = [(path, checkpoint.load_model(path, "cpu")[0]) for path in args.checkpoints]
+        models = [(path, checkpoint.load_model(path, "cpu")[0])
+                  for path in checkpoint.resolve(args.checkpoints)]
     except (data.CMRDataError, checkpoint.CheckpointError) as err:
         ap.exit(2, f"error: {err}\n")
     if args.ensemble:
-        models = [(" + ".join(path for path, _ in models), [m for _, m in models])]
+        models = [(" + ".join(str(path) for path, _ in models), [m for _, m in models])]
     for path, model in models:
         probs = {w: predict_probs(model, s.images) for w, s in splits.items()}
         preds = {w: p.argmax(axis=1).astype(np.uint8) for w, p in probs.items()}

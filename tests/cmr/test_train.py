@@ -137,16 +137,22 @@ def test_cuda_backend_without_gpu_is_a_clear_message(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
 
 
+def write_split_folder(directory, split, names=None):
+    """A split's slices as PNGs in ``directory/image`` and ``directory/mask`` (cmr's layout)."""
+    from PIL import Image
+    for sub in ("image", "mask"):
+        (directory / sub).mkdir(parents=True)
+    for name, im, m in zip(names or split.names, split.images, split.masks):
+        Image.fromarray((im * 255).astype(np.uint8)).save(directory / "image" / f"{name}.png")
+        Image.fromarray(m).save(directory / "mask" / f"{name}_mask.png")
+
+
 def test_evaluate_and_predict_cli(tmp_path):
     from PIL import Image
     from cmr.phantom import make_phantom
     train.run(dict(TINY, epochs=1), tmp_path / "run", say=quiet, progress=False)
     split = make_phantom(3, seed=5)
-    for sub in ("image", "mask"):
-        (tmp_path / "data" / sub).mkdir(parents=True)
-    for name, im, m in zip(split.names, split.images, split.masks):
-        Image.fromarray((im * 255).astype(np.uint8)).save(tmp_path / "data" / "image" / f"{name}.png")
-        Image.fromarray(m).save(tmp_path / "data" / "mask" / f"{name}_mask.png")
+    write_split_folder(tmp_path / "data", split)
     ckpt = str(tmp_path / "run" / "best.npz")
     r = run_cli("cmr.evaluate", "--checkpoint", ckpt, "--data", str(tmp_path / "data"),
                 "--json", str(tmp_path / "e.json"), "--csv", str(tmp_path / "e.csv"),
@@ -218,12 +224,7 @@ def test_an_ensemble_averages_its_models_probabilities(tmp_path):
     with pytest.raises(ValueError):
         predict_probs([], split.images)
     # the command lines: --checkpoint A B scores and writes the ensemble's label maps
-    for sub in ("image", "mask"):
-        (tmp_path / "data" / sub).mkdir(parents=True)
-    for name, im, m in zip(split.names, split.images, split.masks):
-        Image.fromarray((im * 255).astype(np.uint8)).save(tmp_path / "data" / "image"
-                                                          / f"{name}.png")
-        Image.fromarray(m).save(tmp_path / "data" / "mask" / f"{name}_mask.png")
+    write_split_folder(tmp_path / "data", split)
     r = run_cli("cmr.evaluate", "--checkpoint", *ckpts, "--data", str(tmp_path / "data"),
                 "--json", str(tmp_path / "e.json"))
     assert r.returncode == 0, r.stderr
@@ -315,15 +316,10 @@ def test_short_training_on_real_data_lowers_the_loss(tmp_path):
 
 def write_patient_folder(directory, n):
     """``n`` phantom slices as a flat folder (image/, mask/), two slices per patient."""
-    from PIL import Image
     from cmr.phantom import make_phantom
     split = make_phantom(n, seed=2)
-    for sub in ("image", "mask"):
-        (directory / sub).mkdir()
-    for i, (im, m) in enumerate(zip(split.images, split.masks)):
-        name = f"patient{i // 2:03d}_frame01_slice{i % 2:02d}"
-        Image.fromarray((im * 255).astype(np.uint8)).save(directory / "image" / f"{name}.png")
-        Image.fromarray(m).save(directory / "mask" / f"{name}_mask.png")
+    names = [f"patient{i // 2:03d}_frame01_slice{i % 2:02d}" for i in range(n)]
+    write_split_folder(directory, split, names)
 
 
 def test_evaluate_can_score_the_held_out_part_of_a_split(tmp_path):
@@ -348,6 +344,93 @@ def test_split_seed_fixes_the_patients_whatever_the_seed(tmp_path):
     assert patients(seed=0, split_seed=1) == patients(seed=1)
     args = train.build_parser().parse_args(["--seed", "1", "--split-seed", "0"])
     assert train.config_from_args(args)["split_seed"] == 0
+
+
+def test_members_train_an_ensemble_that_evaluate_and_predict_load_by_folder(tmp_path):
+    from cmr import evaluate, metrics
+    from cmr.predict import predict_masks
+    cfg = dict(TINY, epochs=1, members=2, seed=3)
+    result = train.run_ensemble(cfg, tmp_path / "ens", say=quiet, progress=False)
+    # member k is exactly the run of --seed 3+k --split-seed 3
+    train.run(dict(TINY, epochs=1, seed=4, split_seed=3), tmp_path / "alone", say=quiet,
+              progress=False)
+    _, a, _ = checkpoint.load(tmp_path / "ens" / "member1" / "last.npz")
+    _, b, _ = checkpoint.load(tmp_path / "alone" / "last.npz")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    seeds = [json.loads((tmp_path / "ens" / f"member{k}" / "config.json").read_text())["seed"]
+             for k in (0, 1)]
+    assert seeds == [3, 4]
+    files = checkpoint.resolve([tmp_path / "ens"])
+    assert files == [tmp_path / "ens" / "member0" / "best.npz",
+                     tmp_path / "ens" / "member1" / "best.npz"]
+    assert checkpoint.resolve([tmp_path / "alone"]) == [tmp_path / "alone" / "best.npz"]
+    # the validation score written is the two best.npz averaged, on the members' split
+    models = [checkpoint.load_model(f)[0] for f in files]
+    _, val = train.load_data(dict(cfg, seed=3), quiet)
+    expected = metrics.evaluate_masks(predict_masks(models, val.images), val.masks, val.names)
+    assert result["dice"] == pytest.approx(expected["dice"])
+    assert json.loads((tmp_path / "ens" / "ensemble_val.json").read_text())["dice"] == \
+        pytest.approx(expected["dice"])
+    # cmr.evaluate --checkpoint FOLDER scores the ensemble
+    write_split_folder(tmp_path / "data", val)
+    r = run_cli("cmr.evaluate", "--checkpoint", str(tmp_path / "ens"), "--data",
+                str(tmp_path / "data"), "--json", str(tmp_path / "e.json"))
+    assert r.returncode == 0, r.stderr
+    loaded = evaluate.load_split(tmp_path / "data")
+    assert json.loads((tmp_path / "e.json").read_text())["dice"] == pytest.approx(
+        metrics.evaluate_masks(predict_masks(models, loaded.images), loaded.masks,
+                               loaded.names)["dice"])
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(checkpoint.CheckpointError, match="not an ensemble file"):
+        checkpoint.resolve([tmp_path / "bad.json"])
+
+
+def test_members_cli_with_jobs_and_resume(tmp_path):
+    out = tmp_path / "ens"
+    common = ["--base", "2", "--depth", "2", "--batch-size", "4", "--phantom-train", "8",
+              "--phantom-val", "4", "--lr", "1e-2", "--no-progress", "--out", str(out)]
+    r = run_cli("cmr.train", "--members", "2", "--jobs", "2", "--epochs", "1", *common)
+    assert r.returncode == 0, r.stderr
+    assert "[member 0]" in r.stdout and "[member 1]" in r.stdout and "Ensemble of the 2" in r.stdout
+    # --resume continues every member to the new epoch count, as uninterrupted runs would
+    assert train.main(["--resume", "--epochs", "2", *common]) == 0
+    for k in (0, 1):
+        logs = (out / f"member{k}" / "log.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in logs] == [1, 2]
+        train.run(dict(TINY, seed=k, split_seed=0), tmp_path / f"alone{k}", say=quiet,
+                  progress=False)
+        _, a, _ = checkpoint.load(out / f"member{k}" / "last.npz")
+        _, b, _ = checkpoint.load(tmp_path / f"alone{k}" / "last.npz")
+        for name in a:      # a worker process has one BLAS thread: sums may round differently
+            np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    r = run_cli("cmr.train", "--members", "2", "--jobs", "0", *common)
+    assert r.returncode == 2 and "--jobs must be >= 1" in r.stderr
+    r = run_cli("cmr.train", "--members", "0", *common)
+    assert r.returncode == 2 and "--members must be >= 1" in r.stderr
+
+
+def test_a_new_run_in_an_old_folder_starts_a_new_log(tmp_path):
+    train.run(dict(TINY, epochs=2), tmp_path, say=quiet, progress=False)
+    train.run(dict(TINY, epochs=1), tmp_path, say=quiet, progress=False)
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 1
+
+
+def test_cpu16_strong_x3_is_the_three_recorded_seeds():
+    """The preset's members are the configurations that the three recorded runs of the
+    README's width-16 ensemble wrote (benchmarks/results/cpu/cmr_runs/*inst_strong_e200)."""
+    args = train.build_parser().parse_args(["--preset", "cpu16-strong-x3"])
+    members = train.member_configs(train.config_from_args(args))
+    runs = ROOT / "benchmarks" / "results" / "cpu" / "cmr_runs"
+    for member, folder in zip(members, ("inst_strong_e200", "s1_inst_strong_e200",
+                                        "s2_inst_strong_e200")):
+        recorded = json.loads((runs / folder / "config.json").read_text())
+        recorded = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
+        recorded = dict(train.DEFAULTS, **recorded)  # a key added since that run: its default
+        skip = ("data", "backend", "split_seed", "members")  # a coursework root has one split
+        assert {k: v for k, v in member.items() if k not in skip} == \
+            {k: v for k, v in recorded.items() if k not in skip}, folder
+    assert len(members) == 3
 
 
 def test_cuda_training_matches_numpy_first_steps(device):
