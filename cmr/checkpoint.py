@@ -103,3 +103,9 @@ def load_model(path, device="cpu"):
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: {err}") from None
     return model.to(device).eval(), meta
+
+
+def load_models(paths, device="cpu"):
+    """The models that ``paths`` name (``resolve``), loaded on ``device``: one, or an
+    ensemble's members."""
+    return [load_model(path, device)[0] for path in resolve(paths)]

@@ -151,8 +151,7 @@ def main(argv=None):
     try:
         device = "cuda" if args.backend == "cuda" else "cpu"
         minicnn.backend.get(device)
-        models = [checkpoint.load_model(path, device)[0]
-                  for path in checkpoint.resolve(args.checkpoint)]
+        models = checkpoint.load_models(args.checkpoint, device)
         split = load_split(args.data, args.split, args.seed)
         if not split.has_masks:
             raise data.CMRDataError(f"{args.data}: the {args.split} split has no masks to score")

@@ -160,8 +160,7 @@ def main(argv=None):
     try:
         device = "cuda" if args.backend == "cuda" else "cpu"
         minicnn.backend.get(device)
-        models = [checkpoint.load_model(path, device)[0]
-                  for path in checkpoint.resolve(args.checkpoint)]
+        models = checkpoint.load_models(args.checkpoint, device)
         names, images = _inputs(args.input)
         masks = predict_masks(models, images, args.batch_size, device, args.flip_tta,
                               args.keep_largest, args.min_confidence)

@@ -30,10 +30,9 @@ import numpy as np
 import minicnn
 from minicnn import functional as F, optim
 
-from . import checkpoint, data, metrics, phantom
+from . import checkpoint, data, phantom
 from .augment import AugmentConfig, augment_batch
-from .evaluate import format_table
-from .predict import predict_masks
+from .evaluate import evaluate, format_table
 from .unet import NORMS, UNet
 
 CLASSES = ("RV", "Myo", "LV")
@@ -97,11 +96,15 @@ def learning_rate(cfg, epoch):
     return cfg["lr"]
 
 
+def split_seed_of(cfg):
+    """The seed of the split of a folder by patient (or slice), and of the phantom's slices:
+    ``--split-seed``, or ``--seed`` when not given."""
+    return cfg["seed"] if cfg.get("split_seed") is None else cfg["split_seed"]
+
+
 def load_data(cfg, say):
     """Train and validation splits for the configuration."""
-    # the split of a folder by patient (or slice), or the phantom's slices: --split-seed, or
-    # --seed when not given
-    split_seed = cfg["seed"] if cfg.get("split_seed") is None else cfg["split_seed"]
+    split_seed = split_seed_of(cfg)
     if cfg["data"] is None:
         say(f"No --data given: training on {cfg['phantom_train']} SYNTHETIC phantom slices "
             f"(cmr.phantom), validating on {cfg['phantom_val']} others. Real results need "
@@ -184,9 +187,7 @@ def run(cfg, out, resume=False, say=print, progress=True):
             bar.close()
             train_time = time.perf_counter() - t0
             model.eval()
-            result = metrics.evaluate_masks(predict_masks(model, val.images, device=device,
-                                                          flip_tta=cfg["flip_tta"]),
-                                            val.masks, val.names)
+            result = evaluate(model, val, device, flip_tta=cfg["flip_tta"])
             record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": opt.lr,
                       "images_per_s": seen / train_time, "epoch_s": time.perf_counter() - t0,
                       "val_dice": result["dice"], "val_hd95": result["hd95"]}
@@ -219,8 +220,7 @@ def member_configs(cfg):
     """The configuration of each ensemble member: seeds ``seed``, ``seed + 1``, ...; one split
     (``split_seed``, default ``seed``) for all, so that they can be averaged and scored on the
     same held-out patients."""
-    split_seed = cfg["seed"] if cfg.get("split_seed") is None else cfg["split_seed"]
-    return [dict(cfg, seed=cfg["seed"] + k, split_seed=split_seed, members=1)
+    return [dict(cfg, seed=cfg["seed"] + k, split_seed=split_seed_of(cfg), members=1)
             for k in range(cfg["members"])]
 
 
@@ -261,12 +261,9 @@ def run_ensemble(cfg, out, resume=False, jobs=1, say=print, progress=True):
     (out / "ensemble.json").write_text(json.dumps(
         {"members": [f"{folder.name}/best.npz" for folder in folders]}, indent=1))
     device = "cuda" if cfg["backend"] == "cuda" else "cpu"
-    models = [checkpoint.load_model(path, device)[0]
-              for path in checkpoint.resolve([out / "ensemble.json"])]
+    models = checkpoint.load_models([out / "ensemble.json"], device)
     _, val = load_data(configs[0], lambda *_: None)
-    result = metrics.evaluate_masks(predict_masks(models, val.images, device=device,
-                                                  flip_tta=cfg["flip_tta"]),
-                                    val.masks, val.names)
+    result = evaluate(models, val, device, flip_tta=cfg["flip_tta"])
     (out / "ensemble_val.json").write_text(json.dumps(result, indent=1))
     say(f"Ensemble of the {len(models)} best.npz on the validation split:\n"
         + format_table(result))
