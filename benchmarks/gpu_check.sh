@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # gpu_check.sh -- the checks to run on a machine with an NVIDIA GPU, in one go: about 2 minutes,
-# about 5 with --bench (an H200, 2026-11-27: 238 s with --bench and one other conv build
-# variant; each further variant adds about 45 s; the default list has three). Each step has its
-# own time limit (together 340 s; with --bench 1025 s for the default variant list), so a
+# about 5.5 with --bench (an H200, 2026-11-27: 387 s with --bench and three other conv build
+# variants, each adding about 45-60 s; the default list has two). Each step has its
+# own time limit (together 340 s; with --bench 945 s for the default variant list), so a
 # hanging step cannot eat the session.
 #
 #   bash benchmarks/gpu_check.sh            (from the repository root)
-#   bash benchmarks/gpu_check.sh --bench    (adds the full-size benchmarks: about 1.5 minutes more)
+#   bash benchmarks/gpu_check.sh --bench    (adds the benchmarks and the variants: about 3 minutes more)
 #
 # Steps (each bounded by `timeout`; a failing step does not stop the others):
 #   1. versions: nvidia-smi, python, numpy, cupy (+ its CUDA runtime), torch, nvcc
@@ -19,14 +19,15 @@
 #      on the GPU (skipped when the data is not there)
 #   5. with --bench: bench_ops.py and bench_train.py at full size (reports in $OUT/ops, $OUT/train),
 #      then for each other build variant of kernels/conv.cu in CONV_BENCH_VARIANTS (default:
-#      the default build plus the three untimed features, kmajor, ktable and tiles, then plus
-#      tiles alone and ktable alone; "plain", the build without features, was timed in entry
-#      11 of NOTES.md) the self-check, the conv op tests against PyTorch
+#      the default build plus kmajor, the one feature not timed on its own yet, then the
+#      previous default without tiles as the baseline of NOTES.md entry 15; "plain" was timed
+#      in entry 11, ktable in entry 15) the self-check, the conv op tests against PyTorch
 #      (forward and every gradient), and bench_train ($OUT/train_<variant>); for the first of
 #      them the conv rows of bench_ops too ($OUT/ops_<variant>)
 #   6. the op tests under compute-sanitizer memcheck (CuPy's memory pool switched off, so that
 #      an out-of-bounds access is outside any allocation and gets reported), with the bounded
-#      hypothesis profile HYPOTHESIS_PROFILE=ci
+#      hypothesis profile HYPOTHESIS_PROFILE=ci; with --bench for the first variant of step 5
+#      too
 # A summary with each step's status ends the output. Everything is also written to
 # $OUT/gpu_check.log when $OUT is set, and the reports are then packed into
 # $OUT/reports.tar.gz. Exit status: 0 if no step failed, else 1.
@@ -53,7 +54,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 # conv build variants that --bench times after the default one (MINICNN_CONV_VARIANT values;
 # the default build is cuda_backend.DEFAULT_CONV_VARIANT)
-CONV_BENCH_VARIANTS="${CONV_BENCH_VARIANTS:-fastdiv+kmajor+ktable+prefetch+tiles+vec4 fastdiv+prefetch+tiles+vec4 fastdiv+ktable+prefetch+vec4}"
+CONV_BENCH_VARIANTS="${CONV_BENCH_VARIANTS:-fastdiv+kmajor+prefetch+tiles+vec4 fastdiv+prefetch+vec4}"
 
 STEPS=()
 STATUS=()
@@ -395,6 +396,11 @@ if [ "$BENCH" = 1 ]; then
 fi
 if command -v compute-sanitizer >/dev/null; then
     step "compute-sanitizer memcheck (test_ops -k cuda)" 70 bash -c sanitized_ops
+    if [ "$BENCH" = 1 ] && [ -n "$CONV_BENCH_VARIANTS" ]; then   # the first variant too
+        variant=${CONV_BENCH_VARIANTS%% *}
+        step "compute-sanitizer memcheck, conv variant $variant" 70 \
+            env MINICNN_CONV_VARIANT="$variant" bash -c sanitized_ops
+    fi
 else
     skip "compute-sanitizer memcheck (test_ops -k cuda)" "compute-sanitizer not on PATH"
 fi

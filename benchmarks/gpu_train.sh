@@ -20,6 +20,10 @@
 #           seeds 0 and 1 (is A7's 0.905 more than one lucky seed?), then both as one ensemble
 #           (A9+A10: their probabilities averaged), and B4 = the same recipe with the acdc96
 #           training patients for 30 epochs (set LIMIT=400)
+#   B4, B5, B6  (SET=acdc3) the acdc96 target alone: B4 of SET=confirm with seeds 0, 1, 2 on one
+#           split (--split-seed 0), then the three as one ensemble on the held-out acdc96
+#           patients, plain, with --min-confidence 0.6 (the rule of the best CPU ensemble) and
+#           with --keep-largest (about 3 minutes on an H200 for the three side by side: LIMIT=240)
 #
 #   CMR_DATA=../shared/data OUT=results bash benchmarks/gpu_train.sh          (A, A2, B)
 #   CMR_DATA=../shared/data OUT=results SET=lr bash benchmarks/gpu_train.sh   (A3, A4)
@@ -37,7 +41,7 @@ OUT="${OUT:-runs/gpu_train}"
 RUNS="${RUNS:-/dev/shm/cmr_runs}"
 LIMIT="${LIMIT:-330}"
 SET="${SET:-main}"   # main: A, A2, B; lr: A3, A4; long: A5, B2; norm: A6, A8, B3; normlong: A7;
-                     # confirm: A9, A10, B4
+                     # confirm: A9, A10, B4; acdc3: B4, B5, B6
 BACKEND="${BACKEND:-cuda}"    # BACKEND=numpy EXTRA="--base 4 --epochs 1" checks this script on a CPU
 EXTRA="${EXTRA:-}"
 mkdir -p "$OUT" "$RUNS"
@@ -73,6 +77,11 @@ elif [ "$SET" = confirm ]; then
     start A9 --preset gpu64-strong
     start A10 --preset gpu64-strong --seed 1
     start B4 --preset gpu64-strong --epochs 30 --extra-data "$ACDC" --extra-transpose
+elif [ "$SET" = acdc3 ]; then
+    for seed in 0 1 2; do
+        start "B$((4 + seed))" --preset gpu64-strong --epochs 30 --extra-data "$ACDC" \
+            --extra-transpose --seed "$seed" --split-seed 0
+    done
 elif [ "$SET" = normlong ]; then
     start A7 --preset gpu64-strong      # = gpu64 --norm instance --augment strong --epochs 200
 elif [ "$SET" = lr ]; then     # a second set: lower learning rates, longer, on cmr/train only
@@ -110,6 +119,25 @@ if [ "$SET" = confirm ] && [ -f "$RUNS/A9/best.npz" ] && [ -f "$RUNS/A10/best.np
         "$PYTHON" -m cmr.evaluate --backend "$BACKEND" --data "$CMR" $post \
             --checkpoint "$RUNS/A9/best.npz" "$RUNS/A10/best.npz" \
             --json "$RUNS/A9+A10/eval_cmr_val${post:+_keep_largest}.json"
+    done
+fi
+
+# SET=acdc3: the three seeds as one model, on both evaluation sets
+if [ "$SET" = acdc3 ] && [ -f "$RUNS/B4/best.npz" ] && [ -f "$RUNS/B5/best.npz" ] \
+        && [ -f "$RUNS/B6/best.npz" ]; then
+    mkdir -p "$RUNS/B4+B5+B6"
+    members=("$RUNS/B4/best.npz" "$RUNS/B5/best.npz" "$RUNS/B6/best.npz")
+    "$PYTHON" -m cmr.evaluate --backend "$BACKEND" --data "$CMR" --checkpoint "${members[@]}" \
+        --json "$RUNS/B4+B5+B6/eval_cmr_val.json"
+    for post in "" "--min-confidence 0.6" --keep-largest; do
+        tag=$(echo "$post" | sed 's/--//; s/[ .-]/_/g')
+        figure=()
+        [ -z "$post" ] && figure=(--figure "$OUT/figure_B456_ensemble_acdc96_test.png")
+        echo "== B4+B5+B6 (ensemble) on acdc96_test $post"
+        # shellcheck disable=SC2086
+        "$PYTHON" -m cmr.evaluate --backend "$BACKEND" --data "$ACDC" --split test --transpose \
+            $post --checkpoint "${members[@]}" "${figure[@]}" \
+            --json "$RUNS/B4+B5+B6/eval_acdc96_test${tag:+_$tag}.json"
     done
 fi
 

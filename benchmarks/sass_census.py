@@ -135,8 +135,8 @@ def markdown(rows, means, variant, arch, meta):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variant", default=cb.DEFAULT_CONV_VARIANT + "+tiles",
-                    help="MINICNN_CONV_VARIANT of the build (default: the default + tiles)")
+    ap.add_argument("--variant", default=cb.DEFAULT_CONV_VARIANT,
+                    help="MINICNN_CONV_VARIANT of the build (default: the default build)")
     ap.add_argument("--arch", default="sm_90")
     ap.add_argument("--out", help="write sass_census.json and sass_census.md here")
     args = ap.parse_args(argv)

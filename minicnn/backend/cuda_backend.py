@@ -125,17 +125,18 @@ _MODULE_OPTIONS = {"optim": ("--fmad=false",)}
 # (read when the first convolution kernel is loaded): "plain" or a "+"-joined set of features:
 # "prefetch" (the GEMM engine's K loop software-pipelined), "vec4" (each thread reads its
 # register block's operands from shared memory in 16-byte loads), "fastdiv" (the index
-# arithmetic divides by multiply-high and shift), "kmajor" (the weight gradient's B-tile loads
-# run along k, i.e. along a row of x, instead of across taps; not timed yet), "tiles" (two
-# more tile shapes, 128x64 and 64x128, and a planner that picks each GEMM's tile with a cost
-# model, see plan_gemm; not timed yet), "ktable" (the B loads of the forward and the input
+# arithmetic divides by multiply-high and shift), "tiles" (two more tile shapes, 128x64 and
+# 64x128, and a planner that picks each GEMM's tile with a cost model, see plan_gemm),
+# "kmajor" (the weight gradient's B-tile loads run along k, i.e. along a row of x, instead of
+# across taps; not timed alone yet), "ktable" (the B loads of the forward and the input
 # gradient read the tap and the k part of the address from a table built once per shape,
-# k_table, instead of dividing; not timed yet). Every variant computes the same sums in the same
-# order, except that "tiles" may cut a weight gradient's K into other split-K slices (sums
-# regrouped: float32 rounding differs). The default is the first three
-# (DEFAULT_CONV_VARIANT): on an H200 they made the U-Net's training step 1.73x faster than
-# "plain" (benchmarks/NOTES.md, entry 11). The benchmarks time each variant in its own
-# process; the tests build the ones in CONV_VARIANTS.
+# k_table, instead of dividing; measured slower). Every variant computes the same sums in the
+# same order, except that "tiles" may cut a weight gradient's K into other split-K slices (sums
+# regrouped: float32 rounding differs). The default (DEFAULT_CONV_VARIANT) is the fastest
+# build measured: on an H200 the U-Net's training step took 93.5 ms "plain", 54.3 ms with
+# fastdiv+prefetch+vec4 and 50.4 ms with tiles added (benchmarks/NOTES.md, entries 11 and
+# 15). The benchmarks time each variant in its own process; the tests build the ones in
+# CONV_VARIANTS.
 CONV_FEATURES = {
     "prefetch": "-DMINICNN_CONV_PREFETCH=1",
     "vec4": "-DMINICNN_CONV_VEC4=1",
@@ -157,10 +158,11 @@ def conv_variant_options(variant):
     return tuple(CONV_FEATURES[f] for f in sorted(features))
 
 
-DEFAULT_CONV_VARIANT = "fastdiv+prefetch+vec4"
+DEFAULT_CONV_VARIANT = "fastdiv+prefetch+tiles+vec4"
 CONV_VARIANTS = {name: conv_variant_options(name) for name in
                  ("plain", "prefetch", "vec4", "fastdiv", "kmajor", "tiles", "ktable",
-                  DEFAULT_CONV_VARIANT, "fastdiv+prefetch+tiles+vec4",
+                  DEFAULT_CONV_VARIANT, "fastdiv+prefetch+vec4",
+                  "fastdiv+kmajor+prefetch+tiles+vec4",
                   "fastdiv+kmajor+ktable+prefetch+tiles+vec4")}
 
 

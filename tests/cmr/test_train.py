@@ -433,6 +433,23 @@ def test_cpu16_strong_x3_is_the_three_recorded_seeds():
     assert len(members) == 3
 
 
+def test_gpu64_acdc_x3_is_the_three_recorded_gpu_runs():
+    """The preset of the acdc96 result is what ran on the GPU: B4, B5, B6 of
+    benchmarks/gpu_train.sh SET=acdc3 (their configurations are in results.json)."""
+    args = train.build_parser().parse_args(["--preset", "gpu64-acdc-x3"])
+    members = train.member_configs(train.config_from_args(args))
+    results = ROOT / "benchmarks" / "results" / "cuda" / "gpu_train_acdc3" / "results.json"
+    runs = json.loads(results.read_text())
+    assert len(members) == 3
+    for member, name in zip(members, ("B4", "B5", "B6")):
+        recorded = {k: tuple(v) if isinstance(v, list) else v
+                    for k, v in runs[name]["config"].items()}
+        skip = ("data", "extra_data", "backend")        # paths of that machine; cuda there
+        assert {k: v for k, v in member.items() if k not in skip} == \
+            {k: v for k, v in recorded.items() if k not in skip}, name
+        assert recorded["backend"] == "cuda" and recorded["extra_data"].endswith("acdc96")
+
+
 def test_cuda_training_matches_numpy_first_steps(device):
     """The same U-Net, weights and batches trained for a few Adam steps on each backend: the
     first loss and every first gradient agree to float32 rounding, later losses closely (Adam
