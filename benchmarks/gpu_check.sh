@@ -6,7 +6,7 @@
 # hanging step cannot eat the session.
 #
 #   bash benchmarks/gpu_check.sh            (from the repository root)
-#   bash benchmarks/gpu_check.sh --bench    (adds the benchmarks and the variants: about 3 minutes more)
+#   bash benchmarks/gpu_check.sh --bench    (adds the benchmarks and the variants: ~3 min more)
 #
 # Steps (each bounded by `timeout`; a failing step does not stop the others):
 #   1. versions: nvidia-smi, python, numpy, cupy (+ its CUDA runtime), torch, nvcc

@@ -23,7 +23,11 @@
 #   B4, B5, B6  (SET=acdc3) the acdc96 target alone: B4 of SET=confirm with seeds 0, 1, 2 on one
 #           split (--split-seed 0), then the three as one ensemble on the held-out acdc96
 #           patients, plain, with --min-confidence 0.6 (the rule of the best CPU ensemble) and
-#           with --keep-largest (about 3 minutes on an H200 for the three side by side: LIMIT=240)
+#           with --keep-largest (an H200, 2026-11-27: 235 s of training for the three side by
+#           side, 310 s with the evaluations; LIMIT=280)
+#   P   (SET=acdcx3, not run yet) the same three as the preset's one command,
+#           `cmr.train --preset gpu64-acdc-x3 --jobs 3` (three worker processes), then the run
+#           folder (its ensemble.json) scored like SET=acdc3's ensemble (LIMIT=300)
 #
 #   CMR_DATA=../shared/data OUT=results bash benchmarks/gpu_train.sh          (A, A2, B)
 #   CMR_DATA=../shared/data OUT=results SET=lr bash benchmarks/gpu_train.sh   (A3, A4)
@@ -41,7 +45,7 @@ OUT="${OUT:-runs/gpu_train}"
 RUNS="${RUNS:-/dev/shm/cmr_runs}"
 LIMIT="${LIMIT:-330}"
 SET="${SET:-main}"   # main: A, A2, B; lr: A3, A4; long: A5, B2; norm: A6, A8, B3; normlong: A7;
-                     # confirm: A9, A10, B4; acdc3: B4, B5, B6
+                     # confirm: A9, A10, B4; acdc3: B4, B5, B6; acdcx3: P
 BACKEND="${BACKEND:-cuda}"    # BACKEND=numpy EXTRA="--base 4 --epochs 1" checks this script on a CPU
 EXTRA="${EXTRA:-}"
 mkdir -p "$OUT" "$RUNS"
@@ -82,6 +86,8 @@ elif [ "$SET" = acdc3 ]; then
         start "B$((4 + seed))" --preset gpu64-strong --epochs 30 --extra-data "$ACDC" \
             --extra-transpose --seed "$seed" --split-seed 0
     done
+elif [ "$SET" = acdcx3 ]; then
+    start P --preset gpu64-acdc-x3 --jobs 3 --extra-data "$ACDC"
 elif [ "$SET" = normlong ]; then
     start A7 --preset gpu64-strong      # = gpu64 --norm instance --augment strong --epochs 200
 elif [ "$SET" = lr ]; then     # a second set: lower learning rates, longer, on cmr/train only
@@ -122,22 +128,34 @@ if [ "$SET" = confirm ] && [ -f "$RUNS/A9/best.npz" ] && [ -f "$RUNS/A10/best.np
     done
 fi
 
-# SET=acdc3: the three seeds as one model, on both evaluation sets
+# SET=acdc3 / acdcx3: the three seeds as one model, on both evaluation sets
+ensemble=""
+members=()
 if [ "$SET" = acdc3 ] && [ -f "$RUNS/B4/best.npz" ] && [ -f "$RUNS/B5/best.npz" ] \
         && [ -f "$RUNS/B6/best.npz" ]; then
-    mkdir -p "$RUNS/B4+B5+B6"
+    ensemble="B4+B5+B6"
     members=("$RUNS/B4/best.npz" "$RUNS/B5/best.npz" "$RUNS/B6/best.npz")
+elif [ "$SET" = acdcx3 ] && [ -f "$RUNS/P/ensemble.json" ]; then
+    ensemble="P"
+    members=("$RUNS/P")                # the run folder: its ensemble.json names the members
+elif [ "$SET" = acdcx3 ]; then         # cut by LIMIT before ensemble.json: what the members have
+    echo "P: no ensemble.json (stopped by LIMIT?); scoring the members' best.npz"
+    ensemble="P"
+    members=("$RUNS"/P/member*/best.npz)
+fi
+if [ -n "$ensemble" ] && [ -e "${members[0]}" ]; then
+    mkdir -p "$RUNS/$ensemble"
     "$PYTHON" -m cmr.evaluate --backend "$BACKEND" --data "$CMR" --checkpoint "${members[@]}" \
-        --json "$RUNS/B4+B5+B6/eval_cmr_val.json"
+        --json "$RUNS/$ensemble/eval_cmr_val.json"
     for post in "" "--min-confidence 0.6" --keep-largest; do
         tag=$(echo "$post" | sed 's/--//; s/[ .-]/_/g')
         figure=()
-        [ -z "$post" ] && figure=(--figure "$OUT/figure_B456_ensemble_acdc96_test.png")
-        echo "== B4+B5+B6 (ensemble) on acdc96_test $post"
+        [ -z "$post" ] && figure=(--figure "$OUT/figure_${ensemble//+/}_ensemble_acdc96_test.png")
+        echo "== $ensemble (ensemble) on acdc96_test $post"
         # shellcheck disable=SC2086
         "$PYTHON" -m cmr.evaluate --backend "$BACKEND" --data "$ACDC" --split test --transpose \
             $post --checkpoint "${members[@]}" "${figure[@]}" \
-            --json "$RUNS/B4+B5+B6/eval_acdc96_test${tag:+_$tag}.json"
+            --json "$RUNS/$ensemble/eval_acdc96_test${tag:+_$tag}.json"
     done
 fi
 
@@ -146,7 +164,9 @@ import json, sys
 from pathlib import Path
 runs, out = Path(sys.argv[1]), Path(sys.argv[2])
 result = {}
-for run in sorted(p for p in runs.iterdir() if p.is_dir()):
+folders = sorted(p for p in runs.iterdir() if p.is_dir())
+folders += sorted(p for f in folders for p in f.glob("member*") if p.is_dir())  # --members
+for run in folders:
     log = run / "log.jsonl"
     entry = {"config": json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else None,
              "epochs": [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []}
@@ -156,9 +176,10 @@ for run in sorted(p for p in runs.iterdir() if p.is_dir()):
     best = max(entry["epochs"], key=lambda r: r["val_dice"]["mean"], default=None)
     trained = (f"{len(entry['epochs'])} epochs, best val mean Dice "
                f"{best['val_dice']['mean']:.3f} (epoch {best['epoch']}); " if best else "")
-    print(f"{run.name}: {trained}"       # an ensemble's folder holds evaluations only
+    name = str(run.relative_to(runs))
+    print(f"{name}: {trained}"       # an ensemble's folder holds evaluations only
           + "; ".join(f"{k}: {v['dice']}" for k, v in entry.items() if k.startswith("eval_")))
-    result[run.name] = entry
+    result[name] = entry
 out.write_text(json.dumps(result, indent=1))
 PY
 echo "all took $((SECONDS - T0)) s"
