@@ -313,7 +313,7 @@ MIN_K_PER_SPLIT = 512     # do not split K finer than this
 
 # The planner of "tiles" builds estimates each tile's time with a small model (plan_gemm):
 # TILE_OVERHEAD is the number of other instructions per FMA in the tile's K loop, the mean of
-# the forward and both gradients' kernels in the SASS of the default build + tiles for sm_90
+# the forward and both gradients' kernels in the SASS of fastdiv+prefetch+tiles+vec4 for sm_90
 # (`python benchmarks/sass_census.py`, benchmarks/NOTES.md entry 13: the B-tile loads' index
 # arithmetic is most of it, and a tile with BM rows does one B load per BM FMAs);
 # TILE_BLOCKS_PER_SM is how many blocks of the tile fit on an SM at once (registers).
