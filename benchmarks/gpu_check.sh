@@ -241,6 +241,18 @@ for dtype in (np.float32, np.float64):
     gy = rng.standard_normal(x.shape).astype(dtype)
     close("relu bwd", cb.relu_backward(cb.asarray(gy), cb.relu_forward(cb.asarray(x))),
           nb.relu_backward(gy, nb.relu_forward(x)), dtype, exact=True)
+    # long arrays: the 16-byte kernels (aligned) and, on a view that starts 1 element in,
+    # the element-wise ones; NaN, inf and -0.0 scattered through, gy inf where y == 0
+    big = rng.standard_normal(100003).astype(dtype)
+    big[::97], big[5::89], big[7::83] = np.nan, -0.0, np.inf
+    gbig = rng.standard_normal(big.shape).astype(dtype)
+    gbig[::101] = np.inf
+    for tag, sl in (("aligned", slice(None)), ("offset view", slice(1, None))):
+        xd, gd = cb.asarray(big)[sl], cb.asarray(gbig)[sl]
+        yd = cb.relu_forward(xd)
+        close(f"relu fwd {tag}", yd, nb.relu_forward(big[sl]), dtype, exact=True)
+        close(f"relu bwd {tag}", cb.relu_backward(gd, yd),
+              nb.relu_backward(gbig[sl], nb.relu_forward(big[sl])), dtype, exact=True)
     for shape in [(5, 4), (2, 4, 7, 9)]:
         x = (rng.standard_normal(shape) * 3).astype(dtype)
         t = rng.integers(0, shape[1], size=(shape[0],) + shape[2:])

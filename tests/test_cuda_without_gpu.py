@@ -303,6 +303,42 @@ def test_conv_launchers_match_the_kernel_signatures(variant, monkeypatch):
     assert ("conv2d_backward_input_unit" in kinds) == ("ktable" in variant)
 
 
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
+def test_relu_kernels_in_the_emulator(tmp_path):
+    """kernels/activation.cu's 16-byte ReLU kernels give what the element-wise ones and a
+    separate reference give, bit for bit, for lengths 0-40 and 1003 (every tail), with NaN,
+    +-inf, -0.0 and denormals, and write nothing past the end (tests/kernel_emu/
+    activation_check.cpp; dropping the tail or reading a vector past it is caught)."""
+    exe = tmp_path / "activation_check"
+    build = [CXX, "-std=c++20", "-O2", "-I", EMU, "-I", os.path.join(ROOT, "kernels"), "-x",
+             "c++", os.path.join(EMU, "activation_check.cpp"), "-o", str(exe)]
+    r = subprocess.run(build, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("120 checks, 0 failures"), r.stdout
+
+
+def test_relu_launcher_takes_the_vector_kernel_only_when_aligned(monkeypatch):
+    """16-byte kernels for arrays that start on a 16-byte boundary, with one grid item per
+    whole vector (or per tail element, if more); the element-wise kernel otherwise."""
+    monkeypatch.setattr(cb, "_kernel", lambda module, name: (module, name))
+
+    class Arr:
+        def __init__(self, ptr, dtype):
+            self.data, self.dtype = type("Mem", (), {"ptr": ptr})(), np.dtype(dtype)
+    f32, f64 = (Arr(4096, np.float32), Arr(8192, np.float32)), (Arr(4096, np.float64),)
+    assert cb._elementwise_kernel("relu_forward", "f32", 1003, f32) == \
+        (("activation", "relu_forward_vec_f32"), 250)
+    assert cb._elementwise_kernel("relu_forward", "f32", 3, f32) == \
+        (("activation", "relu_forward_vec_f32"), 3)
+    assert cb._elementwise_kernel("relu_backward", "f64", 9, f64) == \
+        (("activation", "relu_backward_vec_f64"), 4)
+    assert cb._elementwise_kernel("relu_forward", "f32", 1003, (Arr(4100, np.float32),)) == \
+        (("activation", "relu_forward_f32"), 1003)
+    assert cb._elementwise_kernel("relu_backward", "f32", 8, f32 + (Arr(8, np.float32),)) == \
+        (("activation", "relu_backward_f32"), 8)
+
+
 def test_window_partition():
     assert cb.window_partition(2, 2, 2, 2, 0, 0, 12, 12, 6, 6)      # the up-convolution
     assert cb.window_partition(3, 1, 3, 1, 0, 0, 9, 5, 3, 5)

@@ -623,13 +623,24 @@ def maxpool2d_backward(gy, idx, x_shape, kernel, stride):
 
 
 # =========================================================================== activations
+def _elementwise_kernel(name, sfx, n, arrays):
+    """The kernel ``name`` of activation.cu and the number of grid items for ``n`` elements:
+    its ``_vec`` version (16 bytes per load, one thread per 16 bytes) when every array starts
+    on a 16-byte boundary (CuPy's allocations do; a view may not), else the plain one."""
+    if all(a.data.ptr % 16 == 0 for a in arrays):
+        width = 16 // arrays[0].dtype.itemsize
+        return _kernel("activation", f"{name}_vec_{sfx}"), max(n // width, n % width)
+    return _kernel("activation", f"{name}_{sfx}"), n
+
+
 def relu_forward(x):
     """``max(x, 0)``."""
     op = "relu_forward"
     x = _input(op, x, "input")
     sfx = _suffix(op, x.dtype, "input")
     y = cupy.empty(x.shape, dtype=x.dtype)
-    _launch_1d(_kernel("activation", f"relu_forward_{sfx}"), x.size, (x, y, np.int64(x.size)))
+    kernel, items = _elementwise_kernel("relu_forward", sfx, x.size, (x, y))
+    _launch_1d(kernel, items, (x, y, np.int64(x.size)))
     return y
 
 
@@ -642,8 +653,8 @@ def relu_backward(gy, y):
         raise ValueError(f"{op}: output gradient {gy.shape} and output {y.shape} differ in shape")
     sfx = _suffix(op, gy.dtype, "output gradient")
     gx = cupy.empty(gy.shape, dtype=gy.dtype)
-    _launch_1d(_kernel("activation", f"relu_backward_{sfx}"), gy.size,
-               (gy, y, gx, np.int64(gy.size)))
+    kernel, items = _elementwise_kernel("relu_backward", sfx, gy.size, (gy, y, gx))
+    _launch_1d(kernel, items, (gy, y, gx, np.int64(gy.size)))
     return gx
 
 
