@@ -27,11 +27,10 @@ __device__ __forceinline__ void maxpool2d_forward(const T* __restrict__ x, T* __
 {
     const long long total = (long long)NC * Ho * Wo;
     GRID_STRIDE_LOOP(e, total) {
-        // e = ((nc * Ho) + p) * Wo + q
-        const int q = (int)(e % Wo);
-        const long long t = e / Wo;
-        const int p = (int)(t % Ho);
-        const int nc = (int)(t / Ho);
+        // e = ((nc * Ho) + p) * Wo + q, decomposed in 32 bits (the launcher keeps every
+        // element count below 2^31; a 64-bit division is a long software routine on the GPU)
+        const int ei = (int)e, t = ei / Wo;
+        const int q = ei - t * Wo, nc = t / Ho, p = t - nc * Ho;
         const T* win = x + ((long long)nc * H + p * sH) * W + q * sW;  // top-left of window
         T best = win[0];
         int arg = 0;
@@ -56,11 +55,9 @@ __device__ __forceinline__ void maxpool2d_backward(const T* __restrict__ gy,
 {
     const long long total = (long long)NC * H * W;
     GRID_STRIDE_LOOP(e, total) {
-        // e = ((nc * H) + h) * W + v
-        const int v = (int)(e % W);
-        const long long t = e / W;
-        const int h = (int)(t % H);
-        const int nc = (int)(t / H);
+        // e = ((nc * H) + h) * W + v, decomposed in 32 bits (as in the forward)
+        const int ei = (int)e, t = ei / W;
+        const int v = ei - t * W, nc = t / H, h = t - nc * H;
         // outputs whose window covers row h: p in [p_lo, p_hi] (empty if p_lo > p_hi)
         const int p_lo = h - kH + 1 <= 0 ? 0 : ceil_div(h - kH + 1, sH);
         const int p_hi = min(h / sH, Ho - 1);

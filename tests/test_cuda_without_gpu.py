@@ -304,18 +304,22 @@ def test_conv_launchers_match_the_kernel_signatures(variant, monkeypatch):
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
-def test_relu_kernels_in_the_emulator(tmp_path):
-    """kernels/activation.cu's 16-byte ReLU kernels give what the element-wise ones and a
-    separate reference give, bit for bit, for lengths 0-40 and 1003 (every tail), with NaN,
-    +-inf, -0.0 and denormals, and write nothing past the end (tests/kernel_emu/
-    activation_check.cpp; dropping the tail or reading a vector past it is caught)."""
-    exe = tmp_path / "activation_check"
+@pytest.mark.parametrize("check, count", [("activation_check", 120), ("pool_check", 32)])
+def test_elementwise_kernels_in_the_emulator(check, count, tmp_path):
+    """activation_check.cpp: kernels/activation.cu's 16-byte ReLU kernels give what the
+    element-wise ones and a separate reference give, bit for bit, for lengths 0-40 and 1003
+    (every tail), with NaN, +-inf, -0.0 and denormals, and write nothing past the end
+    (dropping the tail or reading a vector past it is caught). pool_check.cpp: kernels/pool.cu
+    against plain loops, bit for bit, with ties, NaNs and overlapping windows (a wrong index
+    decomposition or a changed summation order is caught). Both in tests/kernel_emu/."""
+    exe = tmp_path / check
     build = [CXX, "-std=c++20", "-O2", "-I", EMU, "-I", os.path.join(ROOT, "kernels"), "-x",
-             "c++", os.path.join(EMU, "activation_check.cpp"), "-o", str(exe)]
+             "c++", os.path.join(EMU, check + ".cpp"), "-o", str(exe)]
     r = subprocess.run(build, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.strip().endswith("120 checks, 0 failures"), r.stdout
+    assert r.returncode == 0 and r.stdout.strip().endswith(f"{count} checks, 0 failures"), \
+        r.stdout
 
 
 def test_relu_launcher_takes_the_vector_kernel_only_when_aligned(monkeypatch):
