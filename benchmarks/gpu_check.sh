@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # gpu_check.sh -- the checks to run on a machine with an NVIDIA GPU, in one go: about 2 minutes,
 # about 5.5 with --bench (an H200, 2026-11-27: 387 s with --bench and three other conv build
-# variants, each adding about 45-60 s; the default list has two). Each step has its
-# own time limit (together 340 s; with --bench 945 s for the default variant list), so a
+# variants, each adding about 45-60 s; the default list has three). Each step has its
+# own time limit (together 340 s; with --bench 1095 s for the default variant list), so a
 # hanging step cannot eat the session.
 #
 #   bash benchmarks/gpu_check.sh            (from the repository root)
@@ -19,10 +19,10 @@
 #      on the GPU (skipped when the data is not there)
 #   5. with --bench: bench_ops.py and bench_train.py at full size (reports in $OUT/ops, $OUT/train),
 #      then for each other build variant of kernels/conv.cu in CONV_BENCH_VARIANTS (default:
-#      the default build plus kmajor, the one feature not timed on its own yet, then the
-#      previous default without tiles as the baseline of NOTES.md entry 15; "plain" was timed
-#      in entry 11, ktable in entry 15) the self-check, the conv op tests against PyTorch
-#      (forward and every gradient), and bench_train ($OUT/train_<variant>); for the first of
+#      the default build plus winograd (NOTES.md entry 18), then plus kmajor, the one feature
+#      not timed on its own yet, then the previous default without tiles as the baseline of
+#      entry 15; "plain" was timed in entry 11, ktable in entry 15) the self-check, the conv
+#      op tests against PyTorch (forward and every gradient), and bench_train ($OUT/train_<variant>); for the first of
 #      them the conv rows of bench_ops too ($OUT/ops_<variant>)
 #   6. the op tests under compute-sanitizer memcheck (CuPy's memory pool switched off, so that
 #      an out-of-bounds access is outside any allocation and gets reported), with the bounded
@@ -54,7 +54,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 # conv build variants that --bench times after the default one (MINICNN_CONV_VARIANT values;
 # the default build is cuda_backend.DEFAULT_CONV_VARIANT)
-CONV_BENCH_VARIANTS="${CONV_BENCH_VARIANTS:-fastdiv+kmajor+prefetch+tiles+vec4 fastdiv+prefetch+vec4}"
+CONV_BENCH_VARIANTS="${CONV_BENCH_VARIANTS:-fastdiv+prefetch+tiles+vec4+winograd fastdiv+kmajor+prefetch+tiles+vec4 fastdiv+prefetch+vec4}"
 
 STEPS=()
 STATUS=()

@@ -126,6 +126,16 @@
 #define MINICNN_CONV_TILES 0
 #endif
 
+// MINICNN_CONV_WINOGRAD=1 adds the kernels of a second algorithm for the weight gradient of a
+// 3x3 convolution with stride 1, padding 1 and even H, W (every 3x3 layer of the U-Net):
+// Winograd's F(3x3, 2x2), 16 multiplications per 2x2 output tile and channel pair instead of
+// 36 (docs/cuda.md, "Fewer multiplications for the weight gradient"). Two transforms, 16
+// GEMMs on the engine below, an output transform; see "Winograd weight gradient" at the end.
+// Different sums (the transforms regroup them): float rounding differs from the direct one.
+#ifndef MINICNN_CONV_WINOGRAD
+#define MINICNN_CONV_WINOGRAD 0
+#endif
+
 // ================================================================== shapes
 struct ConvShape {
     int N, C, H, W;        // x
@@ -370,7 +380,7 @@ __device__ __forceinline__ void load4(const double* p, double* out) {
 //   over k in [bz*k_chunk, min(K, bz*k_chunk + k_chunk)).
 template <typename T, int BM, int BN, int BK, int TM, int TN, class Problem>
 __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Ncols, int K,
-                                              int k_chunk)
+                                              int k_chunk, int split = -1)
 {
     constexpr int RS = BM / TM;            // row stride of a thread's rows (= threads per column)
     constexpr int CS = BN / TN;            // column stride of a thread's columns
@@ -449,9 +459,10 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
         }
     };
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-    // This block's K slice (k_chunk = K and gridDim.z = 1 when K is not split). The launcher
-    // guarantees gridDim.z * k_chunk < 2^31. An empty slice just stores zeros.
-    const int k_begin = blockIdx.z * k_chunk;
+    // This block's K slice (k_chunk = K and gridDim.z = 1 when K is not split; `split`, when
+    // given, replaces blockIdx.z: the Winograd GEMMs spend z on their 16 problems too). The
+    // launcher guarantees gridDim.z * k_chunk < 2^31. An empty slice just stores zeros.
+    const int k_begin = (split < 0 ? (int)blockIdx.z : split) * k_chunk;
     const int k_end = min(K, k_begin + k_chunk);
 
     // Load assignment. A tile (BM x BK): element e = tid + r*THREADS has m = e / BK and
@@ -633,18 +644,26 @@ conv2d_backward_weight_##CFG##_##DT(const T* __restrict__ gy, const T* __restric
 // no constraint). Two blocks of the 128x128 tile need at most 128 registers per thread, which
 // the prefetch+vec4 build would pass otherwise. (A 1 for the small tiles is not "no
 // constraint": ptxas then allocates 72 registers instead of 40-48, 3 blocks per SM instead of 5.)
-CONV_KERNELS(m32n128, 32, 128, 16, 4, 4, 0, float, f32)
-CONV_KERNELS(m32n128, 32, 128, 16, 4, 4, 0, double, f64)
-CONV_KERNELS(m64n64, 64, 64, 16, 4, 4, 0, float, f32)
-CONV_KERNELS(m64n64, 64, 64, 16, 4, 4, 0, double, f64)
-CONV_KERNELS(m128n128, 128, 128, 8, 8, 8, 2, float, f32)
-// (no m128n128 for double: 64 double accumulators per thread would spill registers)
+// CONV_TILE_CONFIGS(M) applies M to every tile configuration (cfg, BM, BN, BK, TM, TN, MINB,
+// type, dtype suffix) of this build: the conv kernels below, the Winograd GEMMs at the end.
+// (No m128n128 for double: 64 double accumulators per thread would spill registers.)
 #if MINICNN_CONV_TILES
 // Half of the 128x128 tile, either way, with the same 8x8 register blocks: 128 threads, at
 // most 128 registers each for four blocks per SM.
-CONV_KERNELS(m128n64, 128, 64, 8, 8, 8, 4, float, f32)
-CONV_KERNELS(m64n128, 64, 128, 8, 8, 8, 4, float, f32)
+#define CONV_EXTRA_TILE_CONFIGS(M)                                                          \
+    M(m128n64, 128, 64, 8, 8, 8, 4, float, f32)                                            \
+    M(m64n128, 64, 128, 8, 8, 8, 4, float, f32)
+#else
+#define CONV_EXTRA_TILE_CONFIGS(M)
 #endif
+#define CONV_TILE_CONFIGS(M)                                                                \
+    M(m32n128, 32, 128, 16, 4, 4, 0, float, f32)                                           \
+    M(m32n128, 32, 128, 16, 4, 4, 0, double, f64)                                          \
+    M(m64n64, 64, 64, 16, 4, 4, 0, float, f32)                                             \
+    M(m64n64, 64, 64, 16, 4, 4, 0, double, f64)                                            \
+    M(m128n128, 128, 128, 8, 8, 8, 2, float, f32)                                          \
+    CONV_EXTRA_TILE_CONFIGS(M)
+CONV_TILE_CONFIGS(CONV_KERNELS)
 
 // ================================================================== split-K reduction
 // out[e] = ws[0*size + e] + ws[1*size + e] + ... (slabs in order: deterministic)
@@ -663,3 +682,162 @@ extern "C" __global__ void splitk_reduce_##DT(const T* __restrict__ ws, T* __res
                                               int splits, long long size)                  \
 { splitk_reduce<T>(ws, out, splits, size); }
 INSTANTIATE_F32_F64(SPLITK_REDUCE)
+
+#if MINICNN_CONV_WINOGRAD
+// ================================================================== Winograd weight gradient
+// dW[o, c] (3x3) = G^T [ sum over images n and 2x2 tiles of dy:  (A dy_tile A^T) (.)
+//                        (B^T x_patch B) ] G,
+// x_patch the 4x4 patch of the zero-padded x under the tile, with the matrices of F(2x2, 3x3)
+//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
+//   A^T = [1 1 1 0; 0 1 -1 -1].
+// P = N * (H/2) * (W/2) tiles, p = (n, a, b); xy = 4x + y indexes the 4x4 transformed domain.
+//   winograd_x:    V[xy, p, c] = (B^T x_patch B)[x, y]      one thread per (p, c), c fastest
+//   winograd_dy:   U[xy, o, p] = (A dy_tile A^T)[x, y]      one thread per (o, p), p fastest
+//   winograd_gemm: ws[split, xy, o, c] = sum_{p in slice} U[xy, o, p] V[xy, p, c]
+//                  (the engine above; grid z = 16 * splits, z = xy * splits + split)
+//   winograd_out:  dW[o, c, i, j] = sum_xy G[x, i] (sum_split ws[split, xy, o, c]) G[y, j]
+// (the layouts make the GEMM's A loads run along k = p and its B loads along the columns c).
+
+// the 4-point transforms of one row or column (B^T v, and A g for a 2-vector g)
+template <typename T>
+__device__ __forceinline__ void bt4(T v0, T v1, T v2, T v3, T* out) {
+    out[0] = v0 - v2; out[1] = v1 + v2; out[2] = v2 - v1; out[3] = v1 - v3;
+}
+template <typename T>
+__device__ __forceinline__ void a2(T g0, T g1, T* out) {
+    out[0] = g0; out[1] = g0 + g1; out[2] = g0 - g1; out[3] = -g1;
+}
+
+// tile p of the 2x2 grid over (N, H, W): image n, tile row a, tile column b
+struct Tile2 { int n, a, b; };
+__device__ __forceinline__ Tile2 tile_of(int p, int HWt, int Wt) {
+    const int n = p / HWt, ab = p - n * HWt, a = ab / Wt;
+    return {n, a, ab - a * Wt};
+}
+
+template <typename T>
+__device__ __forceinline__ void winograd_x(const T* __restrict__ x, T* __restrict__ V, int N,
+                                           int C, int H, int W)
+{
+    const int Wt = W / 2, HWt = (H / 2) * Wt, P = N * HWt;
+    GRID_STRIDE_LOOP(e, (long long)P * C) {
+        const int ei = (int)e, p = ei / C, c = ei - p * C;
+        const Tile2 tl = tile_of(p, HWt, Wt);
+        const T* xc = x + (tl.n * C + c) * H * W;
+        T t[4][4];                                   // B^T d, row by row of d
+        T d[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int h = 2 * tl.a - 1 + i, v = 2 * tl.b - 1 + j;
+                d[i][j] = (h >= 0 && h < H && v >= 0 && v < W) ? ldg(xc + h * W + v) : T(0);
+            }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            T col[4];
+            bt4(d[0][j], d[1][j], d[2][j], d[3][j], col);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) t[i][j] = col[i];
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            T row[4];
+            bt4(t[i][0], t[i][1], t[i][2], t[i][3], row);   // (B^T d) B
+#pragma unroll
+            for (int j = 0; j < 4; ++j) V[((i * 4 + j) * P + p) * C + c] = row[j];
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void winograd_dy(const T* __restrict__ gy, T* __restrict__ U, int N,
+                                            int O, int H, int W)
+{
+    const int Wt = W / 2, HWt = (H / 2) * Wt, P = N * HWt;
+    GRID_STRIDE_LOOP(e, (long long)O * P) {
+        const int ei = (int)e, o = ei / P, p = ei - o * P;
+        const Tile2 tl = tile_of(p, HWt, Wt);
+        const T* g = gy + (tl.n * O + o) * H * W + 2 * tl.a * W + 2 * tl.b;
+        T c0[4], c1[4];                              // A g, column by column of g
+        a2(ldg(g), ldg(g + W), c0);
+        a2(ldg(g + 1), ldg(g + W + 1), c1);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            T row[4];
+            a2(c0[i], c1[i], row);                   // (A g) A^T
+#pragma unroll
+            for (int j = 0; j < 4; ++j) U[((i * 4 + j) * O + o) * P + p] = row[j];
+        }
+    }
+}
+
+template <typename T>
+struct WinogradGemm {                    // M = O, Ncols = C, K = P, for one point xy
+    static constexpr bool K_MAJOR_B = false;
+    const T* U; const T* V; T* ws;
+    int O, C, P, xy, split;
+    struct Column { int c; };
+    __device__ Column column(int col) const { return {col}; }
+    __device__ T a(int m, int k) const { return ldg(U + (xy * O + m) * P + k); }
+    __device__ T b(int k, const Column& cl) const { return ldg(V + (xy * P + k) * C + cl.c); }
+    __device__ void store(int m, int col, T v) const {
+        ws[((split * 16 + xy) * O + m) * C + col] = v;
+    }
+};
+
+template <typename T>
+__device__ __forceinline__ void winograd_out(const T* __restrict__ ws, T* __restrict__ gw,
+                                             int splits, int O, int C)
+{
+    const int OC = O * C;
+    GRID_STRIDE_LOOP(e, (long long)OC) {
+        const int oc = (int)e;
+        T m[4][4];
+#pragma unroll
+        for (int xy = 0; xy < 16; ++xy) {
+            T s = ws[xy * OC + oc];
+            for (int z = 1; z < splits; ++z) s += ws[(z * 16 + xy) * OC + oc];   // in order
+            m[xy / 4][xy % 4] = s;
+        }
+        T t[3][4];                                   // G^T m
+#pragma unroll
+        for (int y = 0; y < 4; ++y) {
+            t[0][y] = m[0][y] + T(0.5) * m[1][y] + T(0.5) * m[2][y];
+            t[1][y] = T(0.5) * m[1][y] - T(0.5) * m[2][y];
+            t[2][y] = T(0.5) * m[1][y] + T(0.5) * m[2][y] + m[3][y];
+        }
+#pragma unroll
+        for (int i = 0; i < 3; ++i) {                // (G^T m) G
+            T* out = gw + oc * 9 + i * 3;
+            out[0] = t[i][0] + T(0.5) * t[i][1] + T(0.5) * t[i][2];
+            out[1] = T(0.5) * t[i][1] - T(0.5) * t[i][2];
+            out[2] = T(0.5) * t[i][1] + T(0.5) * t[i][2] + t[i][3];
+        }
+    }
+}
+
+// winograd_x_<dt>(x, V, N, C, H, W)          winograd_dy_<dt>(gy, U, N, O, H, W)
+// winograd_out_<dt>(ws, gw, splits, O, C)
+// winograd_gemm_<cfg>_<dt>(U, V, ws, O, C, P, k_chunk, splits)
+//   grid (ceil(C / BN), ceil(O / BM), 16 * splits)
+#define WINOGRAD_KERNELS(T, DT)                                                             \
+extern "C" __global__ void winograd_x_##DT(const T* x, T* V, int N, int C, int H, int W)   \
+{ winograd_x<T>(x, V, N, C, H, W); }                                                        \
+extern "C" __global__ void winograd_dy_##DT(const T* gy, T* U, int N, int O, int H, int W) \
+{ winograd_dy<T>(gy, U, N, O, H, W); }                                                      \
+extern "C" __global__ void winograd_out_##DT(const T* ws, T* gw, int splits, int O, int C) \
+{ winograd_out<T>(ws, gw, splits, O, C); }
+INSTANTIATE_F32_F64(WINOGRAD_KERNELS)
+
+#define WINOGRAD_GEMM(CFG, BM, BN, BK, TM, TN, MINB, T, DT)                                 \
+extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
+winograd_gemm_##CFG##_##DT(const T* __restrict__ U, const T* __restrict__ V,               \
+                           T* __restrict__ ws, int O, int C, int P, int k_chunk, int splits) \
+{                                                                                          \
+    const int xy = blockIdx.z / splits, split = blockIdx.z - xy * splits;                 \
+    WinogradGemm<T> prob{U, V, ws, O, C, P, xy, split};                                    \
+    implicit_gemm<T, BM, BN, BK, TM, TN>(prob, O, C, P, k_chunk, split);                   \
+}
+CONV_TILE_CONFIGS(WINOGRAD_GEMM)
+#endif  // MINICNN_CONV_WINOGRAD

@@ -58,7 +58,8 @@ def _asan_works(tmp_path):
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
 @pytest.mark.parametrize("variant", [cb.DEFAULT_CONV_VARIANT,
-                                     "fastdiv+kmajor+ktable+prefetch+tiles+vec4"])
+                                     "fastdiv+kmajor+ktable+prefetch+tiles+vec4",
+                                     "fastdiv+prefetch+tiles+vec4+winograd"])
 def test_build_in_the_emulator_under_asan(variant, tmp_path):
     """The default build and the one with every feature under AddressSanitizer (the GPU's
     memcheck runs only where a GPU is lent: on the H200, 2026-11-27, it passed for the old
@@ -247,7 +248,8 @@ class _FakeCupy:
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to read the signatures")
 @pytest.mark.parametrize("variant", [cb.DEFAULT_CONV_VARIANT, "plain",
-                                     "fastdiv+kmajor+ktable+prefetch+tiles+vec4"])
+                                     "fastdiv+kmajor+ktable+prefetch+tiles+vec4",
+                                     "fastdiv+prefetch+tiles+vec4+winograd"])
 def test_conv_launchers_match_the_kernel_signatures(variant, monkeypatch):
     """Every argument the conv launchers pass has the type of its kernel parameter (CuPy
     passes a RawKernel's arguments by position, unchecked): pointers get arrays (the k table
@@ -290,7 +292,8 @@ def test_conv_launchers_match_the_kernel_signatures(variant, monkeypatch):
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
         for (N, C, H, W, O, k, s, p) in [(2, 64, 12, 12, 128, 3, 1, 1), (2, 8, 9, 9, 16, 3, 2, 1),
-                                         (2, 16, 6, 6, 8, 2, 2, 0), (4, 8, 24, 24, 16, 3, 1, 1)]:
+                                         (2, 16, 6, 6, 8, 2, 2, 0), (4, 8, 24, 24, 16, 3, 1, 1),
+                                         (4, 8, 25, 25, 16, 3, 1, 1)]:   # odd: no Winograd
             x = rng.standard_normal((N, C, H, W)).astype(dtype)
             w = rng.standard_normal((O, C, k, k)).astype(dtype)
             s2, p2 = (s, s), (p, p)
@@ -301,6 +304,8 @@ def test_conv_launchers_match_the_kernel_signatures(variant, monkeypatch):
     assert {"conv2d_forward", "conv2d_backward_input_partition", "conv2d_backward_weight",
             "splitk_reduce_f32", "splitk_reduce_f64"} <= kinds
     assert ("conv2d_backward_input_unit" in kinds) == ("ktable" in variant)
+    winograd = {f"winograd_{k}_{dt}" for k in ("x", "dy", "out") for dt in ("f32", "f64")}
+    assert (winograd | {"winograd_gemm"} <= kinds) == ("winograd" in variant)
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")

@@ -25,6 +25,8 @@ conv2d_backward_input                  conv.cu  conv2d_backward_input_<tile>, or
                                        conv2d_backward_input_partition_<tile> when the
                                        windows partition the input (up-convolution)
 conv2d_backward_weight                 conv.cu  conv2d_backward_weight_<tile> + splitk_reduce
+                                       ("winograd" builds, 3x3 stride 1 padding 1, even
+                                       sizes: winograd_x, _dy, _gemm_<tile>, _out)
 maxpool2d_forward / _backward          pool.cu  maxpool2d_{forward,backward}_{u8,i32}
 relu_forward / relu_backward           activation.cu
 softmax_cross_entropy_forward / _bwd   loss.cu  softmax_xent_{forward,backward}
@@ -130,13 +132,15 @@ _MODULE_OPTIONS = {"optim": ("--fmad=false",)}
 # "kmajor" (the weight gradient's B-tile loads run along k, i.e. along a row of x, instead of
 # across taps; not timed alone yet), "ktable" (the B loads of the forward and the input
 # gradient read the tap and the k part of the address from a table built once per shape,
-# k_table, instead of dividing; measured slower). Every variant computes the same sums in the
-# same order, except that "tiles" may cut a weight gradient's K into other split-K slices (sums
-# regrouped: float32 rounding differs). The default (DEFAULT_CONV_VARIANT) is the fastest
-# build measured: on an H200 the U-Net's training step took 93.5 ms "plain", 54.3 ms with
-# fastdiv+prefetch+vec4 and 50.4 ms with tiles added (benchmarks/NOTES.md, entries 11 and
-# 15). The benchmarks time each variant in its own process; the tests build the ones in
-# CONV_VARIANTS.
+# k_table, instead of dividing; measured slower), "winograd" (the weight gradient of 3x3,
+# stride 1, padding 1 convolutions on even sizes by Winograd's F(3x3, 2x2): 2.25x fewer
+# multiplications; not timed yet). Every variant computes the same sums in the same order,
+# except that "tiles" may cut a weight gradient's K into other split-K slices and "winograd"
+# sums transformed products (sums regrouped: float rounding differs). The default
+# (DEFAULT_CONV_VARIANT) is the fastest build measured: on an H200 the U-Net's training step
+# took 93.5 ms "plain", 54.3 ms with fastdiv+prefetch+vec4 and 50.4 ms with tiles added
+# (benchmarks/NOTES.md, entries 11 and 15). The benchmarks time each variant in its own
+# process; the tests build the ones in CONV_VARIANTS.
 CONV_FEATURES = {
     "prefetch": "-DMINICNN_CONV_PREFETCH=1",
     "vec4": "-DMINICNN_CONV_VEC4=1",
@@ -144,6 +148,7 @@ CONV_FEATURES = {
     "kmajor": "-DMINICNN_CONV_KMAJOR=1",
     "tiles": "-DMINICNN_CONV_TILES=1",
     "ktable": "-DMINICNN_CONV_KTABLE=1",
+    "winograd": "-DMINICNN_CONV_WINOGRAD=1",
 }
 
 
@@ -163,7 +168,8 @@ CONV_VARIANTS = {name: conv_variant_options(name) for name in
                  ("plain", "prefetch", "vec4", "fastdiv", "kmajor", "tiles", "ktable",
                   DEFAULT_CONV_VARIANT, "fastdiv+prefetch+vec4",
                   "fastdiv+kmajor+prefetch+tiles+vec4",
-                  "fastdiv+kmajor+ktable+prefetch+tiles+vec4")}
+                  "fastdiv+kmajor+ktable+prefetch+tiles+vec4", "winograd",
+                  "fastdiv+prefetch+tiles+vec4+winograd")}
 
 
 def conv_variant():
@@ -547,6 +553,9 @@ def conv2d_backward_weight(gy, x, w_shape, stride, padding):
     gw = cupy.empty((O, C, kH, kW), dtype=gy.dtype)
     if gw.size == 0:
         return gw
+    if (_conv_feature("winograd") and (kH, kW, sH, sW, pH, pW) == (3, 3, 1, 1, 1, 1)
+            and H % 2 == 0 and W % 2 == 0):
+        return _winograd_weight(op, desc, gy, x, gw, sfx)
     K = N * Ho * Wo
     tile, grid, k_chunk = plan_gemm(O, C * kH * kW, K, sfx, _num_sms(), split_k=True,
                                     tiles=_conv_feature("tiles"))
@@ -562,6 +571,39 @@ def conv2d_backward_weight(gy, x, w_shape, stride, padding):
     if splits > 1:
         _launch_1d(_kernel("conv", f"splitk_reduce_{sfx}"), gw.size,
                    (ws, gw, _i32(splits), np.int64(gw.size)))
+    return gw
+
+
+def _winograd_weight(op, desc, gy, x, gw, sfx):
+    """The weight gradient of a 3x3, stride 1, padding 1 convolution on even H, W by Winograd's
+    F(3x3, 2x2) ("winograd" builds; kernels/conv.cu, "Winograd weight gradient"): the
+    transforms V = B^T x B of the input patches and U = A dy A^T of the output-gradient tiles,
+    the 16 GEMMs U[xy] V[xy] on the GEMM engine (split along the P tiles like a direct weight
+    gradient's K), then gw = G^T (sum of the slices) G."""
+    N, C, H, W = x.shape
+    O = gy.shape[1]
+    P = N * (H // 2) * (W // 2)
+    # the 16 GEMMs planned as one with 16x the columns (as many blocks), launched per point
+    tile, grid, k_chunk = plan_gemm(O, 16 * C, P, sfx, _num_sms(), split_k=True,
+                                    tiles=_conv_feature("tiles"))
+    splits = grid[2]
+    BM, BN = TILES[tile][:2]
+    grid = (_cdiv(C, BN), _cdiv(O, BM), 16 * splits)
+    _check_grid(op, desc, grid)
+    _check_index_range(op, desc, winograd_input=16 * P * C, winograd_output_gradient=16 * O * P,
+                       winograd_workspace=splits * 16 * O * C, split_k_range=splits * k_chunk + 256)
+    V = cupy.empty((16, P, C), dtype=gy.dtype)
+    U = cupy.empty((16, O, P), dtype=gy.dtype)
+    ws = cupy.empty((splits, 16, O, C), dtype=gy.dtype)
+    _launch_1d(_kernel("conv", f"winograd_x_{sfx}"), P * C,
+               (x, V, _i32(N), _i32(C), _i32(H), _i32(W)))
+    _launch_1d(_kernel("conv", f"winograd_dy_{sfx}"), O * P,
+               (gy, U, _i32(N), _i32(O), _i32(H), _i32(W)))
+    _kernel("conv", f"winograd_gemm_{tile}_{sfx}")(
+        grid, (tile_threads(tile),), (U, V, ws, _i32(O), _i32(C), _i32(P), _i32(k_chunk),
+                                      _i32(splits)))
+    _launch_1d(_kernel("conv", f"winograd_out_{sfx}"), O * C,
+               (ws, gw, _i32(splits), _i32(O), _i32(C)))
     return gw
 
 

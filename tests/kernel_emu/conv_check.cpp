@@ -40,6 +40,7 @@ static const Shape SHAPES[] = {
     {2, 40, 6, 6, 70, 2, 2, 2, 2, 0, 0},     // up-convolution, several tiles, K = 70
     {1, 3, 6, 9, 5, 3, 3, 3, 3, 0, 0},       // 3x3 windows with stride 3 partition 6x9
     {1, 3, 7, 9, 5, 3, 3, 3, 3, 0, 0},       // stride = kernel, but row 6 is in no window
+    {3, 5, 8, 6, 9, 3, 3, 1, 1, 1, 1},       // even sizes, 3x3, stride 1, padding 1: Winograd
 };
 
 static unsigned long long lcg_state = 12345;
@@ -107,11 +108,14 @@ using BwFn = void (*)(const T*, const T*, T*, int, int, int, int, int, int, int,
                       int, int, int, int);
 template <typename T>
 using ReduceFn = void (*)(const T*, T*, int, long long);
+template <typename T>
+using WgFn = void (*)(const T*, const T*, T*, int, int, int, int, int);
 
 template <typename T>
 struct Tile {
     const char* name; int BM, BN, BK, threads; FwdFn<T> fwd; BinFn<T> bin; BwFn<T> bw;
     BinPartFn<T> bin_part; BinFn<T> bin_unit;      // bin_unit: KTABLE builds, else nullptr
+    WgFn<T> wg;                                    // WINOGRAD builds, else nullptr
 };
 
 template <typename T>
@@ -206,6 +210,31 @@ void check_shape(const Tile<T>& tile, const Shape& s, ReduceFn<T> reduce, const 
                        (long long)nw);
         compare(t + " backward weight, " + std::to_string(splits) + " split(s)", gw, gw_ref);
     }
+#if MINICNN_CONV_WINOGRAD
+    // the Winograd weight gradient (3x3, stride 1, padding 1, even sizes): the two
+    // transforms, the 16 GEMMs with 1 and 3 K slices, the output transform with the slices' sum
+    if (tile.wg && s.kH == 3 && s.kW == 3 && s.sH == 1 && s.sW == 1 && s.pH == 1 && s.pW == 1 &&
+        s.H % 2 == 0 && s.W % 2 == 0) {
+        const int P = s.N * (s.H / 2) * (s.W / 2);
+        Buffer<T> V((size_t)16 * P * s.C, true), U((size_t)16 * s.O * P, true);
+        emu_launch(dim3(2), dim3(32), winograd_x<T>, (const T*)x.data(), V.data(), s.N, s.C,
+                   s.H, s.W);
+        emu_launch(dim3(2), dim3(32), winograd_dy<T>, (const T*)gy.data(), U.data(), s.N, s.O,
+                   s.H, s.W);
+        for (int want : {1, 3}) {
+            const int k_chunk = cdiv(cdiv(P, want), tile.BK) * tile.BK;
+            const int splits = cdiv(P, k_chunk);
+            Buffer<T> ws((size_t)splits * 16 * s.O * s.C, true), gw(nw, true);
+            emu_launch(dim3(cdiv(s.C, tile.BN), cdiv(s.O, tile.BM), 16 * splits), block, tile.wg,
+                       (const T*)U.data(), (const T*)V.data(), ws.data(), s.O, s.C, P, k_chunk,
+                       splits);
+            emu_launch(dim3(2), dim3(32), winograd_out<T>, (const T*)ws.data(), gw.data(), splits,
+                       s.O, s.C);
+            compare(t + " backward weight, Winograd, " + std::to_string(splits) + " split(s)", gw,
+                    gw_ref);
+        }
+    }
+#endif
 }
 
 // quot(n, Div(d)) == n / d (the division of the kernels' index arithmetic, a multiply-high
@@ -245,10 +274,15 @@ int main()
 #else
 #define UNIT(NAME, DT) nullptr
 #endif
+#if MINICNN_CONV_WINOGRAD
+#define WG(NAME, DT) winograd_gemm_##NAME##_##DT
+#else
+#define WG(NAME, DT) nullptr
+#endif
 #define TILE(NAME, BM, BN, BK, THREADS, DT)                                                 \
     {#NAME, BM, BN, BK, THREADS, conv2d_forward_##NAME##_##DT,                              \
      conv2d_backward_input_##NAME##_##DT, conv2d_backward_weight_##NAME##_##DT,             \
-     conv2d_backward_input_partition_##NAME##_##DT, UNIT(NAME, DT)}
+     conv2d_backward_input_partition_##NAME##_##DT, UNIT(NAME, DT), WG(NAME, DT)}
     const Tile<float> f32_tiles[] = {TILE(m32n128, 32, 128, 16, 256, f32),
                                      TILE(m64n64, 64, 64, 16, 256, f32),
                                      TILE(m128n128, 128, 128, 8, 256, f32),
