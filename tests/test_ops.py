@@ -50,6 +50,20 @@ def test_conv_transpose2d_non_overlapping(device, N, C, O, H, W, k, bias, dtype,
              lambda *t: TF.conv_transpose2d(*t, stride=k), inputs, device, seed)
 
 
+@given(N=st.integers(1, 3), C=st.integers(1, 6), O=st.integers(1, 6), H=st.integers(1, 6),
+       W=st.integers(1, 6), bias=st.booleans(), dtype=dtypes, seed=seeds)
+def test_conv2d_3x3_same_on_even_sizes(device, N, C, O, H, W, bias, dtype, seed):
+    """3x3, stride 1, padding 1 on even H and W: every 3x3 layer of the U-Net, drawn more often
+    here than by ``conv_case``; the CUDA backend's "winograd" builds compute this weight
+    gradient by Winograd's F(3x3, 2x2) (kernels/conv.cu)."""
+    rng = np.random.default_rng(seed)
+    inputs = [rand(rng, (N, C, 2 * H, 2 * W), dtype), rand(rng, (O, C, 3, 3), dtype)]
+    if bias:
+        inputs.append(rand(rng, (O,), dtype))
+    check_op(lambda *t: F.conv2d(*t, padding=1), lambda *t: TF.conv2d(*t, padding=1),
+             inputs, device, seed)
+
+
 def test_conv2d_unet_shapes(device):
     """The U-Net's own layer kinds: 3x3 pad 1, 1x1, and the 2x2 stride-2 up-convolution."""
     rng = np.random.default_rng(0)
