@@ -61,9 +61,9 @@ def _asan_works(tmp_path):
                                      "fastdiv+kmajor+ktable+prefetch+tiles+vec4",
                                      "fastdiv+prefetch+tiles+vec4+winograd"])
 def test_build_in_the_emulator_under_asan(variant, tmp_path):
-    """The default build and the one with every feature under AddressSanitizer (the GPU's
-    memcheck runs only where a GPU is lent: on the H200, 2026-11-27, it passed for the old
-    default and the all-features build), with every
+    """The default build, the one with kmajor, ktable and tiles, and the default with winograd
+    under AddressSanitizer (the GPU's memcheck runs only where a GPU is lent: on the H200,
+    2026-11-27, it passed for the old default and the kmajor+ktable+tiles build), with every
     buffer's guard zone poisoned: an out-of-bounds *read*, which the plain emulator run cannot
     see (rows read past M are never stored), stops the program. Dropping the ``gm < M`` test
     of the prefetched A loads is caught at once (checked by hand, 2026-11-27)."""

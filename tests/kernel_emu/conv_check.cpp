@@ -110,12 +110,19 @@ template <typename T>
 using ReduceFn = void (*)(const T*, T*, int, long long);
 template <typename T>
 using WgFn = void (*)(const T*, const T*, T*, int, int, int, int, int);
+template <typename T>
+using WtFn = void (*)(const T*, T*, int, int, int, int);        // winograd_x, winograd_dy
+template <typename T>
+using WoutFn = void (*)(const T*, T*, int, int, int);
+
+template <typename T>
+struct Winograd { WgFn<T> gemm; WtFn<T> x, dy; WoutFn<T> out; };   // the entry points
 
 template <typename T>
 struct Tile {
     const char* name; int BM, BN, BK, threads; FwdFn<T> fwd; BinFn<T> bin; BwFn<T> bw;
     BinPartFn<T> bin_part; BinFn<T> bin_unit;      // bin_unit: KTABLE builds, else nullptr
-    WgFn<T> wg;                                    // WINOGRAD builds, else nullptr
+    Winograd<T> wg;                                // WINOGRAD builds, else nullptrs
 };
 
 template <typename T>
@@ -213,22 +220,22 @@ void check_shape(const Tile<T>& tile, const Shape& s, ReduceFn<T> reduce, const 
 #if MINICNN_CONV_WINOGRAD
     // the Winograd weight gradient (3x3, stride 1, padding 1, even sizes): the two
     // transforms, the 16 GEMMs with 1 and 3 K slices, the output transform with the slices' sum
-    if (tile.wg && s.kH == 3 && s.kW == 3 && s.sH == 1 && s.sW == 1 && s.pH == 1 && s.pW == 1 &&
-        s.H % 2 == 0 && s.W % 2 == 0) {
+    if (tile.wg.gemm && s.kH == 3 && s.kW == 3 && s.sH == 1 && s.sW == 1 && s.pH == 1 &&
+        s.pW == 1 && s.H % 2 == 0 && s.W % 2 == 0) {
         const int P = s.N * (s.H / 2) * (s.W / 2);
         Buffer<T> V((size_t)16 * P * s.C, true), U((size_t)16 * s.O * P, true);
-        emu_launch(dim3(2), dim3(32), winograd_x<T>, (const T*)x.data(), V.data(), s.N, s.C,
-                   s.H, s.W);
-        emu_launch(dim3(2), dim3(32), winograd_dy<T>, (const T*)gy.data(), U.data(), s.N, s.O,
-                   s.H, s.W);
+        emu_launch(dim3(2), dim3(32), tile.wg.x, (const T*)x.data(), V.data(), s.N, s.C, s.H,
+                   s.W);
+        emu_launch(dim3(2), dim3(32), tile.wg.dy, (const T*)gy.data(), U.data(), s.N, s.O, s.H,
+                   s.W);
         for (int want : {1, 3}) {
             const int k_chunk = cdiv(cdiv(P, want), tile.BK) * tile.BK;
             const int splits = cdiv(P, k_chunk);
             Buffer<T> ws((size_t)splits * 16 * s.O * s.C, true), gw(nw, true);
-            emu_launch(dim3(cdiv(s.C, tile.BN), cdiv(s.O, tile.BM), 16 * splits), block, tile.wg,
-                       (const T*)U.data(), (const T*)V.data(), ws.data(), s.O, s.C, P, k_chunk,
-                       splits);
-            emu_launch(dim3(2), dim3(32), winograd_out<T>, (const T*)ws.data(), gw.data(), splits,
+            emu_launch(dim3(cdiv(s.C, tile.BN), cdiv(s.O, tile.BM), 16 * splits), block,
+                       tile.wg.gemm, (const T*)U.data(), (const T*)V.data(), ws.data(), s.O,
+                       s.C, P, k_chunk, splits);
+            emu_launch(dim3(2), dim3(32), tile.wg.out, (const T*)ws.data(), gw.data(), splits,
                        s.O, s.C);
             compare(t + " backward weight, Winograd, " + std::to_string(splits) + " split(s)", gw,
                     gw_ref);
@@ -275,9 +282,10 @@ int main()
 #define UNIT(NAME, DT) nullptr
 #endif
 #if MINICNN_CONV_WINOGRAD
-#define WG(NAME, DT) winograd_gemm_##NAME##_##DT
+#define WG(NAME, DT) {winograd_gemm_##NAME##_##DT, winograd_x_##DT, winograd_dy_##DT,        \
+                      winograd_out_##DT}
 #else
-#define WG(NAME, DT) nullptr
+#define WG(NAME, DT) {nullptr, nullptr, nullptr, nullptr}
 #endif
 #define TILE(NAME, BM, BN, BK, THREADS, DT)                                                 \
     {#NAME, BM, BN, BK, THREADS, conv2d_forward_##NAME##_##DT,                              \
