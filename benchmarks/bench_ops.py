@@ -358,15 +358,14 @@ class Bench:
         w, wt = self.both(cw)
 
         def ours_fwd():       # as minicnn.functional.cross_entropy (targets checked before)
-            loss, wsum, p = bk.softmax_cross_entropy_forward(x, t, w, check_target=False)
-            return loss.sum() / wsum.sum()
+            return bk.softmax_cross_entropy_forward(x, t, w, check_target=False,
+                                                    reduction="mean")[0]
 
-        _, wsum, p = bk.softmax_cross_entropy_forward(x, t, w)
-        scale = 1 / wsum.sum()
+        _, wsum, p = bk.softmax_cross_entropy_forward(x, t, w, reduction="mean")
         one = xp.ones((), dtype=np.float32)
 
-        def ours_bwd():
-            return bk.softmax_cross_entropy_backward(p, t, w, xp.broadcast_to(one * scale,
+        def ours_bwd():       # as its backward: g * (1 / sum w[t]), broadcast
+            return bk.softmax_cross_entropy_backward(p, t, w, xp.broadcast_to(one * (1 / wsum),
                                                                                 t.shape))
 
         xg = xt.clone().requires_grad_(True)

@@ -132,6 +132,9 @@ def machine_info(device, query_gpu=True):
     if device == "cuda":
         from minicnn.backend import cuda_backend      # importable without CuPy
         info["conv_variant"] = cuda_backend.conv_variant()   # as built (refuses a bad name)
+        if "winograd" in info["conv_variant"].split("+"):     # the passes it computes so
+            info["winograd_passes"] = "+".join(p for p in cuda_backend.WINOGRAD_PASSES
+                                               if p in cuda_backend.winograd_passes()) or "none"
         if query_gpu:
             info["gpu"] = gpu_name()
     return info
@@ -139,7 +142,8 @@ def machine_info(device, query_gpu=True):
 
 def machine_line(meta):
     """One line naming the machine, for table headers."""
-    where = f"{meta.get('gpu')}, conv kernels '{meta.get('conv_variant', 'plain')}'" \
+    passes = f" (Winograd: {meta['winograd_passes']})" if "winograd_passes" in meta else ""
+    where = f"{meta.get('gpu')}, conv kernels '{meta.get('conv_variant', 'plain')}'{passes}" \
         if meta.get("device") == "cuda" else f"{meta['cpu']} ({meta['cores']} cores)"
     load = meta.get("load_average_1_5_15min")
     load = f", load {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}" if load else ""

@@ -19,11 +19,13 @@
 #      on the GPU (skipped when the data is not there)
 #   5. with --bench: bench_ops.py and bench_train.py at full size (reports in $OUT/ops, $OUT/train),
 #      then for each other build variant of kernels/conv.cu in CONV_BENCH_VARIANTS (default:
-#      the default build plus winograd (NOTES.md entry 18), then plus kmajor, the one feature
-#      not timed on its own yet, then the previous default without tiles as the baseline of
-#      entry 15; "plain" was timed in entry 11, ktable in entry 15) the self-check, the conv
-#      op tests against PyTorch (forward and every gradient), and bench_train ($OUT/train_<variant>); for the first of
-#      them the conv rows of bench_ops too ($OUT/ops_<variant>)
+#      the default build plus winograd, all three passes (NOTES.md entries 18 and 19), then the
+#      same build with the weight gradient's Winograd only, then plus kmajor, the one feature
+#      not timed on its own yet; "plain" was timed in entry 11, ktable and the previous
+#      default in entry 15) the self-check, the conv op tests against PyTorch (forward and
+#      every gradient), and bench_train ($OUT/train_<variant>); for the first of them the conv
+#      rows of bench_ops too ($OUT/ops_<variant>). An entry VARIANT:PASSES runs bench_train
+#      only, with MINICNN_WINOGRAD=PASSES ($OUT/train_<variant>_<passes>)
 #   6. the op tests under compute-sanitizer memcheck (CuPy's memory pool switched off, so that
 #      an out-of-bounds access is outside any allocation and gets reported), with the bounded
 #      hypothesis profile HYPOTHESIS_PROFILE=ci; with --bench for the first variant of step 5
@@ -54,7 +56,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 # conv build variants that --bench times after the default one (MINICNN_CONV_VARIANT values;
 # the default build is cuda_backend.DEFAULT_CONV_VARIANT)
-CONV_BENCH_VARIANTS="${CONV_BENCH_VARIANTS:-fastdiv+prefetch+tiles+vec4+winograd fastdiv+kmajor+prefetch+tiles+vec4 fastdiv+prefetch+vec4}"
+CONV_BENCH_VARIANTS="${CONV_BENCH_VARIANTS:-fastdiv+prefetch+tiles+vec4+winograd fastdiv+prefetch+tiles+vec4+winograd:weight fastdiv+kmajor+prefetch+tiles+vec4}"
 
 STEPS=()
 STATUS=()
@@ -262,6 +264,13 @@ for dtype in (np.float32, np.float64):
             ref = nb.softmax_cross_entropy_forward(x, t, w)
             for name, o, r in zip(("loss", "wt", "p"), out, ref):
                 close(f"xent fwd {name} {shape}", o, r, dtype)
+            for red in ("sum", "mean"):             # the sums in the kernels (two launches)
+                out = cb.softmax_cross_entropy_forward(
+                    cb.asarray(x), cb.asarray(t), None if w is None else cb.asarray(w),
+                    reduction=red)
+                ref = nb.softmax_cross_entropy_forward(x, t, w, reduction=red)
+                for name, o, r in zip(("loss", "wt", "p"), out, ref):
+                    close(f"xent fwd {red} {name} {shape}", o, r, dtype)
             for g in (rng.standard_normal(t.shape).astype(dtype),
                       np.broadcast_to(np.asarray(0.25, dtype), t.shape)):
                 gd = cupy.broadcast_to(cb.asarray(g[(0,) * g.ndim]), t.shape) \
@@ -300,6 +309,8 @@ for what, fn in [
         ("float16 input", lambda: cb.relu_forward(cupy.zeros(3, dtype=np.float16))),
         ("target out of range", lambda: cb.softmax_cross_entropy_forward(
             cupy.zeros((2, 3)), cupy.asarray(np.array([0, 3])), None)),
+        ("target out of range, mean", lambda: cb.softmax_cross_entropy_forward(
+            cupy.zeros((2, 3)), cupy.asarray(np.array([-1, 0])), None, reduction="mean")),
         ("inconsistent conv shapes", lambda: cb.conv2d_backward_input(
             cupy.zeros((1, 2, 3, 3)), cupy.zeros((2, 1, 3, 3)), (1, 1, 6, 6), (1, 1), (0, 0)))]:
     checks[0] += 1
@@ -389,6 +400,15 @@ if [ "$BENCH" = 1 ]; then
     # own processes: self-check, then the training step; the conv table for the first one
     first=1
     for variant in $CONV_BENCH_VARIANTS; do
+        if [[ $variant == *:* ]]; then       # VARIANT:PASSES: the step time with these passes
+            passes=${variant#*:}
+            variant=${variant%%:*}
+            tag=${variant//+/_}_${passes//+/_}
+            step "bench_train, conv variant $variant, MINICNN_WINOGRAD=$passes" 50 \
+                env MINICNN_CONV_VARIANT="$variant" MINICNN_WINOGRAD="$passes" \
+                "$PYTHON" benchmarks/bench_train.py --device cuda ${OUT:+--out "$OUT/train_$tag"}
+            continue
+        fi
         tag=${variant//+/_}
         step "self-check, conv variant $variant" 40 \
             env MINICNN_CONV_VARIANT="$variant" bash -c selfcheck
@@ -410,6 +430,7 @@ if command -v compute-sanitizer >/dev/null; then
     step "compute-sanitizer memcheck (test_ops -k cuda)" 70 bash -c sanitized_ops
     if [ "$BENCH" = 1 ] && [ -n "$CONV_BENCH_VARIANTS" ]; then   # the first variant too
         variant=${CONV_BENCH_VARIANTS%% *}
+        variant=${variant%%:*}
         step "compute-sanitizer memcheck, conv variant $variant" 70 \
             env MINICNN_CONV_VARIANT="$variant" bash -c sanitized_ops
     fi

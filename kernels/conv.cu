@@ -715,6 +715,32 @@ __device__ __forceinline__ Tile2 tile_of(int p, int HWt, int Wt) {
     return {n, a, ab - a * Wt};
 }
 
+// B^T d B of the 4x4 patch d of the zero-padded plane xc (H x W) under the 2x2 output tile
+// (a, b): rows 2a-1 .. 2a+2, columns 2b-1 .. 2b+2 of xc (the same patch for the weight
+// gradient's x and for the input of the forward / input-gradient convolutions)
+template <typename T>
+__device__ __forceinline__ void patch_transform(const T* __restrict__ xc, int H, int W, int a,
+                                                int b, T (&v)[4][4])
+{
+    T d[4][4], t[4][4];                              // t = B^T d, column by column of d
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int h = 2 * a - 1 + i, u = 2 * b - 1 + j;
+            d[i][j] = (h >= 0 && h < H && u >= 0 && u < W) ? ldg(xc + h * W + u) : T(0);
+        }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        T col[4];
+        bt4(d[0][j], d[1][j], d[2][j], d[3][j], col);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) t[i][j] = col[i];
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) bt4(t[i][0], t[i][1], t[i][2], t[i][3], v[i]);   // (B^T d) B
+}
+
 template <typename T>
 __device__ __forceinline__ void winograd_x(const T* __restrict__ x, T* __restrict__ V, int N,
                                            int C, int H, int W)
@@ -723,30 +749,10 @@ __device__ __forceinline__ void winograd_x(const T* __restrict__ x, T* __restric
     GRID_STRIDE_LOOP(e, (long long)P * C) {
         const int ei = (int)e, p = ei / C, c = ei - p * C;
         const Tile2 tl = tile_of(p, HWt, Wt);
-        const T* xc = x + (tl.n * C + c) * H * W;
-        T t[4][4];                                   // B^T d, row by row of d
-        T d[4][4];
+        T v[4][4];
+        patch_transform(x + (tl.n * C + c) * H * W, H, W, tl.a, tl.b, v);
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int h = 2 * tl.a - 1 + i, v = 2 * tl.b - 1 + j;
-                d[i][j] = (h >= 0 && h < H && v >= 0 && v < W) ? ldg(xc + h * W + v) : T(0);
-            }
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            T col[4];
-            bt4(d[0][j], d[1][j], d[2][j], d[3][j], col);
-#pragma unroll
-            for (int i = 0; i < 4; ++i) t[i][j] = col[i];
-        }
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            T row[4];
-            bt4(t[i][0], t[i][1], t[i][2], t[i][3], row);   // (B^T d) B
-#pragma unroll
-            for (int j = 0; j < 4; ++j) V[((i * 4 + j) * P + p) * C + c] = row[j];
-        }
+        for (int xy = 0; xy < 16; ++xy) V[(xy * P + p) * C + c] = v[xy / 4][xy % 4];
     }
 }
 
@@ -840,4 +846,146 @@ winograd_gemm_##CFG##_##DT(const T* __restrict__ U, const T* __restrict__ V,    
     implicit_gemm<T, BM, BN, BK, TM, TN>(prob, O, C, P, k_chunk, split);                   \
 }
 CONV_TILE_CONFIGS(WINOGRAD_GEMM)
+
+// ================================================================== Winograd convolution
+// The forward of a 3x3, stride 1, padding 1 convolution on even H, W by F(2x2, 3x3), with
+// the matrices above: each 2x2 output tile of y[n, o] is
+//   y_tile = A^T [ sum_c (G w[o, c] G^T) (.) (B^T x_patch[n, c] B) ] A  (+ b[o]),
+// x_patch the same 4x4 patch of the zero-padded x as in the weight gradient. The input
+// gradient is the same computation on dy: dx = conv3x3(dy, w') with padding 1 and the filters
+// w'[c, o, i, j] = w[o, c, 2-i, 2-j] (transposed and turned by 180 degrees).
+// R output channels (O, or C for the input gradient) from K channels summed (C, or O):
+//   winograd_in:       V[xy, k, p] = (B^T patch B)[x, y]   one thread per (k, p), p fastest
+//   winograd_filter:   U[xy, r, k] = (G g G^T)[x, y]       one thread per (r, k), k fastest;
+//                      g = w[r, k] (flip = 0) or w[k, r] turned by 180 degrees (flip = 1)
+//   winograd_conv_gemm: ws[split, xy, r, p] = sum_{k in slice} U[xy, r, k] V[xy, k, p]
+//                      (the engine; grid z = 16 * splits, z = xy * splits + split)
+//   winograd_conv_out: y[n, r, 2a+i, 2b+j] = (A^T M A)[i, j] (+ b[r]),
+//                      M[xy] = sum_split ws[split, xy, r, p] (in order), p = (n, a, b)
+// (the GEMM's A loads run along k, its B loads along p, both contiguous).
+template <typename T>
+__device__ __forceinline__ void winograd_in(const T* __restrict__ x, T* __restrict__ V, int N,
+                                            int K, int H, int W)
+{
+    const int Wt = W / 2, HWt = (H / 2) * Wt, P = N * HWt;
+    GRID_STRIDE_LOOP(e, (long long)K * P) {
+        const int ei = (int)e, k = ei / P, p = ei - k * P;
+        const Tile2 tl = tile_of(p, HWt, Wt);
+        T v[4][4];
+        patch_transform(x + (tl.n * K + k) * H * W, H, W, tl.a, tl.b, v);
+#pragma unroll
+        for (int xy = 0; xy < 16; ++xy) V[xy * K * P + ei] = v[xy / 4][xy % 4];
+    }
+}
+
+// G v of one 3-vector: (v0, (v0 + v1 + v2) / 2, (v0 - v1 + v2) / 2, v2)
+template <typename T>
+__device__ __forceinline__ void g3(T v0, T v1, T v2, T* out) {
+    out[0] = v0; out[1] = T(0.5) * (v0 + v1 + v2); out[2] = T(0.5) * (v0 - v1 + v2); out[3] = v2;
+}
+
+template <typename T>
+__device__ __forceinline__ void winograd_filter(const T* __restrict__ w, T* __restrict__ U,
+                                                int O, int C, int flip)
+{
+    const int OC = O * C;
+    GRID_STRIDE_LOOP(e, (long long)OC) {
+        const int ei = (int)e;                       // = r * K + k in both layouts
+        int o, c;
+        if (flip) { c = ei / O; o = ei - c * O; }    // r = c, k = o
+        else      { o = ei / C; c = ei - o * C; }    // r = o, k = c
+        const T* g = w + (o * C + c) * 9;
+        T t[4][3];                                   // G g, column by column of g
+#pragma unroll
+        for (int j = 0; j < 3; ++j) {
+            T col[4];
+            if (flip) g3(ldg(g + 8 - j), ldg(g + 5 - j), ldg(g + 2 - j), col);
+            else      g3(ldg(g + j), ldg(g + 3 + j), ldg(g + 6 + j), col);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) t[i][j] = col[i];
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            T row[4];
+            g3(t[i][0], t[i][1], t[i][2], row);      // (G g) G^T
+#pragma unroll
+            for (int j = 0; j < 4; ++j) U[(i * 4 + j) * OC + ei] = row[j];
+        }
+    }
+}
+
+template <typename T>
+struct WinogradConvGemm {                // M = R, Ncols = P, K = K, for one point xy
+    static constexpr bool K_MAJOR_B = false;
+    const T* U; const T* V; T* ws;
+    int R, P, K, xy, split;
+    struct Column { int p; };
+    __device__ Column column(int col) const { return {col}; }
+    __device__ T a(int m, int k) const { return ldg(U + (xy * R + m) * K + k); }
+    __device__ T b(int k, const Column& cl) const { return ldg(V + (xy * K + k) * P + cl.p); }
+    __device__ void store(int m, int col, T v) const {
+        ws[((split * 16 + xy) * R + m) * P + col] = v;
+    }
+};
+
+template <typename T>
+__device__ __forceinline__ void winograd_conv_out(const T* __restrict__ ws,
+                                                  const T* __restrict__ bias, int has_bias,
+                                                  T* __restrict__ y, int splits, int N, int R,
+                                                  int H, int W)
+{
+    const int Wt = W / 2, HWt = (H / 2) * Wt, P = N * HWt, RP = R * P;
+    GRID_STRIDE_LOOP(e, (long long)RP) {
+        const int ei = (int)e, r = ei / P, p = ei - r * P;
+        T t[2][4];                                   // A^T M
+#pragma unroll
+        for (int yy = 0; yy < 4; ++yy) {
+            T m[4];
+#pragma unroll
+            for (int x = 0; x < 4; ++x) {
+                const int xy = 4 * x + yy;
+                T s = ws[xy * RP + ei];
+                for (int z = 1; z < splits; ++z) s += ws[(z * 16 + xy) * RP + ei];   // in order
+                m[x] = s;
+            }
+            t[0][yy] = m[0] + m[1] + m[2];
+            t[1][yy] = m[1] - m[2] - m[3];
+        }
+        const T b = has_bias ? ldg(bias + r) : T(0);
+        const Tile2 tl = tile_of(p, HWt, Wt);
+        T* out = y + ((tl.n * R + r) * H + 2 * tl.a) * W + 2 * tl.b;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {                // (A^T M) A, + b
+            out[i * W] = t[i][0] + t[i][1] + t[i][2] + b;
+            out[i * W + 1] = t[i][1] - t[i][2] - t[i][3] + b;
+        }
+    }
+}
+
+// winograd_in_<dt>(x, V, N, K, H, W)       winograd_filter_<dt>(w, U, O, C, flip)
+// winograd_conv_out_<dt>(ws, bias, has_bias, y, splits, N, R, H, W)
+// winograd_conv_gemm_<cfg>_<dt>(U, V, ws, R, P, K, k_chunk, splits)
+//   grid (ceil(P / BN), ceil(R / BM), 16 * splits)
+#define WINOGRAD_CONV_KERNELS(T, DT)                                                        \
+extern "C" __global__ void winograd_in_##DT(const T* x, T* V, int N, int K, int H, int W)  \
+{ winograd_in<T>(x, V, N, K, H, W); }                                                      \
+extern "C" __global__ void winograd_filter_##DT(const T* w, T* U, int O, int C, int flip)  \
+{ winograd_filter<T>(w, U, O, C, flip); }                                                  \
+extern "C" __global__ void winograd_conv_out_##DT(const T* ws, const T* bias, int has_bias, \
+                                                  T* y, int splits, int N, int R, int H,   \
+                                                  int W)                                   \
+{ winograd_conv_out<T>(ws, bias, has_bias, y, splits, N, R, H, W); }
+INSTANTIATE_F32_F64(WINOGRAD_CONV_KERNELS)
+
+#define WINOGRAD_CONV_GEMM(CFG, BM, BN, BK, TM, TN, MINB, T, DT)                            \
+extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
+winograd_conv_gemm_##CFG##_##DT(const T* __restrict__ U, const T* __restrict__ V,          \
+                                T* __restrict__ ws, int R, int P, int K, int k_chunk,      \
+                                int splits)                                                \
+{                                                                                          \
+    const int xy = blockIdx.z / splits, split = blockIdx.z - xy * splits;                 \
+    WinogradConvGemm<T> prob{U, V, ws, R, P, K, xy, split};                                \
+    implicit_gemm<T, BM, BN, BK, TM, TN>(prob, R, P, K, k_chunk, split);                   \
+}
+CONV_TILE_CONFIGS(WINOGRAD_CONV_GEMM)
 #endif  // MINICNN_CONV_WINOGRAD

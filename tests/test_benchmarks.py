@@ -83,6 +83,28 @@ def test_agreement_measure():
     assert common.agreement(np.array([5e-4]), np.array([0.0]))[1]
 
 
+def test_machine_line_names_the_conv_build_and_its_winograd_passes(monkeypatch):
+    """A CUDA report names the conv build it timed, and in "winograd" builds the passes that
+    MINICNN_WINOGRAD sent to Winograd's kernels (gpu_check.sh times subsets of them)."""
+    sys.path.insert(0, BENCH)
+    try:
+        import common
+    finally:
+        sys.path.remove(BENCH)
+    monkeypatch.setenv("MINICNN_CONV_VARIANT", "winograd+fastdiv")
+    monkeypatch.setenv("MINICNN_WINOGRAD", "weight+forward")
+    meta = common.machine_info("cuda", query_gpu=False)
+    assert meta["conv_variant"] == "fastdiv+winograd"
+    assert meta["winograd_passes"] == "forward+weight"
+    assert "conv kernels 'fastdiv+winograd' (Winograd: forward+weight)" in \
+        common.machine_line(meta)
+    monkeypatch.setenv("MINICNN_WINOGRAD", "none")
+    assert common.machine_info("cuda", query_gpu=False)["winograd_passes"] == "none"
+    monkeypatch.setenv("MINICNN_CONV_VARIANT", "fastdiv")
+    meta = common.machine_info("cuda", query_gpu=False)
+    assert "winograd_passes" not in meta and "Winograd" not in common.machine_line(meta)
+
+
 def test_variants_table_from_stored_reports(tmp_path):
     """``bench_variants.sh --table`` turns one bench_train report per conv build variant into one
     table, with each variant's step time relative to "plain" (the reports: the H200 run)."""

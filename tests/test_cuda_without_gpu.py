@@ -4,13 +4,18 @@
 ``tests/kernel_emu/cuda_emu.h`` compiles a ``kernels/*.cu`` file as C++ and runs each launch
 block by block, every CUDA thread a fiber that yields at ``__syncthreads()``; the check
 programs compare the kernels with plain loops (see the header for what this can and cannot
-catch). The GPU self-check in ``benchmarks/gpu_check.sh`` remains the test on real hardware.
+catch). The same emulator, built as shared libraries and called through ctypes, also runs
+cuda_backend's primitives end to end on NumPy arrays (``_use_the_emulator``): launchers,
+plans and kernels together, against numpy_backend. The GPU self-check in
+``benchmarks/gpu_check.sh`` remains the test on real hardware.
 """
 import inspect
+import functools
 import os
 import re
 import shutil
 import subprocess
+import types
 
 import numpy as np
 import pytest
@@ -206,11 +211,13 @@ def test_k_tables_give_the_convolution():
         cb.k_table("forward", 1, 1, 2**15, 1, 2**15)
 
 
-def _conv_signatures(variant):
-    """{kernel name: [parameter type, ...]} of kernels/conv.cu built as ``variant``, from the
-    C++ preprocessor (the entry points are written by macros)."""
-    src = '#include "cuda_emu.h"\n#include "conv.cu"\n'
-    r = subprocess.run([CXX, "-E", "-P", "-std=c++20", *cb.conv_variant_options(variant),
+@functools.lru_cache(maxsize=None)
+def _kernel_signatures(module, variant="plain"):
+    """{kernel name: [parameter type, ...]} of kernels/<module>.cu (for conv, built as
+    ``variant``), from the C++ preprocessor (the entry points are written by macros)."""
+    src = f'#include "cuda_emu.h"\n#include "{module}.cu"\n'
+    options = cb.conv_variant_options(variant) if module == "conv" else ()
+    r = subprocess.run([CXX, "-E", "-P", "-std=c++20", *options,
                         "-I", EMU, "-I", os.path.join(ROOT, "kernels"), "-x", "c++", "-"],
                        input=src, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -220,6 +227,10 @@ def _conv_signatures(variant):
         sigs[name] = [re.sub(r"\w+$", "", p.replace("__restrict__", " ").replace("const ", "")
                              .strip()).replace(" ", "") for p in params.split(",")]
     return sigs
+
+
+def _conv_signatures(variant):
+    return _kernel_signatures("conv", variant)
 
 
 class _FakeDevice:
@@ -246,17 +257,12 @@ class _FakeCupy:
         Device = _FakeDevice
 
 
-@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to read the signatures")
-@pytest.mark.parametrize("variant", [cb.DEFAULT_CONV_VARIANT, "plain",
-                                     "fastdiv+kmajor+ktable+prefetch+tiles+vec4",
-                                     "fastdiv+prefetch+tiles+vec4+winograd"])
-def test_conv_launchers_match_the_kernel_signatures(variant, monkeypatch):
-    """Every argument the conv launchers pass has the type of its kernel parameter (CuPy
-    passes a RawKernel's arguments by position, unchecked): pointers get arrays (the k table
-    an int32 (K, 2) array in "ktable" builds, a null pointer otherwise), ``int`` gets int32,
-    ``long long`` int64, and the block has the tile's threads. Runs the launchers on NumPy
-    arrays with a stand-in for CuPy; what the kernels compute is the GPU's and the emulator's
-    business."""
+def _run_conv_launchers(variant, monkeypatch):
+    """Run the conv launchers of build ``variant`` on NumPy arrays with a stand-in for CuPy,
+    checking each launch's arguments against its kernel's parameter types (pointers get
+    arrays, the k table an int32 (K, 2) array in "ktable" builds and a null pointer otherwise,
+    ``int`` gets int32, ``long long`` int64; the block has the tile's threads). Returns the
+    kinds of kernel launched (names without tile and dtype suffixes)."""
     sigs = _conv_signatures(variant)
     launched = []
 
@@ -293,19 +299,306 @@ def test_conv_launchers_match_the_kernel_signatures(variant, monkeypatch):
     for dtype in (np.float32, np.float64):
         for (N, C, H, W, O, k, s, p) in [(2, 64, 12, 12, 128, 3, 1, 1), (2, 8, 9, 9, 16, 3, 2, 1),
                                          (2, 16, 6, 6, 8, 2, 2, 0), (4, 8, 24, 24, 16, 3, 1, 1),
-                                         (4, 8, 25, 25, 16, 3, 1, 1)]:   # odd: no Winograd
+                                         (4, 8, 25, 25, 16, 3, 1, 1),   # odd: no Winograd
+                                         (1, 1024, 6, 6, 512, 3, 1, 1)]:   # split along K
             x = rng.standard_normal((N, C, H, W)).astype(dtype)
             w = rng.standard_normal((O, C, k, k)).astype(dtype)
             s2, p2 = (s, s), (p, p)
             y = cb.conv2d_forward(x, w, np.zeros(O, dtype), s2, p2)
             cb.conv2d_backward_input(y, w, x.shape, s2, p2)
             cb.conv2d_backward_weight(y, x, w.shape, s2, p2)
-    kinds = {re.sub(r"_m\d+n\d+_f\d+$", "", n) for n in launched}
+    return {re.sub(r"_m\d+n\d+_f\d+$", "", n) for n in launched}
+
+
+@functools.lru_cache(maxsize=None)
+def _emulated_library(module, variant, build_dir):
+    """kernels/<module>.cu (conv: built as ``variant``) for the emulator, as a shared library
+    with one ``call_<kernel>(dims, args)`` per entry point: ``dims`` the grid and block (6
+    unsigned), ``args`` pointers to the arguments, as CUDA's launch API takes them."""
+    import ctypes
+    ctype = {"longlong": "long long", "longlong*": "long long*", "unsignedchar*": "unsigned char*"}
+    lines = ['#include "cuda_emu.h"', f'#include "{module}.cu"']
+    for name, params in sorted(_kernel_signatures(module, variant).items()):
+        args = ", ".join(f"*({ctype.get(p, p)}*)a[{i}]" for i, p in enumerate(params))
+        lines.append(f'extern "C" void call_{name}(const unsigned* d, void** a) '
+                     f'{{ emu_launch(dim3(d[0], d[1], d[2]), dim3(d[3], d[4], d[5]), {name}, '
+                     f'{args}); }}')
+    src = os.path.join(build_dir, f"{module}_{variant.replace('+', '_')}.cpp")
+    lib = src[:-4] + ".so"
+    with open(src, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    options = cb.conv_variant_options(variant) if module == "conv" else ()
+    build = [CXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-fno-strict-aliasing", *options,
+             "-I", EMU, "-I", os.path.join(ROOT, "kernels"), src, "-o", lib]
+    r = subprocess.run(build, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{' '.join(build)}:\n{r.stderr[-4000:]}"
+    return ctypes.CDLL(lib)
+
+
+class _EmuArray(np.ndarray):
+    """A NumPy array that tells its address as a CuPy array does (``a.data.ptr``)."""
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=self.ctypes.data)
+
+
+class _EmuCupy(_FakeCupy):
+    """NumPy arrays that look enough like CuPy's for every launcher of cuda_backend."""
+    ndarray = _EmuArray
+
+    @staticmethod
+    def asarray(a, dtype=None):
+        return np.asarray(a, dtype=dtype).view(_EmuArray)
+
+    @staticmethod
+    def ascontiguousarray(a):
+        return np.ascontiguousarray(a).view(_EmuArray)
+
+    @staticmethod
+    def empty(shape, dtype=np.float64):
+        return np.empty(shape, dtype).view(_EmuArray)
+
+    @staticmethod
+    def zeros(shape, dtype=np.float64):
+        return np.zeros(shape, dtype).view(_EmuArray)
+
+
+def _use_the_emulator(monkeypatch, variant, build_dir):
+    """cuda_backend with CuPy replaced by _EmuCupy and each kernel by the emulator's."""
+    monkeypatch.setenv("MINICNN_CONV_VARIANT", variant)
+    monkeypatch.setattr(cb, "cupy", _EmuCupy)
+    monkeypatch.setattr(cb, "_kernel", lambda module, name: _emulated_kernel(
+        _emulated_library(module, variant if module == "conv" else "plain", build_dir), name))
+    monkeypatch.setattr(cb, "_num_sms", lambda: 132)
+    monkeypatch.setattr(cb, "_device_k_table", lambda device_id, *key: cb.k_table(*key))
+
+
+def _emulated_kernel(lib, name):
+    """A stand-in for a CuPy RawKernel that runs ``name`` in the emulator: NumPy arrays are
+    passed as their data pointers, NumPy scalars by address (a uint64 0: a null pointer)."""
+    import ctypes
+
+    def launch(grid, block, args):
+        dims = (ctypes.c_uint * 6)(*(tuple(grid) + (1,) * (3 - len(grid))),
+                                   *(tuple(block) + (1,) * (3 - len(block))))
+        keep = []
+        for a in args:
+            if isinstance(a, np.ndarray):
+                keep.append(ctypes.c_void_p(a.ctypes.data))
+            elif isinstance(a, np.uint64):
+                keep.append(ctypes.c_void_p(int(a) or None))
+            else:
+                keep.append({np.int32: ctypes.c_int, np.int64: ctypes.c_longlong,
+                             np.float32: ctypes.c_float, np.float64: ctypes.c_double}[type(a)](a))
+        argv = (ctypes.c_void_p * len(keep))(*(ctypes.addressof(k) for k in keep))
+        getattr(lib, f"call_{name}")(dims, argv)
+    return launch
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
+@pytest.mark.parametrize("variant, passes", [
+    (cb.DEFAULT_CONV_VARIANT, None), ("fastdiv+prefetch+tiles+vec4+winograd", None),
+    ("fastdiv+prefetch+tiles+vec4+winograd", "weight"), ("plain", None)])
+def test_conv_launchers_compute_the_convolution_in_the_emulator(variant, passes, monkeypatch,
+                                                               tmp_path_factory):
+    """The conv primitives of cuda_backend, launchers and kernels together, run on the CPU:
+    CuPy replaced by NumPy and each launch by the emulator running the kernel the launcher
+    names, with the grid, block and arguments it passes. Against numpy_backend, forward and
+    both gradients, on shapes that take each path (Winograd's with 16 channels or more, split
+    K, stride 2, the up-convolution's partition, 1x1). This is what catches a launcher that
+    passes arguments in the wrong order or plans a grid its kernel does not expect."""
+    _use_the_emulator(monkeypatch, variant, str(tmp_path_factory.getbasetemp()))
+    if passes is None:
+        monkeypatch.delenv("MINICNN_WINOGRAD", raising=False)
+    else:
+        monkeypatch.setenv("MINICNN_WINOGRAD", passes)
+    rng = np.random.default_rng(1)
+    for dtype, tol in ((np.float32, 2e-5), (np.float64, 1e-12)):
+        for (N, C, H, W, O, k, s, p) in [(2, 16, 6, 8, 17, 3, 1, 1),      # Winograd
+                                         (1, 1100, 2, 2, 16, 3, 1, 1),    # Winograd, split K
+                                         (1, 3, 7, 6, 5, 3, 1, 1),        # odd, few channels
+                                         (2, 5, 9, 9, 6, 3, 2, 1),        # stride 2
+                                         (2, 6, 4, 6, 7, 2, 2, 0),        # up-convolution
+                                         (3, 17, 5, 5, 3, 1, 1, 0)]:      # 1x1
+            x = rng.standard_normal((N, C, H, W)).astype(dtype)
+            w = rng.standard_normal((O, C, k, k)).astype(dtype)
+            b = rng.standard_normal(O).astype(dtype)
+            s2, p2 = (s, s), (p, p)
+            y = nb.conv2d_forward(x, w, b, s2, p2)
+            gy = rng.standard_normal(y.shape).astype(dtype)
+            for what, got, ref in [
+                    ("forward", cb.conv2d_forward(x, w, b, s2, p2), y),
+                    ("input gradient", cb.conv2d_backward_input(gy, w, x.shape, s2, p2),
+                     nb.conv2d_backward_input(gy, w, x.shape, s2, p2)),
+                    ("weight gradient", cb.conv2d_backward_weight(gy, x, w.shape, s2, p2),
+                     nb.conv2d_backward_weight(gy, x, w.shape, s2, p2))]:
+                scale = max(1.0, float(np.abs(ref).max()))
+                assert got.shape == ref.shape and got.dtype == ref.dtype, (what, got.shape)
+                err = float(np.abs(got - ref).max()) / scale
+                assert err <= tol, (what, dtype.__name__, (N, C, H, W, O, k, s, p), err)
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
+def test_other_launchers_compute_their_primitives_in_the_emulator(monkeypatch, tmp_path_factory):
+    """As above for the other primitives: ReLU (an aligned array, which takes the 16-byte
+    kernels, and a view one element in, which does not), max-pool (ties, NaN, overlapping
+    and partitioning windows), the cross-entropy (class weights or none, a dense and a
+    broadcast upstream gradient) and the three optimizers, against numpy_backend, bit for bit
+    as gpu_check.sh's self-check on a GPU (the forward loss to rounding)."""
+    _use_the_emulator(monkeypatch, cb.DEFAULT_CONV_VARIANT, str(tmp_path_factory.getbasetemp()))
+    launched, kernel = set(), cb._kernel
+    monkeypatch.setattr(cb, "_kernel", lambda module, name: launched.add(name) or
+                        kernel(module, name))
+    rng = np.random.default_rng(2)
+    E = _EmuCupy.asarray
+
+    def same(got, ref, what):
+        assert got.shape == ref.shape and got.dtype == ref.dtype, (what, got.shape, got.dtype)
+        assert np.array_equal(np.asarray(got), ref, equal_nan=True), what
+
+    for dtype in (np.float32, np.float64):
+        big = rng.standard_normal(1003).astype(dtype)
+        big[::97], big[5::89], big[7::83] = np.nan, -0.0, np.inf
+        gbig = rng.standard_normal(big.shape).astype(dtype)
+        for tag, sl in (("aligned", slice(None)), ("offset view", slice(1, None))):
+            y = cb.relu_forward(E(big)[sl])
+            same(y, nb.relu_forward(big[sl]), f"relu forward {tag}")
+            same(cb.relu_backward(E(gbig)[sl], y),
+                 nb.relu_backward(gbig[sl], nb.relu_forward(big[sl])), f"relu backward {tag}")
+        for (N, C, H, W), k, st in [((2, 3, 13, 11), (3, 3), (2, 2)), ((2, 3, 12, 10), (2, 2), (2, 2)),
+                                     ((1, 2, 9, 12), (4, 3), (1, 2))]:
+            x = rng.integers(-2, 3, size=(N, C, H, W)).astype(dtype)   # many ties
+            x[0, 0, 0, :2] = np.nan
+            y, idx = cb.maxpool2d_forward(E(x), k, st)
+            yr, ir = nb.maxpool2d_forward(x, k, st)
+            same(y, yr, f"maxpool forward {x.shape} {k} {st}")
+            same(idx, ir, f"maxpool argmax {x.shape} {k} {st}")
+            gy = rng.standard_normal(yr.shape).astype(dtype)
+            same(cb.maxpool2d_backward(E(gy), idx, x.shape, k, st),
+                 nb.maxpool2d_backward(gy, ir, x.shape, k, st), f"maxpool backward {x.shape}")
+        for shape in [(5, 4), (2, 4, 7, 9)]:
+            x = (rng.standard_normal(shape) * 3).astype(dtype)
+            t = rng.integers(0, shape[1], size=(shape[0],) + shape[2:])
+            for w in (None, rng.random(shape[1]).astype(dtype)):
+                out = cb.softmax_cross_entropy_forward(E(x), E(t), None if w is None else E(w))
+                ref = nb.softmax_cross_entropy_forward(x, t, w)
+                for name, o, r in zip(("loss", "wt", "p"), out, ref):
+                    np.testing.assert_allclose(o, r, rtol=1e-6 if dtype == np.float32 else 1e-14,
+                                               err_msg=f"cross-entropy {name} {shape}")
+                for g in (rng.standard_normal(t.shape).astype(dtype),
+                          np.broadcast_to(np.asarray(0.25, dtype), t.shape)):
+                    same(cb.softmax_cross_entropy_backward(E(ref[2]), E(t),
+                                                           None if w is None else E(w), E(g)),
+                         nb.softmax_cross_entropy_backward(ref[2], t, w, g),
+                         f"cross-entropy backward {shape}")
+        for shape in [(5, 4), (3, 4, 40, 50)]:       # the sums: 1 block, and 24 blocks
+            x = (rng.standard_normal(shape) * 3).astype(dtype)
+            t = rng.integers(0, shape[1], size=(shape[0],) + shape[2:])
+            for w in (None, rng.random(shape[1]).astype(dtype)):
+                for red in ("sum", "mean"):
+                    out = cb.softmax_cross_entropy_forward(E(x), E(t), None if w is None else E(w),
+                                                           reduction=red)
+                    ref = nb.softmax_cross_entropy_forward(x, t, w, reduction=red)
+                    for name, o, r in zip(("loss", "wt", "p"), out, ref):
+                        assert o.shape == r.shape and o.dtype == r.dtype, (name, red, o.shape)
+                        np.testing.assert_allclose(
+                            o, r, rtol=1e-5 if dtype == np.float32 else 1e-13,
+                            err_msg=f"cross-entropy {red} {name} {shape}")
+        for red in ("none", "mean"):
+            with pytest.raises(ValueError, match="target values must be in"):
+                cb.softmax_cross_entropy_forward(E(np.zeros((2, 3), dtype)), E(np.array([0, 3])),
+                                                 None, reduction=red)
+        p0, g0 = (rng.standard_normal(1000).astype(dtype) for _ in range(2))
+        for wd in (0.0, 0.01):
+            P, M, V = E(p0.copy()), E(p0 * 0.1), E(np.abs(p0))
+            Pr, Mr, Vr = p0.copy(), p0 * 0.1, np.abs(p0)
+            kw = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=wd, step=7)
+            cb.adam_update(P, E(g0), M, V, **kw)
+            nb.adam_update(Pr, g0, Mr, Vr, **kw)
+            for name, a, r in (("p", P, Pr), ("m", M, Mr), ("v", V, Vr)):
+                same(a, r, f"adam {name} wd {wd}")
+            for mom, nest, first in ((0.0, False, False), (0.9, False, True), (0.9, True, False)):
+                P, B, Pr, Br = E(p0.copy()), E(p0 * 0.5), p0.copy(), p0 * 0.5
+                kw = dict(lr=0.01, momentum=mom, dampening=0.1, nesterov=nest, weight_decay=wd,
+                          first=first)
+                cb.sgd_update(P, E(g0), B if mom else None, **kw)
+                nb.sgd_update(Pr, g0, Br if mom else None, **kw)
+                same(P, Pr, f"sgd p {mom} {nest} {first}")
+                same(B, Br, f"sgd buffer {mom} {nest} {first}")
+            P, S, Pr, Sr = E(p0.copy()), E(np.abs(g0)), p0.copy(), np.abs(g0)
+            cb.adagrad_update(P, E(g0), S, clr=0.01, eps=1e-10, weight_decay=wd)
+            nb.adagrad_update(Pr, g0, Sr, clr=0.01, eps=1e-10, weight_decay=wd)
+            same(P, Pr, "adagrad p")
+            same(S, Sr, "adagrad s")
+    assert {f"relu_{d}{v}_{t}" for d in ("forward", "backward") for v in ("", "_vec")
+            for t in ("f32", "f64")} <= launched
+    assert {"maxpool2d_forward_u8_f32", "maxpool2d_backward_u8_f64", "softmax_xent_forward_f32",
+            "softmax_xent_backward_f64", "softmax_xent_reduce_f32", "adam_update_f32", "sgd_update_f64",
+            "adagrad_update_f32"} <= launched
+
+
+WINOGRAD_WEIGHT = {f"winograd_{k}_{dt}" for k in ("x", "dy", "out") for dt in ("f32", "f64")} | \
+    {"winograd_gemm"}
+WINOGRAD_CONV = {f"winograd_{k}_{dt}" for k in ("in", "filter", "conv_out")
+                 for dt in ("f32", "f64")} | {"winograd_conv_gemm"}
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to read the signatures")
+@pytest.mark.parametrize("variant", [cb.DEFAULT_CONV_VARIANT, "plain",
+                                     "fastdiv+kmajor+ktable+prefetch+tiles+vec4",
+                                     "fastdiv+prefetch+tiles+vec4+winograd"])
+def test_conv_launchers_match_the_kernel_signatures(variant, monkeypatch):
+    """Every argument the conv launchers pass has the type of its kernel parameter (CuPy
+    passes a RawKernel's arguments by position, unchecked), for every kernel kind of the
+    build; what the kernels compute is the GPU's and the emulator's business."""
+    monkeypatch.delenv("MINICNN_WINOGRAD", raising=False)
+    kinds = _run_conv_launchers(variant, monkeypatch)
     assert {"conv2d_forward", "conv2d_backward_input_partition", "conv2d_backward_weight",
             "splitk_reduce_f32", "splitk_reduce_f64"} <= kinds
     assert ("conv2d_backward_input_unit" in kinds) == ("ktable" in variant)
-    winograd = {f"winograd_{k}_{dt}" for k in ("x", "dy", "out") for dt in ("f32", "f64")}
-    assert (winograd | {"winograd_gemm"} <= kinds) == ("winograd" in variant)
+    assert (WINOGRAD_WEIGHT | WINOGRAD_CONV <= kinds) == ("winograd" in variant)
+    assert not (WINOGRAD_WEIGHT | WINOGRAD_CONV) & kinds or "winograd" in variant
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to read the signatures")
+@pytest.mark.parametrize("passes, forward_input, weight", [
+    ("none", False, False), ("weight", False, True), ("forward", True, False),
+    ("input", True, False), ("forward+input+weight", True, True)])
+def test_winograd_passes_choose_the_kernels(passes, forward_input, weight, monkeypatch):
+    """MINICNN_WINOGRAD picks the passes that run Winograd's kernels in a "winograd" build;
+    the U-Net-sized shapes of the run above need both GEMM kinds otherwise."""
+    monkeypatch.setenv("MINICNN_WINOGRAD", passes)
+    kinds = _run_conv_launchers("fastdiv+prefetch+tiles+vec4+winograd", monkeypatch)
+    assert (WINOGRAD_CONV <= kinds) == forward_input
+    assert not (WINOGRAD_CONV & kinds) or forward_input
+    assert (WINOGRAD_WEIGHT <= kinds) == weight
+    assert not (WINOGRAD_WEIGHT & kinds) or weight
+
+
+def test_winograd_applies_and_its_passes(monkeypatch):
+    """The shapes Winograd's kernels take (3x3, stride 1, padding 1, even sizes, 16 channels
+    or more on both sides: every 3x3 layer of the U-Net but the first), and the parsing of
+    MINICNN_WINOGRAD."""
+    unet = dict(kH=3, kW=3, sH=1, sW=1, pH=1, pW=1)
+    assert cb.winograd_applies(**unet, H=96, W=96, C=64, O=64)
+    assert cb.winograd_applies(**unet, H=6, W=6, C=1024, O=1024)
+    assert cb.winograd_applies(**unet, H=2, W=2, C=16, O=16)   # test_ops' "wide" draws
+    assert not cb.winograd_applies(**unet, H=96, W=96, C=1, O=64)        # the first layer
+    assert not cb.winograd_applies(**unet, H=96, W=96, C=64, O=15)
+    assert not cb.winograd_applies(**unet, H=95, W=96, C=64, O=64)       # odd: half a tile
+    assert not cb.winograd_applies(**unet, H=96, W=7, C=64, O=64)
+    for change in (dict(kH=5), dict(sW=2), dict(pH=0), dict(kW=1, pW=0)):
+        assert not cb.winograd_applies(**{**unet, **change}, H=12, W=12, C=64, O=64)
+    monkeypatch.delenv("MINICNN_WINOGRAD", raising=False)
+    assert cb.winograd_passes() == {"forward", "input", "weight"}
+    monkeypatch.setenv("MINICNN_WINOGRAD", "weight+forward")
+    assert cb.winograd_passes() == {"forward", "weight"}
+    monkeypatch.setenv("MINICNN_WINOGRAD", "none")
+    assert cb.winograd_passes() == set()
+    for bad in ("", "fwd", "weight+weight", "none+weight"):
+        monkeypatch.setenv("MINICNN_WINOGRAD", bad)
+        with pytest.raises(ValueError, match="MINICNN_WINOGRAD"):
+            cb.winograd_passes()
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")

@@ -51,11 +51,13 @@ def test_conv_transpose2d_non_overlapping(device, N, C, O, H, W, k, bias, dtype,
 
 
 @given(N=st.integers(1, 3), C=st.integers(1, 6), O=st.integers(1, 6), H=st.integers(1, 6),
-       W=st.integers(1, 6), bias=st.booleans(), dtype=dtypes, seed=seeds)
-def test_conv2d_3x3_same_on_even_sizes(device, N, C, O, H, W, bias, dtype, seed):
+       W=st.integers(1, 6), wide=st.booleans(), bias=st.booleans(), dtype=dtypes, seed=seeds)
+def test_conv2d_3x3_same_on_even_sizes(device, N, C, O, H, W, wide, bias, dtype, seed):
     """3x3, stride 1, padding 1 on even H and W: every 3x3 layer of the U-Net, drawn more often
-    here than by ``conv_case``; the CUDA backend's "winograd" builds compute this weight
-    gradient by Winograd's F(3x3, 2x2) (kernels/conv.cu)."""
+    here than by ``conv_case``. With ``wide`` (16-21 channels on both sides) the CUDA
+    backend's "winograd" builds compute all three passes by Winograd's algorithm
+    (kernels/conv.cu; ``cuda_backend.winograd_applies``)."""
+    C, O = (C + 15, O + 15) if wide else (C, O)
     rng = np.random.default_rng(seed)
     inputs = [rand(rng, (N, C, 2 * H, 2 * W), dtype), rand(rng, (O, C, 3, 3), dtype)]
     if bias:

@@ -25,11 +25,13 @@ conv2d_backward_input                  conv.cu  conv2d_backward_input_<tile>, or
                                        conv2d_backward_input_partition_<tile> when the
                                        windows partition the input (up-convolution)
 conv2d_backward_weight                 conv.cu  conv2d_backward_weight_<tile> + splitk_reduce
-                                       ("winograd" builds, 3x3 stride 1 padding 1, even
-                                       sizes: winograd_x, _dy, _gemm_<tile>, _out)
+  "winograd" builds, where winograd_applies (3x3, stride 1, padding 1, even sizes):
+  forward, input gradient              winograd_in, _filter, _conv_gemm_<tile>, _conv_out
+  weight gradient                      winograd_x, _dy, _gemm_<tile>, _out
 maxpool2d_forward / _backward          pool.cu  maxpool2d_{forward,backward}_{u8,i32}
 relu_forward / relu_backward           activation.cu
 softmax_cross_entropy_forward / _bwd   loss.cu  softmax_xent_{forward,backward}
+                                       (+ softmax_xent_reduce for the sum and the mean)
 adam_update, sgd_update, adagrad_update  optim.cu (compiled with --fmad=false)
 =====================================  ==========================================
 """
@@ -132,11 +134,12 @@ _MODULE_OPTIONS = {"optim": ("--fmad=false",)}
 # "kmajor" (the weight gradient's B-tile loads run along k, i.e. along a row of x, instead of
 # across taps; not timed alone yet), "ktable" (the B loads of the forward and the input
 # gradient read the tap and the k part of the address from a table built once per shape,
-# k_table, instead of dividing; measured slower), "winograd" (the weight gradient of 3x3,
-# stride 1, padding 1 convolutions on even sizes by Winograd's F(3x3, 2x2): 2.25x fewer
-# multiplications; not timed yet). Every variant computes the same sums in the same order,
-# except that "tiles" may cut a weight gradient's K into other split-K slices and "winograd"
-# sums transformed products (sums regrouped: float rounding differs). The default
+# k_table, instead of dividing; measured slower), "winograd" (3x3, stride 1, padding 1
+# convolutions on even sizes by Winograd's algorithms, F(2x2, 3x3) for the forward and the
+# input gradient, F(3x3, 2x2) for the weight gradient: 2.25x fewer multiplications; which
+# passes, MINICNN_WINOGRAD says; not timed yet). Every variant computes the same sums in the
+# same order, except that "tiles" may cut a weight gradient's K into other split-K slices and
+# "winograd" sums transformed products (sums regrouped: float rounding differs). The default
 # (DEFAULT_CONV_VARIANT) is the fastest build measured: on an H200 the U-Net's training step
 # took 93.5 ms "plain", 54.3 ms with fastdiv+prefetch+vec4 and 50.4 ms with tiles added
 # (benchmarks/NOTES.md, entries 11 and 15). The benchmarks time each variant in its own
@@ -192,6 +195,43 @@ def _conv_feature(name):
     launch, so the parsed variant is cached (one environment lookup per call)."""
     return name in _variant_features(os.environ.get("MINICNN_CONV_VARIANT",
                                                     DEFAULT_CONV_VARIANT))
+
+
+# In "winograd" builds, which passes of a 3x3 / stride 1 / padding 1 convolution on even sizes
+# take Winograd's algorithm: the environment variable MINICNN_WINOGRAD, a "+"-joined subset of
+# WINOGRAD_PASSES (default: all three; "none" for none), read at each launch like the variant.
+# Not timed yet (benchmarks/NOTES.md entries 18 and 19): the benchmarks time the subsets.
+WINOGRAD_PASSES = ("forward", "input", "weight")
+WINOGRAD_MIN_CHANNELS = 16    # fewer channels on either side: the transforms cost more than
+#                               the multiplications they save (the U-Net's 1 -> 64 layer)
+
+
+@functools.lru_cache(maxsize=None)
+def _winograd_pass_set(value):
+    passes = () if value == "none" else tuple(value.split("+"))
+    if not all(p in WINOGRAD_PASSES for p in passes) or len(set(passes)) != len(passes):
+        raise ValueError(f"MINICNN_WINOGRAD={value!r}: expected 'none' or a '+'-joined set of "
+                         f"{list(WINOGRAD_PASSES)}")
+    return frozenset(passes)
+
+
+def winograd_passes():
+    """The passes that take Winograd's algorithm in "winograd" builds (MINICNN_WINOGRAD)."""
+    return _winograd_pass_set(os.environ.get("MINICNN_WINOGRAD", "+".join(WINOGRAD_PASSES)))
+
+
+def winograd_applies(kH, kW, sH, sW, pH, pW, H, W, C, O):
+    """True when Winograd's F(2x2, 3x3) / F(3x3, 2x2) kernels compute this convolution's
+    passes: a 3x3 kernel, stride 1, padding 1, even H and W (whole 2x2 output tiles), and
+    at least WINOGRAD_MIN_CHANNELS channels in and out. Pure Python (tested without a GPU)."""
+    return ((kH, kW, sH, sW, pH, pW) == (3, 3, 1, 1, 1, 1) and H % 2 == 0 and W % 2 == 0
+            and min(C, O) >= WINOGRAD_MIN_CHANNELS)
+
+
+def _winograd(pass_name, *shape):
+    """Whether this build and MINICNN_WINOGRAD send ``pass_name`` of this conv to Winograd."""
+    return (_conv_feature("winograd") and pass_name in winograd_passes()
+            and winograd_applies(*shape))
 
 
 def _module_options(module_name):
@@ -466,6 +506,8 @@ def conv2d_forward(x, w, b, stride, padding):
     y = cupy.empty((N, O, Ho, Wo), dtype=x.dtype)
     if y.size == 0:
         return y
+    if _winograd("forward", kH, kW, sH, sW, pH, pW, H, W, C, O):
+        return _winograd_conv(op, desc, x, w, b, y, sfx, flip=False)
     tile, grid, k_chunk = plan_gemm(O, N * Ho * Wo, C * kH * kW, sfx, _num_sms(),
                                     tiles=_conv_feature("tiles"))
     _check_grid(op, desc, grid)
@@ -508,6 +550,8 @@ def conv2d_backward_input(gy, w, x_shape, stride, padding):
     gx = cupy.empty((N, C, H, W), dtype=gy.dtype)
     if gx.size == 0:
         return gx
+    if _winograd("input", kH, kW, sH, sW, pH, pW, H, W, C, O):
+        return _winograd_conv(op, desc, gy, w, None, gx, sfx, flip=True)
     if window_partition(kH, kW, sH, sW, pH, pW, H, W, Ho, Wo):
         # Each input pixel lies in exactly one window (the U-Net's 2x2/2 up-convolution): a
         # dense GEMM over the output pixels whose epilogue scatters into gx ("pixel shuffle").
@@ -553,8 +597,7 @@ def conv2d_backward_weight(gy, x, w_shape, stride, padding):
     gw = cupy.empty((O, C, kH, kW), dtype=gy.dtype)
     if gw.size == 0:
         return gw
-    if (_conv_feature("winograd") and (kH, kW, sH, sW, pH, pW) == (3, 3, 1, 1, 1, 1)
-            and H % 2 == 0 and W % 2 == 0):
+    if _winograd("weight", kH, kW, sH, sW, pH, pW, H, W, C, O):
         return _winograd_weight(op, desc, gy, x, gw, sfx)
     K = N * Ho * Wo
     tile, grid, k_chunk = plan_gemm(O, C * kH * kW, K, sfx, _num_sms(), split_k=True,
@@ -605,6 +648,43 @@ def _winograd_weight(op, desc, gy, x, gw, sfx):
     _launch_1d(_kernel("conv", f"winograd_out_{sfx}"), O * C,
                (ws, gw, _i32(splits), _i32(O), _i32(C)))
     return gw
+
+
+def _winograd_conv(op, desc, src, w, b, out, sfx, flip):
+    """A 3x3, stride 1, padding 1 convolution on even H, W by Winograd's F(2x2, 3x3)
+    ("winograd" builds; kernels/conv.cu, "Winograd convolution"): ``out = conv(src, w) + b``
+    (the forward: src = x, out = y) or, with ``flip``, ``out = conv(src, w')`` with w' the
+    filters transposed and turned by 180 degrees (the input gradient: src = dy, out = dx).
+    The transforms V = B^T patch B of src and U = G g G^T of the filters, the 16 GEMMs
+    U[xy] V[xy] on the GEMM engine (split along the channels summed, like a forward's K),
+    then out = A^T (sum of the slices) A (+ b), tile by tile."""
+    N, K, H, W = src.shape            # K: the channels summed over
+    R = out.shape[1]                  # R: the channels computed
+    O, C = w.shape[:2]
+    P = N * (H // 2) * (W // 2)
+    # the 16 GEMMs planned as one with 16x the columns (as many blocks), launched per point
+    tile, grid, k_chunk = plan_gemm(R, 16 * P, K, sfx, _num_sms(), split_k=True,
+                                    tiles=_conv_feature("tiles"))
+    splits = grid[2]
+    BM, BN = TILES[tile][:2]
+    grid = (_cdiv(P, BN), _cdiv(R, BM), 16 * splits)
+    _check_grid(op, desc, grid)
+    _check_index_range(op, desc, winograd_input=16 * K * P, winograd_filters=16 * R * K,
+                       winograd_workspace=splits * 16 * R * P, split_k_range=splits * k_chunk + 256)
+    V = cupy.empty((16, K, P), dtype=src.dtype)
+    U = cupy.empty((16, R, K), dtype=src.dtype)
+    ws = cupy.empty((splits, 16, R, P), dtype=src.dtype)
+    _launch_1d(_kernel("conv", f"winograd_in_{sfx}"), K * P,
+               (src, V, _i32(N), _i32(K), _i32(H), _i32(W)))
+    _launch_1d(_kernel("conv", f"winograd_filter_{sfx}"), O * C,
+               (w, U, _i32(O), _i32(C), _i32(flip)))
+    _kernel("conv", f"winograd_conv_gemm_{tile}_{sfx}")(
+        grid, (tile_threads(tile),), (U, V, ws, _i32(R), _i32(P), _i32(K), _i32(k_chunk),
+                                      _i32(splits)))
+    _launch_1d(_kernel("conv", f"winograd_conv_out_{sfx}"), R * P,
+               (ws, ws if b is None else b, _i32(b is not None), out, _i32(splits), _i32(N),
+                _i32(R), _i32(H), _i32(W)))
+    return out
 
 
 # =========================================================================== pooling
@@ -726,30 +806,67 @@ def _loss_operands(op, x, t, w, what):
     return x, t, w, N, C, S
 
 
-def softmax_cross_entropy_forward(x, t, w, check_target=True):
-    """Per-position weighted cross-entropy of logits ``x`` (N, C, ...) and integer targets t.
+def softmax_cross_entropy_forward(x, t, w, check_target=True, reduction="none"):
+    """Weighted cross-entropy of logits ``x`` (N, C, ...) and integer targets t.
 
     Returns ``(loss, wt, p)``: ``loss = -w[t] * log softmax(x)[t]`` and ``wt = w[t]`` of shape
-    ``t.shape``, and ``p = softmax(x)``. A target outside ``[0, C)`` raises ValueError (the
-    kernel's flag, read back: one sync); with ``check_target=False`` (the caller checked) it is
-    not read, and such a position would get NaN loss.
+    ``t.shape``, and ``p = softmax(x)``. With ``reduction="sum"`` loss and wt are their sums
+    (0-d), with ``"mean"`` loss is ``sum loss / sum wt``: one more launch adds the blocks'
+    partial sums in a fixed order. A target outside ``[0, C)`` raises ValueError (the kernel's
+    flag or count, read back: one sync); with ``check_target=False`` (the caller checked) it
+    is not read, and such a position would get NaN loss.
     """
     op = "softmax_cross_entropy_forward"
+    if reduction not in ("none", "sum", "mean"):
+        raise ValueError(f"{op}: reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
     x, t, w, N, C, S = _loss_operands(op, x, t, w, "logits")
     sfx = _suffix(op, x.dtype, "logits")
-    loss = cupy.empty(t.shape, dtype=x.dtype)
-    wt = cupy.empty(t.shape, dtype=x.dtype)
     p = cupy.empty(x.shape, dtype=x.dtype)
+    reduce = reduction != "none"
     if t.size == 0:
+        if not reduce:
+            return cupy.empty(t.shape, dtype=x.dtype), cupy.empty(t.shape, dtype=x.dtype), p
+        total, wsum = cupy.zeros((), dtype=x.dtype), cupy.zeros((), dtype=x.dtype)
+        return (total / wsum if reduction == "mean" else total), wsum, p
+    kernel = _kernel("loss", f"softmax_xent_forward_{sfx}")
+    if not reduce:
+        loss = cupy.empty(t.shape, dtype=x.dtype)
+        wt = cupy.empty(t.shape, dtype=x.dtype)
+        bad = cupy.zeros((1,), dtype=np.int32)
+        _launch_1d(kernel, t.size, (x, t, x if w is None else w, _i32(w is not None), loss, wt,
+                                    p, bad, p, _i32(0), _i32(N), _i32(C), _i32(S)),
+                   threads=SCE_THREADS)
+        if check_target and int(bad[0]):   # one flag read (a sync) instead of a min/max pass
+            raise ValueError(f"{op}: target values must be in [0, {C}), found values outside "
+                             f"(target shape {t.shape})")
         return loss, wt, p
-    bad = cupy.zeros((1,), dtype=np.int32)
-    _launch_1d(_kernel("loss", f"softmax_xent_forward_{sfx}"), t.size,
-               (x, t, x if w is None else w, _i32(w is not None), loss, wt, p, bad,
-                _i32(N), _i32(C), _i32(S)))
-    if check_target and int(bad[0]):   # one flag read (a sync) instead of a min/max pass
+    blocks = min(_cdiv(t.size, SCE_THREADS), 65535)          # as _launch_1d's grid
+    partial = cupy.empty((blocks, 3), dtype=x.dtype)
+    out = cupy.empty((3,), dtype=x.dtype)
+    _launch_1d(kernel, t.size, (x, t, x if w is None else w, _i32(w is not None), p, p, p,
+                                _i32_scratch(), partial, _i32(1), _i32(N), _i32(C), _i32(S)),
+               threads=SCE_THREADS)
+    _kernel("loss", f"softmax_xent_reduce_{sfx}")(
+        (1,), (SCE_THREADS,), (partial, _i32(blocks), _i32(reduction == "mean"), out))
+    if check_target and int(out[2]):   # the bad targets' count (a sync)
         raise ValueError(f"{op}: target values must be in [0, {C}), found values outside "
                          f"(target shape {t.shape})")
-    return loss, wt, p
+    return out[0], out[1], p
+
+
+SCE_THREADS = 256    # kernels/loss.cu's SCE_THREADS: the block of its reductions
+
+
+@functools.lru_cache(maxsize=None)
+def _device_scratch(device_id):
+    with cupy.cuda.Device(device_id):
+        return cupy.zeros((1,), dtype=np.int32)
+
+
+def _i32_scratch():
+    """One int32 on the current device for a kernel argument that is never read or written
+    (a pointer argument must still point to valid memory)."""
+    return _device_scratch(cupy.cuda.Device().id)
 
 
 def softmax_cross_entropy_backward(p, t, w, g):

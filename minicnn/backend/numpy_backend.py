@@ -249,15 +249,21 @@ def relu_backward(gy, y):
 
 
 # --------------------------------------------------------------------------- loss
-def softmax_cross_entropy_forward(x, t, w, check_target=True):
-    """Per-position weighted cross-entropy of logits ``x`` (N, C, ...) and integer targets t.
+def softmax_cross_entropy_forward(x, t, w, check_target=True, reduction="none"):
+    """Weighted cross-entropy of logits ``x`` (N, C, ...) and integer targets t.
 
     Returns ``(loss, wt, p)``: ``loss = -w[t] * log softmax(x)[t]`` and ``wt = w[t]`` of shape
     ``t.shape``, and the probabilities ``p = softmax(x)`` kept for the backward pass.
-    Uses the stable ``log softmax = x - max - log(sum(exp(x - max)))``.
+    Uses the stable ``log softmax = x - max - log(sum(exp(x - max)))``. With
+    ``reduction="sum"`` loss and wt are their sums (0-d arrays), with ``"mean"`` loss is
+    ``sum loss / sum wt`` (PyTorch's weighted mean); the CUDA backend then adds them up in
+    its kernels instead of storing every position's.
     A target outside ``[0, C)`` raises ValueError; ``check_target=False`` is for a caller that
     has checked already (``functional.cross_entropy``), and saves the CUDA backend a sync.
     """
+    if reduction not in ("none", "sum", "mean"):
+        raise ValueError(f"softmax_cross_entropy_forward: reduction must be 'none', 'sum' or "
+                         f"'mean', got {reduction!r}")
     if check_target and t.size and (t.min() < 0 or t.max() >= x.shape[1]):
         raise ValueError(f"softmax_cross_entropy_forward: target values must be in "
                          f"[0, {x.shape[1]}), found values outside (target shape {t.shape})")
@@ -275,7 +281,11 @@ def softmax_cross_entropy_forward(x, t, w, check_target=True):
         np.multiply(-wt[b], logp_t, out=loss[b])
         np.divide(e, s, out=p[b])
     _over_batch(part, x)
-    return loss, wt, p
+    if reduction == "none":
+        return loss, wt, p
+    total, wsum = np.asarray(loss.sum()), np.asarray(wt.sum())
+    with np.errstate(invalid="ignore", divide="ignore"):    # an empty batch: NaN, as PyTorch
+        return (total / wsum if reduction == "mean" else total), wsum, p
 
 
 def softmax_cross_entropy_backward(p, t, w, g):

@@ -75,19 +75,17 @@ def cross_entropy(logits, target, weight=None, reduction="mean"):
     t = _check_logits_target(logits, target, "cross_entropy")
     w = _class_weight(weight, logits, "cross_entropy")
     bk = logits.backend
-    loss, wt, p = bk.softmax_cross_entropy_forward(logits.data, t, w, check_target=False)
     if reduction == "none":
+        loss, wt, p = bk.softmax_cross_entropy_forward(logits.data, t, w, check_target=False)
         return make_result(loss, (logits,),
                            lambda g: (bk.softmax_cross_entropy_backward(p, t, w, g),))
-    total = loss.sum()
-    if reduction == "mean":
-        wsum = wt.sum()
-        total, scale = total / wsum, 1 / wsum
-    else:
-        scale = 1
+    # the sums in the backend's own kernels (the CUDA one: two launches, no per-position copy)
+    total, wsum, p = bk.softmax_cross_entropy_forward(logits.data, t, w, check_target=False,
+                                                      reduction=reduction)
 
     def backward(g):
-        return (bk.softmax_cross_entropy_backward(p, t, w, bk.xp.broadcast_to(g * scale, t.shape)),)
+        g = g * (1 / wsum) if reduction == "mean" else g     # (the order of earlier versions)
+        return (bk.softmax_cross_entropy_backward(p, t, w, bk.xp.broadcast_to(g, t.shape)),)
     return make_result(bk.xp.asarray(total, dtype=logits.dtype), (logits,), backward)
 
 

@@ -116,7 +116,15 @@ template <typename T>
 using WoutFn = void (*)(const T*, T*, int, int, int);
 
 template <typename T>
-struct Winograd { WgFn<T> gemm; WtFn<T> x, dy; WoutFn<T> out; };   // the entry points
+using WfFn = void (*)(const T*, T*, int, int, int);              // winograd_filter
+template <typename T>
+using WcoFn = void (*)(const T*, const T*, int, T*, int, int, int, int, int);   // winograd_conv_out
+
+template <typename T>
+struct Winograd {                                  // the entry points
+    WgFn<T> gemm; WtFn<T> x, dy; WoutFn<T> out;    // the weight gradient
+    WgFn<T> conv_gemm; WtFn<T> in; WfFn<T> filter; WcoFn<T> conv_out;   // forward, input grad.
+};
 
 template <typename T>
 struct Tile {
@@ -240,6 +248,28 @@ void check_shape(const Tile<T>& tile, const Shape& s, ReduceFn<T> reduce, const 
             compare(t + " backward weight, Winograd, " + std::to_string(splits) + " split(s)", gw,
                     gw_ref);
         }
+        // the forward (with the bias) and the input gradient (the filters turned, flip = 1):
+        // R channels out of K summed, with 1 and 2-3 K slices
+        for (int flip : {0, 1}) {
+            const int R = flip ? s.C : s.O, K = flip ? s.O : s.C;
+            Buffer<T> Vc((size_t)16 * K * P, true), Uc((size_t)16 * R * K, true);
+            emu_launch(dim3(2), dim3(32), tile.wg.in, (const T*)(flip ? gy : x).data(),
+                       Vc.data(), s.N, K, s.H, s.W);
+            emu_launch(dim3(2), dim3(32), tile.wg.filter, (const T*)w.data(), Uc.data(), s.O,
+                       s.C, flip);
+            for (int want : {1, 3}) {
+                const int k_chunk = cdiv(cdiv(K, want), tile.BK) * tile.BK;
+                const int splits = cdiv(K, k_chunk);
+                Buffer<T> ws((size_t)splits * 16 * R * P, true), out(flip ? nx : ny, true);
+                emu_launch(dim3(cdiv(P, tile.BN), cdiv(R, tile.BM), 16 * splits), block,
+                           tile.wg.conv_gemm, (const T*)Uc.data(), (const T*)Vc.data(),
+                           ws.data(), R, P, K, k_chunk, splits);
+                emu_launch(dim3(2), dim3(32), tile.wg.conv_out, (const T*)ws.data(),
+                           (const T*)b.data(), 1 - flip, out.data(), splits, s.N, R, s.H, s.W);
+                compare(t + (flip ? " backward input" : " forward") + ", Winograd, " +
+                        std::to_string(splits) + " split(s)", out, flip ? gx_ref : y_ref);
+            }
+        }
     }
 #endif
 }
@@ -283,9 +313,10 @@ int main()
 #endif
 #if MINICNN_CONV_WINOGRAD
 #define WG(NAME, DT) {winograd_gemm_##NAME##_##DT, winograd_x_##DT, winograd_dy_##DT,        \
-                      winograd_out_##DT}
+                      winograd_out_##DT, winograd_conv_gemm_##NAME##_##DT, winograd_in_##DT,  \
+                      winograd_filter_##DT, winograd_conv_out_##DT}
 #else
-#define WG(NAME, DT) {nullptr, nullptr, nullptr, nullptr}
+#define WG(NAME, DT) {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr}
 #endif
 #define TILE(NAME, BM, BN, BK, THREADS, DT)                                                 \
     {#NAME, BM, BN, BK, THREADS, conv2d_forward_##NAME##_##DT,                              \
