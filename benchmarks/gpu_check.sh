@@ -158,6 +158,8 @@ def conv_all(tag, rng, dtype, N, C, O, H, W, k, s, p, bias):
     bd = None if b is None else cb.asarray(b)
     yr = nb.conv2d_forward(x, w, b, s, p)
     close(f"{tag} forward", cb.conv2d_forward(xd, wd, bd, s, p), yr, dtype)
+    close(f"{tag} forward + ReLU", cb.conv2d_forward(xd, wd, bd, s, p, relu=True),
+          nb.conv2d_forward(x, w, b, s, p, relu=True), dtype)
     gy = rng.standard_normal(yr.shape).astype(dtype)
     gyd = cb.asarray(gy)
     close(f"{tag} backward_input", cb.conv2d_backward_input(gyd, wd, x.shape, s, p),

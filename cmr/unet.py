@@ -47,10 +47,10 @@ class DoubleConv(nn.Module):
             self.norm2 = _norm_layer(norm, out_channels)
 
     def forward(self, x):
-        x = self.conv1(x)
-        x = F.relu(x if self.norm == "none" else self.norm1(x))
-        x = self.conv2(x)
-        return F.relu(x if self.norm == "none" else self.norm2(x))
+        if self.norm == "none":      # each ReLU fused into its convolution (same values)
+            return self.conv2(self.conv1(x, relu=True), relu=True)
+        x = F.relu(self.norm1(self.conv1(x)))
+        return F.relu(self.norm2(self.conv2(x)))
 
 
 class UNet(nn.Module):

@@ -12,9 +12,7 @@
 // whole vector. Both compute each element with the same expression.
 #include "common.cuh"
 
-template <typename T>
-__device__ __forceinline__ T relu1(T v) { return (v > T(0) || is_nan(v)) ? v : T(0); }
-
+// relu1: common.cuh
 template <typename T>
 __device__ __forceinline__ T relu_grad1(T gy, T y) { return gy * (y > T(0) ? T(1) : T(0)); }
 

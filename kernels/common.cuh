@@ -49,6 +49,11 @@ __device__ __forceinline__ double dlog(double x) { return log(x); }
 template <typename T>
 __device__ __forceinline__ bool is_nan(T x) { return x != x; }
 
+// ReLU of one value, exactly numpy.maximum(v, 0): NaN stays NaN, -0.0 and +0.0 give 0 (the
+// activation kernels, and the conv epilogues that fuse it)
+template <typename T>
+__device__ __forceinline__ T relu1(T v) { return (v > T(0) || is_nan(v)) ? v : T(0); }
+
 // A quiet NaN of type T (written where an input is invalid, e.g. a class index out of range,
 // so that a bad value can never pass for a result).
 template <typename T> __device__ __forceinline__ T quiet_nan();

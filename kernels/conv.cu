@@ -16,7 +16,8 @@
 //   forward          M = O,  Ncols = N*Ho*Wo,  K = C*kH*kW
 //                    A[o, (c,i,j)]        = w[o, c, i, j]          (w viewed as O x K: free)
 //                    B[(c,i,j), (n,p,q)]  = x_pad[n, c, p*sH + i, q*sW + j]   (im2col, gathered)
-//                    Out[o, (n,p,q)]      -> y[n, o, p, q] (+ b[o], fused in the epilogue)
+//                    Out[o, (n,p,q)]      -> y[n, o, p, q] (+ b[o], and the ReLU if asked,
+//                                            fused in the epilogue)
 //
 //   backward input   M = C,  Ncols = N*H*W,    K = O*kH*kW
 //                    A[c, (o,i,j)]        = w[o, c, i, j]
@@ -207,7 +208,7 @@ template <typename T>
 struct ConvForward {
     static constexpr bool K_MAJOR_B = false;
     const T* x; const T* w; const T* bias; T* y;
-    int has_bias;
+    int has_bias, relu;     // epilogue: + bias[o], then max(., 0) (relu1, as relu_forward)
     ConvShape s;
     int K;                  // C*kH*kW
     Div kHW, kW;            // kH*kW, kW: the divisors of every B load
@@ -241,6 +242,7 @@ struct ConvForward {
     __device__ void store(int m, int col, T v) const {
         const int n = quot(col, HoWo), pq = col - n * HoWo;
         if (has_bias) v += ldg(bias + m);                       // fused bias: y = W*x + b
+        if (relu) v = relu1(v);                                 // fused ReLU
         y[(n * s.O + m) * HoWo + pq] = v;
     }
 };
@@ -576,7 +578,7 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
     int Ho, int Wo
 #define CONV_SHAPE_INIT {N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo}
 
-// conv2d_forward_<cfg>_<dt>(x, w, bias, y, has_bias, ktab, shape...)
+// conv2d_forward_<cfg>_<dt>(x, w, bias, y, has_bias, relu, ktab, shape...)
 //   grid (ceil(N*Ho*Wo / BN), ceil(O / BM), 1)
 // conv2d_backward_input_<cfg>_<dt>(gy, w, gx, ktab, shape...)
 //   (and conv2d_backward_input_unit_<cfg>_<dt>, the same for stride 1, in KTABLE builds)
@@ -605,9 +607,9 @@ conv2d_backward_input_unit_##CFG##_##DT(const T* __restrict__ gy, const T* __res
 extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
 conv2d_forward_##CFG##_##DT(const T* __restrict__ x, const T* __restrict__ w,              \
                             const T* __restrict__ bias, T* __restrict__ y, int has_bias,   \
-                            const int2* __restrict__ ktab, CONV_SHAPE_PARAMS)              \
+                            int relu, const int2* __restrict__ ktab, CONV_SHAPE_PARAMS)    \
 {                                                                                          \
-    ConvForward<T> prob{x, w, bias, y, has_bias, CONV_SHAPE_INIT, C * kH * kW,             \
+    ConvForward<T> prob{x, w, bias, y, has_bias, relu, CONV_SHAPE_INIT, C * kH * kW,       \
                         kH * kW, kW, Ho * Wo, Wo, H * W, ktab};                            \
     const int K = C * kH * kW;                                                             \
     implicit_gemm<T, BM, BN, BK, TM, TN>(prob, O, N * Ho * Wo, K, K);                     \
@@ -931,8 +933,8 @@ struct WinogradConvGemm {                // M = R, Ncols = P, K = K, for one poi
 template <typename T>
 __device__ __forceinline__ void winograd_conv_out(const T* __restrict__ ws,
                                                   const T* __restrict__ bias, int has_bias,
-                                                  T* __restrict__ y, int splits, int N, int R,
-                                                  int H, int W)
+                                                  int relu, T* __restrict__ y, int splits,
+                                                  int N, int R, int H, int W)
 {
     const int Wt = W / 2, HWt = (H / 2) * Wt, P = N * HWt, RP = R * P;
     GRID_STRIDE_LOOP(e, (long long)RP) {
@@ -955,15 +957,16 @@ __device__ __forceinline__ void winograd_conv_out(const T* __restrict__ ws,
         const Tile2 tl = tile_of(p, HWt, Wt);
         T* out = y + ((tl.n * R + r) * H + 2 * tl.a) * W + 2 * tl.b;
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {                // (A^T M) A, + b
-            out[i * W] = t[i][0] + t[i][1] + t[i][2] + b;
-            out[i * W + 1] = t[i][1] - t[i][2] - t[i][3] + b;
+        for (int i = 0; i < 2; ++i) {                // (A^T M) A, + b, then the fused ReLU
+            const T y0 = t[i][0] + t[i][1] + t[i][2] + b, y1 = t[i][1] - t[i][2] - t[i][3] + b;
+            out[i * W] = relu ? relu1(y0) : y0;
+            out[i * W + 1] = relu ? relu1(y1) : y1;
         }
     }
 }
 
 // winograd_in_<dt>(x, V, N, K, H, W)       winograd_filter_<dt>(w, U, O, C, flip)
-// winograd_conv_out_<dt>(ws, bias, has_bias, y, splits, N, R, H, W)
+// winograd_conv_out_<dt>(ws, bias, has_bias, relu, y, splits, N, R, H, W)
 // winograd_conv_gemm_<cfg>_<dt>(U, V, ws, R, P, K, k_chunk, splits)
 //   grid (ceil(P / BN), ceil(R / BM), 16 * splits)
 #define WINOGRAD_CONV_KERNELS(T, DT)                                                        \
@@ -972,9 +975,9 @@ extern "C" __global__ void winograd_in_##DT(const T* x, T* V, int N, int K, int 
 extern "C" __global__ void winograd_filter_##DT(const T* w, T* U, int O, int C, int flip)  \
 { winograd_filter<T>(w, U, O, C, flip); }                                                  \
 extern "C" __global__ void winograd_conv_out_##DT(const T* ws, const T* bias, int has_bias, \
-                                                  T* y, int splits, int N, int R, int H,   \
-                                                  int W)                                   \
-{ winograd_conv_out<T>(ws, bias, has_bias, y, splits, N, R, H, W); }
+                                                  int relu, T* y, int splits, int N, int R, \
+                                                  int H, int W)                            \
+{ winograd_conv_out<T>(ws, bias, has_bias, relu, y, splits, N, R, H, W); }
 INSTANTIATE_F32_F64(WINOGRAD_CONV_KERNELS)
 
 #define WINOGRAD_CONV_GEMM(CFG, BM, BN, BK, TM, TN, MINB, T, DT)                            \

@@ -428,6 +428,8 @@ def test_conv_launchers_compute_the_convolution_in_the_emulator(variant, passes,
             gy = rng.standard_normal(y.shape).astype(dtype)
             for what, got, ref in [
                     ("forward", cb.conv2d_forward(x, w, b, s2, p2), y),
+                    ("forward + ReLU", cb.conv2d_forward(x, w, b, s2, p2, relu=True),
+                     nb.conv2d_forward(x, w, b, s2, p2, relu=True)),
                     ("input gradient", cb.conv2d_backward_input(gy, w, x.shape, s2, p2),
                      nb.conv2d_backward_input(gy, w, x.shape, s2, p2)),
                     ("weight gradient", cb.conv2d_backward_weight(gy, x, w.shape, s2, p2),

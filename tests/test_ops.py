@@ -24,6 +24,30 @@ def test_conv2d(device, case, bias, dtype, seed):
              lambda *t: TF.conv2d(*t, stride=stride, padding=padding), inputs, device, seed)
 
 
+@given(case=conv_case(), bias=st.booleans(), dtype=dtypes, seed=seeds)
+def test_conv2d_relu(device, case, bias, dtype, seed):
+    """The convolution with its ReLU fused (the U-Net's 3x3 layers) against PyTorch's two ops,
+    and bit for bit against minicnn's own two ops, forward and every gradient."""
+    N, C, O, H, W, kH, kW, stride, padding = case
+    rng = np.random.default_rng(seed)
+    inputs = [rand(rng, (N, C, H, W), dtype), rand(rng, (O, C, kH, kW), dtype)]
+    if bias:
+        inputs.append(rand(rng, (O,), dtype))
+    fused = check_op(lambda *t: F.conv2d_relu(*t, stride=stride, padding=padding),
+                     lambda *t: torch.relu(TF.conv2d(*t, stride=stride, padding=padding)),
+                     inputs, device, seed)
+    outs = []
+    for op in (lambda *t: F.conv2d_relu(*t, stride=stride, padding=padding),
+               lambda *t: F.relu(F.conv2d(*t, stride=stride, padding=padding))):
+        ts = [minicnn.Tensor(a, requires_grad=True).to(device) for a in inputs]
+        y = op(*ts)
+        y.backward(np.random.default_rng(seed).standard_normal(y.shape).astype(dtype))
+        outs.append([y.numpy()] + [minicnn.Tensor(t.grad).numpy() for t in ts])
+    assert np.array_equal(outs[0][0], fused.numpy())
+    for a, b in zip(*outs):
+        assert np.array_equal(a, b)
+
+
 @given(case=conv_case(transposed=True), bias=st.booleans(), dtype=dtypes, seed=seeds)
 def test_conv_transpose2d(device, case, bias, dtype, seed):
     N, C, O, H, W, kH, kW, stride, padding = case

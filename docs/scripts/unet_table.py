@@ -129,6 +129,8 @@ def trace(model, size=SIZE):
             records.append(Record(names[id(self)], text, [x], out,
                                   sum(q.size for q in self.parameters()),
                                   2 * macs + bias_flops, kind, k, s, p))
+            if kwargs.get("relu"):      # conv(x, relu=True): its ReLU, fused, has its own row
+                records.append(Record(row_name("relu"), "ReLU", [out], out, 0, out.size, "relu"))
         return out
 
     def row_name(short):

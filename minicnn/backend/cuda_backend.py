@@ -20,7 +20,7 @@ Kernel map (``kernels/<file>.cu``, entry points ``<name>_f32`` / ``<name>_f64``)
 =====================================  ==========================================
 primitive                              kernel(s)
 =====================================  ==========================================
-conv2d_forward                         conv.cu  conv2d_forward_<tile>  (bias fused)
+conv2d_forward                         conv.cu  conv2d_forward_<tile>  (bias, ReLU fused)
 conv2d_backward_input                  conv.cu  conv2d_backward_input_<tile>, or
                                        conv2d_backward_input_partition_<tile> when the
                                        windows partition the input (up-convolution)
@@ -480,8 +480,9 @@ def _check_conv_sizes(op, desc, N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo):
                        padded_width_plus_stride=W + 2 * pW + sW)
 
 
-def conv2d_forward(x, w, b, stride, padding):
-    """``y = W * x + b`` (cross-correlation). x ``(N,C,H,W)``, w ``(O,C,kH,kW)`` -> ``(N,O,Ho,Wo)``."""
+def conv2d_forward(x, w, b, stride, padding, relu=False):
+    """``y = W * x + b`` (cross-correlation). x ``(N,C,H,W)``, w ``(O,C,kH,kW)`` -> ``(N,O,Ho,Wo)``.
+    With ``relu``, ``max(y, 0)`` in the same store (as relu_forward, NaN kept)."""
     op = "conv2d_forward"
     x = _input(op, x, "input")
     w = _input(op, w, "weight", x.dtype)
@@ -507,13 +508,13 @@ def conv2d_forward(x, w, b, stride, padding):
     if y.size == 0:
         return y
     if _winograd("forward", kH, kW, sH, sW, pH, pW, H, W, C, O):
-        return _winograd_conv(op, desc, x, w, b, y, sfx, flip=False)
+        return _winograd_conv(op, desc, x, w, b, y, sfx, flip=False, relu=relu)
     tile, grid, k_chunk = plan_gemm(O, N * Ho * Wo, C * kH * kW, sfx, _num_sms(),
                                     tiles=_conv_feature("tiles"))
     _check_grid(op, desc, grid)
     kernel = _kernel("conv", f"conv2d_forward_{tile}_{sfx}")
     kernel(grid, (tile_threads(tile),),
-           (x, w, w if b is None else b, y, _i32(b is not None),
+           (x, w, w if b is None else b, y, _i32(b is not None), _i32(bool(relu)),
             _ktab("forward", C, kH, kW, H, W),
             *_conv_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)))
     return y
@@ -650,14 +651,14 @@ def _winograd_weight(op, desc, gy, x, gw, sfx):
     return gw
 
 
-def _winograd_conv(op, desc, src, w, b, out, sfx, flip):
+def _winograd_conv(op, desc, src, w, b, out, sfx, flip, relu=False):
     """A 3x3, stride 1, padding 1 convolution on even H, W by Winograd's F(2x2, 3x3)
     ("winograd" builds; kernels/conv.cu, "Winograd convolution"): ``out = conv(src, w) + b``
     (the forward: src = x, out = y) or, with ``flip``, ``out = conv(src, w')`` with w' the
     filters transposed and turned by 180 degrees (the input gradient: src = dy, out = dx).
     The transforms V = B^T patch B of src and U = G g G^T of the filters, the 16 GEMMs
     U[xy] V[xy] on the GEMM engine (split along the channels summed, like a forward's K),
-    then out = A^T (sum of the slices) A (+ b), tile by tile."""
+    then out = A^T (sum of the slices) A (+ b, then the ReLU if ``relu``), tile by tile."""
     N, K, H, W = src.shape            # K: the channels summed over
     R = out.shape[1]                  # R: the channels computed
     O, C = w.shape[:2]
@@ -682,8 +683,8 @@ def _winograd_conv(op, desc, src, w, b, out, sfx, flip):
         grid, (tile_threads(tile),), (U, V, ws, _i32(R), _i32(P), _i32(K), _i32(k_chunk),
                                       _i32(splits)))
     _launch_1d(_kernel("conv", f"winograd_conv_out_{sfx}"), R * P,
-               (ws, ws if b is None else b, _i32(b is not None), out, _i32(splits), _i32(N),
-                _i32(R), _i32(H), _i32(W)))
+               (ws, ws if b is None else b, _i32(b is not None), _i32(bool(relu)), out,
+                _i32(splits), _i32(N), _i32(R), _i32(H), _i32(W)))
     return out
 
 

@@ -117,8 +117,9 @@ def _im2col(x, kernel, stride, padding, out_hw, channels_first=False):
     return cols.reshape((K, N * Ho * Wo) if channels_first else (N, K, Ho * Wo))
 
 
-def conv2d_forward(x, w, b, stride, padding):
-    """``y = W * x + b`` (cross-correlation). x ``(N,C,H,W)``, w ``(O,C,kH,kW)`` -> ``(N,O,Ho,Wo)``."""
+def conv2d_forward(x, w, b, stride, padding, relu=False):
+    """``y = W * x + b`` (cross-correlation). x ``(N,C,H,W)``, w ``(O,C,kH,kW)`` -> ``(N,O,Ho,Wo)``.
+    With ``relu``, ``max(y, 0)`` as relu_forward (the CUDA kernels fuse it into the store)."""
     N, C, H, W = x.shape
     O, _, kH, kW = w.shape
     Ho = (H + 2 * padding[0] - kH) // stride[0] + 1
@@ -127,6 +128,8 @@ def conv2d_forward(x, w, b, stride, padding):
     y = np.matmul(w.reshape(O, -1), cols)                     # (N, O, Ho*Wo), contiguous NCHW
     if b is not None:
         y += b.reshape(1, O, 1)
+    if relu:
+        np.maximum(y, 0, out=y)
     return y.reshape(N, O, Ho, Wo)
 
 

@@ -9,7 +9,7 @@ from ._util import check_float, check_rank, pair, same_device
 
 def _check_common(x, weight, bias, stride, padding, op):
     check_rank(x, 4, f"{op} input", "(N, C, H, W)")
-    check_rank(weight, 4, f"{op} weight", "(C_out, C_in, kH, kW)" if op == "conv2d"
+    check_rank(weight, 4, f"{op} weight", "(C_out, C_in, kH, kW)" if op.startswith("conv2d")
                else "(C_in, C_out, kH, kW)")
     tensors = (x, weight) if bias is None else (x, weight, bias)
     bk = same_device(*tensors)
@@ -44,20 +44,36 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
       the input with g);
     * ``dL/db[o] = sum_{n,p,q} g[n,o,p,q]``.
     """
-    bk, stride, padding = _check_common(x, weight, bias, stride, padding, "conv2d")
+    return _conv2d(x, weight, bias, stride, padding, relu=False, op="conv2d")
+
+
+def conv2d_relu(x, weight, bias=None, stride=1, padding=0):
+    """``relu(conv2d(x, weight, bias, stride, padding))`` in one op: the backends apply the
+    ReLU as they store the convolution's output (the CUDA kernels in their epilogue), so the
+    pre-activation is neither written nor kept for the backward pass, which needs only
+    ``y = max(z, 0)``: ``dL/dz = g [y > 0]`` (relu's rule), then conv2d's three gradients of
+    ``dL/dz``. Same values, bit for bit, as the two ops one after the other.
+    """
+    return _conv2d(x, weight, bias, stride, padding, relu=True, op="conv2d_relu")
+
+
+def _conv2d(x, weight, bias, stride, padding, relu, op):
+    bk, stride, padding = _check_common(x, weight, bias, stride, padding, op)
     N, C, H, W = x.shape
     O, Cw, kH, kW = weight.shape
     if C != Cw:
-        raise ValueError(f"conv2d: input has {C} channels but weight {weight.shape} expects {Cw}")
-    _check_bias(bias, O, "conv2d")
+        raise ValueError(f"{op}: input has {C} channels but weight {weight.shape} expects {Cw}")
+    _check_bias(bias, O, op)
     if H + 2 * padding[0] < kH or W + 2 * padding[1] < kW:
-        raise ValueError(f"conv2d: kernel {kH}x{kW} is larger than the padded input "
+        raise ValueError(f"{op}: kernel {kH}x{kW} is larger than the padded input "
                          f"{H + 2 * padding[0]}x{W + 2 * padding[1]} (input {x.shape}, "
                          f"padding {padding})")
     y = bk.conv2d_forward(x.data, weight.data, None if bias is None else bias.data,
-                          stride, padding)
+                          stride, padding, relu=relu)
 
     def backward(g):
+        if relu:
+            g = bk.relu_backward(g, y)
         gx = bk.conv2d_backward_input(g, weight.data, x.shape, stride, padding) \
             if x.requires_grad else None
         gw = bk.conv2d_backward_weight(g, x.data, weight.shape, stride, padding) \

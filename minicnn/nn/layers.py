@@ -34,7 +34,8 @@ class _ConvBase(Module):
 
 
 class Conv2d(_ConvBase):
-    """``y = conv2d(x, W, b)`` with W of shape ``(C_out, C_in, kH, kW)``."""
+    """``y = conv2d(x, W, b)`` with W of shape ``(C_out, C_in, kH, kW)``; called as
+    ``conv(x, relu=True)``, ``y = relu(conv2d(x, W, b))`` in one op (``F.conv2d_relu``)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  dtype=np.float32):
@@ -42,8 +43,9 @@ class Conv2d(_ConvBase):
         super().__init__(in_channels, out_channels, (out_channels, in_channels, kH, kW), bias,
                          stride, padding, dtype)
 
-    def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+    def forward(self, x, relu=False):
+        fn = F.conv2d_relu if relu else F.conv2d
+        return fn(x, self.weight, self.bias, self.stride, self.padding)
 
 
 class ConvTranspose2d(_ConvBase):

@@ -95,8 +95,8 @@ void compare(const std::string& what, const Buffer<T>& out, const std::vector<do
 }
 
 template <typename T>
-using FwdFn = void (*)(const T*, const T*, const T*, T*, int, const int2*, int, int, int, int, int,
-                       int, int, int, int, int, int, int, int);
+using FwdFn = void (*)(const T*, const T*, const T*, T*, int, int, const int2*, int, int, int, int,
+                       int, int, int, int, int, int, int, int, int);
 template <typename T>
 using BinFn = void (*)(const T*, const T*, T*, const int2*, int, int, int, int, int, int, int, int,
                        int, int, int, int, int);
@@ -118,7 +118,7 @@ using WoutFn = void (*)(const T*, T*, int, int, int);
 template <typename T>
 using WfFn = void (*)(const T*, T*, int, int, int);              // winograd_filter
 template <typename T>
-using WcoFn = void (*)(const T*, const T*, int, T*, int, int, int, int, int);   // winograd_conv_out
+using WcoFn = void (*)(const T*, const T*, int, int, T*, int, int, int, int, int);   // .._conv_out
 
 template <typename T>
 struct Winograd {                                  // the entry points
@@ -184,9 +184,17 @@ void check_shape(const Tile<T>& tile, const Shape& s, ReduceFn<T> reduce, const 
 
     Buffer<T> y(ny, true);
     emu_launch(dim3(cdiv((long long)s.N * Ho * Wo, tile.BN), cdiv(s.O, tile.BM)), block, tile.fwd,
-               (const T*)x.data(), (const T*)w.data(), (const T*)b.data(), y.data(), 1, fwd_ktab,
-               s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
+               (const T*)x.data(), (const T*)w.data(), (const T*)b.data(), y.data(), 1, 0,
+               fwd_ktab, s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
     compare(t + " forward", y, y_ref);
+    // with the ReLU fused into the epilogue
+    std::vector<double> yr_ref(y_ref);
+    for (double& v : yr_ref) v = std::max(v, 0.0);
+    Buffer<T> yr(ny, true);
+    emu_launch(dim3(cdiv((long long)s.N * Ho * Wo, tile.BN), cdiv(s.O, tile.BM)), block, tile.fwd,
+               (const T*)x.data(), (const T*)w.data(), (const T*)b.data(), yr.data(), 1, 1,
+               fwd_ktab, s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
+    compare(t + " forward + ReLU", yr, yr_ref);
 
     Buffer<T> gx(nx, true);
     emu_launch(dim3(cdiv((long long)s.N * s.H * s.W, tile.BN), cdiv(s.C, tile.BM)), block, tile.bin,
@@ -260,14 +268,20 @@ void check_shape(const Tile<T>& tile, const Shape& s, ReduceFn<T> reduce, const 
             for (int want : {1, 3}) {
                 const int k_chunk = cdiv(cdiv(K, want), tile.BK) * tile.BK;
                 const int splits = cdiv(K, k_chunk);
-                Buffer<T> ws((size_t)splits * 16 * R * P, true), out(flip ? nx : ny, true);
+                Buffer<T> ws((size_t)splits * 16 * R * P, true);
                 emu_launch(dim3(cdiv(P, tile.BN), cdiv(R, tile.BM), 16 * splits), block,
                            tile.wg.conv_gemm, (const T*)Uc.data(), (const T*)Vc.data(),
                            ws.data(), R, P, K, k_chunk, splits);
-                emu_launch(dim3(2), dim3(32), tile.wg.conv_out, (const T*)ws.data(),
-                           (const T*)b.data(), 1 - flip, out.data(), splits, s.N, R, s.H, s.W);
-                compare(t + (flip ? " backward input" : " forward") + ", Winograd, " +
-                        std::to_string(splits) + " split(s)", out, flip ? gx_ref : y_ref);
+                for (int relu : {0, 1}) {                 // the forward with the ReLU fused
+                    if (flip && relu) continue;
+                    Buffer<T> out(flip ? nx : ny, true);
+                    emu_launch(dim3(2), dim3(32), tile.wg.conv_out, (const T*)ws.data(),
+                               (const T*)b.data(), 1 - flip, relu, out.data(), splits, s.N, R,
+                               s.H, s.W);
+                    compare(t + (flip ? " backward input" : relu ? " forward + ReLU" : " forward") +
+                            ", Winograd, " + std::to_string(splits) + " split(s)", out,
+                            flip ? gx_ref : relu ? yr_ref : y_ref);
+                }
             }
         }
     }
