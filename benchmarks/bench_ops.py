@@ -25,10 +25,10 @@ The ``n/step`` column is how often the op runs in one training step (a layer sha
 counts twice; the first layer's input gradient is never needed); the totals weight the rows by
 it. (Our U-Net fuses each 3x3 convolution's ReLU into the convolution's store,
 ``F.conv2d_relu``; the ReLU forward rows still time the standalone kernel and count as in
-PyTorch's step, so our totals overstate our step by them.) Targets: on CUDA 3x3/1x1 conv ops <= 1.5x cuDNN, everything else <= 1.2x; on the CPU no
-op > 2x. ``--quick`` is a smoke test (its timings mean nothing; both libraries on one thread,
-which keeps it fast on a loaded machine). ``--tf32`` adds, on CUDA, rows timing PyTorch with
-TF32 (informational, no target).
+PyTorch's step, so our totals overstate our step by them.) Targets: on CUDA 3x3/1x1 conv
+ops <= 1.5x cuDNN, everything else <= 1.2x; on the CPU no op > 2x. ``--quick`` is a smoke
+test (its timings mean nothing; both libraries on one thread, which keeps it fast on a loaded
+machine). ``--tf32`` adds, on CUDA, rows timing PyTorch with TF32 (informational, no target).
 """
 import argparse
 import os

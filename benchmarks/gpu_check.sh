@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # gpu_check.sh -- the checks to run on a machine with an NVIDIA GPU, in one go: about 2 minutes,
 # about 5.5 with --bench (an H200, 2026-11-27: 387 s with --bench and three other conv build
-# variants, each adding about 45-60 s; the default list has three). Each step has its
-# own time limit (together 340 s; with --bench 1095 s for the default variant list), so a
-# hanging step cannot eat the session.
+# variants, each adding about 45-60 s; the default list now has two builds, about 50-80 s
+# each, and one MINICNN_WINOGRAD subset, about 20 s). Each step has its own time limit
+# (together 340 s; with --bench 1000 s for the default variant list), so a hanging step
+# cannot eat the session.
 #
 #   bash benchmarks/gpu_check.sh            (from the repository root)
 #   bash benchmarks/gpu_check.sh --bench    (adds the benchmarks and the variants: ~3 min more)

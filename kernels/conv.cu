@@ -743,18 +743,23 @@ __device__ __forceinline__ void patch_transform(const T* __restrict__ xc, int H,
     for (int i = 0; i < 4; ++i) bt4(t[i][0], t[i][1], t[i][2], t[i][3], v[i]);   // (B^T d) B
 }
 
-template <typename T>
-__device__ __forceinline__ void winograd_x(const T* __restrict__ x, T* __restrict__ V, int N,
-                                           int C, int H, int W)
+// V[xy] = B^T patch B for every patch p = (n, a, b) and channel c of x (N, C, H, W), one
+// thread per (p, c): stored (16, P, C) with c fastest (TILE_FASTEST = false: winograd_x, the
+// weight gradient's B operand) or (16, C, P) with p fastest (true: winograd_in, the forward's
+// and input gradient's). Either way the thread's e is its offset within one xy plane.
+template <typename T, bool TILE_FASTEST>
+__device__ __forceinline__ void patches_transform(const T* __restrict__ x, T* __restrict__ V,
+                                                  int N, int C, int H, int W)
 {
     const int Wt = W / 2, HWt = (H / 2) * Wt, P = N * HWt;
     GRID_STRIDE_LOOP(e, (long long)P * C) {
-        const int ei = (int)e, p = ei / C, c = ei - p * C;
+        const int ei = (int)e;
+        const int p = TILE_FASTEST ? ei % P : ei / C, c = TILE_FASTEST ? ei / P : ei % C;
         const Tile2 tl = tile_of(p, HWt, Wt);
         T v[4][4];
         patch_transform(x + (tl.n * C + c) * H * W, H, W, tl.a, tl.b, v);
 #pragma unroll
-        for (int xy = 0; xy < 16; ++xy) V[(xy * P + p) * C + c] = v[xy / 4][xy % 4];
+        for (int xy = 0; xy < 16; ++xy) V[xy * P * C + ei] = v[xy / 4][xy % 4];
     }
 }
 
@@ -780,17 +785,21 @@ __device__ __forceinline__ void winograd_dy(const T* __restrict__ gy, T* __restr
     }
 }
 
+// The 16 GEMMs of every Winograd pass, one per point xy of the 4x4 transformed domain, dense
+// and row-major: ws[split, xy] (M x Ncols) = U[xy] (M x K) V[xy] (K x Ncols) over the split's
+// K slice. The weight gradient: M = O, Ncols = C, K = P; the forward and the input gradient:
+// M = R, Ncols = P, K = K (below). A loads run along k, B loads along the columns.
 template <typename T>
-struct WinogradGemm {                    // M = O, Ncols = C, K = P, for one point xy
+struct WinogradGemm {
     static constexpr bool K_MAJOR_B = false;
     const T* U; const T* V; T* ws;
-    int O, C, P, xy, split;
+    int M, Ncols, K, xy, split;
     struct Column { int c; };
     __device__ Column column(int col) const { return {col}; }
-    __device__ T a(int m, int k) const { return ldg(U + (xy * O + m) * P + k); }
-    __device__ T b(int k, const Column& cl) const { return ldg(V + (xy * P + k) * C + cl.c); }
+    __device__ T a(int m, int k) const { return ldg(U + (xy * M + m) * K + k); }
+    __device__ T b(int k, const Column& cl) const { return ldg(V + (xy * K + k) * Ncols + cl.c); }
     __device__ void store(int m, int col, T v) const {
-        ws[((split * 16 + xy) * O + m) * C + col] = v;
+        ws[((split * 16 + xy) * M + m) * Ncols + col] = v;
     }
 };
 
@@ -827,11 +836,11 @@ __device__ __forceinline__ void winograd_out(const T* __restrict__ ws, T* __rest
 
 // winograd_x_<dt>(x, V, N, C, H, W)          winograd_dy_<dt>(gy, U, N, O, H, W)
 // winograd_out_<dt>(ws, gw, splits, O, C)
-// winograd_gemm_<cfg>_<dt>(U, V, ws, O, C, P, k_chunk, splits)
-//   grid (ceil(C / BN), ceil(O / BM), 16 * splits)
+// winograd_gemm_<cfg>_<dt>(U, V, ws, M, Ncols, K, k_chunk, splits)   (WinogradGemm; weight
+//   gradient: M = O, Ncols = C, K = P)   grid (ceil(Ncols / BN), ceil(M / BM), 16 * splits)
 #define WINOGRAD_KERNELS(T, DT)                                                             \
 extern "C" __global__ void winograd_x_##DT(const T* x, T* V, int N, int C, int H, int W)   \
-{ winograd_x<T>(x, V, N, C, H, W); }                                                        \
+{ patches_transform<T, false>(x, V, N, C, H, W); }                                          \
 extern "C" __global__ void winograd_dy_##DT(const T* gy, T* U, int N, int O, int H, int W) \
 { winograd_dy<T>(gy, U, N, O, H, W); }                                                      \
 extern "C" __global__ void winograd_out_##DT(const T* ws, T* gw, int splits, int O, int C) \
@@ -841,11 +850,12 @@ INSTANTIATE_F32_F64(WINOGRAD_KERNELS)
 #define WINOGRAD_GEMM(CFG, BM, BN, BK, TM, TN, MINB, T, DT)                                 \
 extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
 winograd_gemm_##CFG##_##DT(const T* __restrict__ U, const T* __restrict__ V,               \
-                           T* __restrict__ ws, int O, int C, int P, int k_chunk, int splits) \
+                           T* __restrict__ ws, int M, int Ncols, int K, int k_chunk,       \
+                           int splits)                                                     \
 {                                                                                          \
     const int xy = blockIdx.z / splits, split = blockIdx.z - xy * splits;                 \
-    WinogradGemm<T> prob{U, V, ws, O, C, P, xy, split};                                    \
-    implicit_gemm<T, BM, BN, BK, TM, TN>(prob, O, C, P, k_chunk, split);                   \
+    WinogradGemm<T> prob{U, V, ws, M, Ncols, K, xy, split};                                \
+    implicit_gemm<T, BM, BN, BK, TM, TN>(prob, M, Ncols, K, k_chunk, split);               \
 }
 CONV_TILE_CONFIGS(WINOGRAD_GEMM)
 
@@ -860,25 +870,12 @@ CONV_TILE_CONFIGS(WINOGRAD_GEMM)
 //   winograd_in:       V[xy, k, p] = (B^T patch B)[x, y]   one thread per (k, p), p fastest
 //   winograd_filter:   U[xy, r, k] = (G g G^T)[x, y]       one thread per (r, k), k fastest;
 //                      g = w[r, k] (flip = 0) or w[k, r] turned by 180 degrees (flip = 1)
-//   winograd_conv_gemm: ws[split, xy, r, p] = sum_{k in slice} U[xy, r, k] V[xy, k, p]
-//                      (the engine; grid z = 16 * splits, z = xy * splits + split)
+//   winograd_gemm:     ws[split, xy, r, p] = sum_{k in slice} U[xy, r, k] V[xy, k, p]
+//                      (WinogradGemm with M = R, Ncols = P, K = K)
 //   winograd_conv_out: y[n, r, 2a+i, 2b+j] = (A^T M A)[i, j] (+ b[r]),
 //                      M[xy] = sum_split ws[split, xy, r, p] (in order), p = (n, a, b)
 // (the GEMM's A loads run along k, its B loads along p, both contiguous).
-template <typename T>
-__device__ __forceinline__ void winograd_in(const T* __restrict__ x, T* __restrict__ V, int N,
-                                            int K, int H, int W)
-{
-    const int Wt = W / 2, HWt = (H / 2) * Wt, P = N * HWt;
-    GRID_STRIDE_LOOP(e, (long long)K * P) {
-        const int ei = (int)e, k = ei / P, p = ei - k * P;
-        const Tile2 tl = tile_of(p, HWt, Wt);
-        T v[4][4];
-        patch_transform(x + (tl.n * K + k) * H * W, H, W, tl.a, tl.b, v);
-#pragma unroll
-        for (int xy = 0; xy < 16; ++xy) V[xy * K * P + ei] = v[xy / 4][xy % 4];
-    }
-}
+// (winograd_in: patches_transform with TILE_FASTEST, above)
 
 // G v of one 3-vector: (v0, (v0 + v1 + v2) / 2, (v0 - v1 + v2) / 2, v2)
 template <typename T>
@@ -917,20 +914,6 @@ __device__ __forceinline__ void winograd_filter(const T* __restrict__ w, T* __re
 }
 
 template <typename T>
-struct WinogradConvGemm {                // M = R, Ncols = P, K = K, for one point xy
-    static constexpr bool K_MAJOR_B = false;
-    const T* U; const T* V; T* ws;
-    int R, P, K, xy, split;
-    struct Column { int p; };
-    __device__ Column column(int col) const { return {col}; }
-    __device__ T a(int m, int k) const { return ldg(U + (xy * R + m) * K + k); }
-    __device__ T b(int k, const Column& cl) const { return ldg(V + (xy * K + k) * P + cl.p); }
-    __device__ void store(int m, int col, T v) const {
-        ws[((split * 16 + xy) * R + m) * P + col] = v;
-    }
-};
-
-template <typename T>
 __device__ __forceinline__ void winograd_conv_out(const T* __restrict__ ws,
                                                   const T* __restrict__ bias, int has_bias,
                                                   int relu, T* __restrict__ y, int splits,
@@ -967,11 +950,11 @@ __device__ __forceinline__ void winograd_conv_out(const T* __restrict__ ws,
 
 // winograd_in_<dt>(x, V, N, K, H, W)       winograd_filter_<dt>(w, U, O, C, flip)
 // winograd_conv_out_<dt>(ws, bias, has_bias, relu, y, splits, N, R, H, W)
-// winograd_conv_gemm_<cfg>_<dt>(U, V, ws, R, P, K, k_chunk, splits)
+// and the GEMMs: winograd_gemm_<cfg>_<dt>(U, V, ws, R, P, K, k_chunk, splits)
 //   grid (ceil(P / BN), ceil(R / BM), 16 * splits)
 #define WINOGRAD_CONV_KERNELS(T, DT)                                                        \
 extern "C" __global__ void winograd_in_##DT(const T* x, T* V, int N, int K, int H, int W)  \
-{ winograd_in<T>(x, V, N, K, H, W); }                                                      \
+{ patches_transform<T, true>(x, V, N, K, H, W); }                                           \
 extern "C" __global__ void winograd_filter_##DT(const T* w, T* U, int O, int C, int flip)  \
 { winograd_filter<T>(w, U, O, C, flip); }                                                  \
 extern "C" __global__ void winograd_conv_out_##DT(const T* ws, const T* bias, int has_bias, \
@@ -980,15 +963,4 @@ extern "C" __global__ void winograd_conv_out_##DT(const T* ws, const T* bias, in
 { winograd_conv_out<T>(ws, bias, has_bias, relu, y, splits, N, R, H, W); }
 INSTANTIATE_F32_F64(WINOGRAD_CONV_KERNELS)
 
-#define WINOGRAD_CONV_GEMM(CFG, BM, BN, BK, TM, TN, MINB, T, DT)                            \
-extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
-winograd_conv_gemm_##CFG##_##DT(const T* __restrict__ U, const T* __restrict__ V,          \
-                                T* __restrict__ ws, int R, int P, int K, int k_chunk,      \
-                                int splits)                                                \
-{                                                                                          \
-    const int xy = blockIdx.z / splits, split = blockIdx.z - xy * splits;                 \
-    WinogradConvGemm<T> prob{U, V, ws, R, P, K, xy, split};                                \
-    implicit_gemm<T, BM, BN, BK, TM, TN>(prob, R, P, K, k_chunk, split);                   \
-}
-CONV_TILE_CONFIGS(WINOGRAD_CONV_GEMM)
 #endif  // MINICNN_CONV_WINOGRAD

@@ -467,7 +467,8 @@ def test_other_launchers_compute_their_primitives_in_the_emulator(monkeypatch, t
             same(y, nb.relu_forward(big[sl]), f"relu forward {tag}")
             same(cb.relu_backward(E(gbig)[sl], y),
                  nb.relu_backward(gbig[sl], nb.relu_forward(big[sl])), f"relu backward {tag}")
-        for (N, C, H, W), k, st in [((2, 3, 13, 11), (3, 3), (2, 2)), ((2, 3, 12, 10), (2, 2), (2, 2)),
+        for (N, C, H, W), k, st in [((2, 3, 13, 11), (3, 3), (2, 2)),
+                                     ((2, 3, 12, 10), (2, 2), (2, 2)),
                                      ((1, 2, 9, 12), (4, 3), (1, 2))]:
             x = rng.integers(-2, 3, size=(N, C, H, W)).astype(dtype)   # many ties
             x[0, 0, 0, :2] = np.nan
@@ -535,14 +536,14 @@ def test_other_launchers_compute_their_primitives_in_the_emulator(monkeypatch, t
     assert {f"relu_{d}{v}_{t}" for d in ("forward", "backward") for v in ("", "_vec")
             for t in ("f32", "f64")} <= launched
     assert {"maxpool2d_forward_u8_f32", "maxpool2d_backward_u8_f64", "softmax_xent_forward_f32",
-            "softmax_xent_backward_f64", "softmax_xent_reduce_f32", "adam_update_f32", "sgd_update_f64",
-            "adagrad_update_f32"} <= launched
+            "softmax_xent_backward_f64", "softmax_xent_reduce_f32", "adam_update_f32",
+            "sgd_update_f64", "adagrad_update_f32"} <= launched
 
 
-WINOGRAD_WEIGHT = {f"winograd_{k}_{dt}" for k in ("x", "dy", "out") for dt in ("f32", "f64")} | \
-    {"winograd_gemm"}
+# the transforms of each Winograd path (both launch the GEMMs "winograd_gemm")
+WINOGRAD_WEIGHT = {f"winograd_{k}_{dt}" for k in ("x", "dy", "out") for dt in ("f32", "f64")}
 WINOGRAD_CONV = {f"winograd_{k}_{dt}" for k in ("in", "filter", "conv_out")
-                 for dt in ("f32", "f64")} | {"winograd_conv_gemm"}
+                 for dt in ("f32", "f64")}
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to read the signatures")
@@ -558,8 +559,9 @@ def test_conv_launchers_match_the_kernel_signatures(variant, monkeypatch):
     assert {"conv2d_forward", "conv2d_backward_input_partition", "conv2d_backward_weight",
             "splitk_reduce_f32", "splitk_reduce_f64"} <= kinds
     assert ("conv2d_backward_input_unit" in kinds) == ("ktable" in variant)
-    assert (WINOGRAD_WEIGHT | WINOGRAD_CONV <= kinds) == ("winograd" in variant)
-    assert not (WINOGRAD_WEIGHT | WINOGRAD_CONV) & kinds or "winograd" in variant
+    winograd = WINOGRAD_WEIGHT | WINOGRAD_CONV | {"winograd_gemm"}
+    assert (winograd <= kinds) == ("winograd" in variant)
+    assert not winograd & kinds or "winograd" in variant
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to read the signatures")
@@ -575,6 +577,7 @@ def test_winograd_passes_choose_the_kernels(passes, forward_input, weight, monke
     assert not (WINOGRAD_CONV & kinds) or forward_input
     assert (WINOGRAD_WEIGHT <= kinds) == weight
     assert not (WINOGRAD_WEIGHT & kinds) or weight
+    assert ("winograd_gemm" in kinds) == (forward_input or weight)
 
 
 def test_winograd_applies_and_its_passes(monkeypatch):

@@ -26,7 +26,7 @@ conv2d_backward_input                  conv.cu  conv2d_backward_input_<tile>, or
                                        windows partition the input (up-convolution)
 conv2d_backward_weight                 conv.cu  conv2d_backward_weight_<tile> + splitk_reduce
   "winograd" builds, where winograd_applies (3x3, stride 1, padding 1, even sizes):
-  forward, input gradient              winograd_in, _filter, _conv_gemm_<tile>, _conv_out
+  forward, input gradient              winograd_in, _filter, _gemm_<tile>, _conv_out
   weight gradient                      winograd_x, _dy, _gemm_<tile>, _out
 maxpool2d_forward / _backward          pool.cu  maxpool2d_{forward,backward}_{u8,i32}
 relu_forward / relu_backward           activation.cu
@@ -618,36 +618,52 @@ def conv2d_backward_weight(gy, x, w_shape, stride, padding):
     return gw
 
 
+def _winograd_plan(op, desc, M, Ncols, K, sfx, **extents):
+    """Plan of the 16 GEMMs (M x K)(K x Ncols) of a Winograd pass (``winograd_gemm_<tile>``,
+    split along K): planned as one GEMM with 16x the columns (as many blocks), launched with
+    grid z = 16 points x slices; the sizes checked with the transforms' ``extents``. Returns
+    ``(tile, grid, k_chunk, splits)``."""
+    tile, grid, k_chunk = plan_gemm(M, 16 * Ncols, K, sfx, _num_sms(), split_k=True,
+                                    tiles=_conv_feature("tiles"))
+    splits = grid[2]
+    BM, BN = TILES[tile][:2]
+    grid = (_cdiv(Ncols, BN), _cdiv(M, BM), 16 * splits)
+    _check_grid(op, desc, grid)
+    _check_index_range(op, desc, winograd_workspace=splits * 16 * M * Ncols,
+                       split_k_range=splits * k_chunk + 256, **extents)
+    return tile, grid, k_chunk, splits
+
+
+def _winograd_gemm(plan, U, V, M, Ncols, K, sfx):
+    """``ws[split, xy] = U[xy] V[xy]`` over each K slice: the workspace (splits, 16, M, Ncols)."""
+    tile, grid, k_chunk, splits = plan
+    ws = cupy.empty((splits, 16, M, Ncols), dtype=U.dtype)
+    _kernel("conv", f"winograd_gemm_{tile}_{sfx}")(
+        grid, (tile_threads(tile),), (U, V, ws, _i32(M), _i32(Ncols), _i32(K), _i32(k_chunk),
+                                      _i32(splits)))
+    return ws
+
+
 def _winograd_weight(op, desc, gy, x, gw, sfx):
     """The weight gradient of a 3x3, stride 1, padding 1 convolution on even H, W by Winograd's
     F(3x3, 2x2) ("winograd" builds; kernels/conv.cu, "Winograd weight gradient"): the
     transforms V = B^T x B of the input patches and U = A dy A^T of the output-gradient tiles,
-    the 16 GEMMs U[xy] V[xy] on the GEMM engine (split along the P tiles like a direct weight
-    gradient's K), then gw = G^T (sum of the slices) G."""
+    the 16 GEMMs U[xy] V[xy] (split along the P tiles like a direct weight gradient's K), then
+    gw = G^T (sum of the slices) G."""
     N, C, H, W = x.shape
     O = gy.shape[1]
     P = N * (H // 2) * (W // 2)
-    # the 16 GEMMs planned as one with 16x the columns (as many blocks), launched per point
-    tile, grid, k_chunk = plan_gemm(O, 16 * C, P, sfx, _num_sms(), split_k=True,
-                                    tiles=_conv_feature("tiles"))
-    splits = grid[2]
-    BM, BN = TILES[tile][:2]
-    grid = (_cdiv(C, BN), _cdiv(O, BM), 16 * splits)
-    _check_grid(op, desc, grid)
-    _check_index_range(op, desc, winograd_input=16 * P * C, winograd_output_gradient=16 * O * P,
-                       winograd_workspace=splits * 16 * O * C, split_k_range=splits * k_chunk + 256)
+    plan = _winograd_plan(op, desc, O, C, P, sfx, winograd_input=16 * P * C,
+                          winograd_output_gradient=16 * O * P)
     V = cupy.empty((16, P, C), dtype=gy.dtype)
     U = cupy.empty((16, O, P), dtype=gy.dtype)
-    ws = cupy.empty((splits, 16, O, C), dtype=gy.dtype)
     _launch_1d(_kernel("conv", f"winograd_x_{sfx}"), P * C,
                (x, V, _i32(N), _i32(C), _i32(H), _i32(W)))
     _launch_1d(_kernel("conv", f"winograd_dy_{sfx}"), O * P,
                (gy, U, _i32(N), _i32(O), _i32(H), _i32(W)))
-    _kernel("conv", f"winograd_gemm_{tile}_{sfx}")(
-        grid, (tile_threads(tile),), (U, V, ws, _i32(O), _i32(C), _i32(P), _i32(k_chunk),
-                                      _i32(splits)))
+    ws = _winograd_gemm(plan, U, V, O, C, P, sfx)
     _launch_1d(_kernel("conv", f"winograd_out_{sfx}"), O * C,
-               (ws, gw, _i32(splits), _i32(O), _i32(C)))
+               (ws, gw, _i32(plan[3]), _i32(O), _i32(C)))
     return gw
 
 
@@ -657,34 +673,24 @@ def _winograd_conv(op, desc, src, w, b, out, sfx, flip, relu=False):
     (the forward: src = x, out = y) or, with ``flip``, ``out = conv(src, w')`` with w' the
     filters transposed and turned by 180 degrees (the input gradient: src = dy, out = dx).
     The transforms V = B^T patch B of src and U = G g G^T of the filters, the 16 GEMMs
-    U[xy] V[xy] on the GEMM engine (split along the channels summed, like a forward's K),
-    then out = A^T (sum of the slices) A (+ b, then the ReLU if ``relu``), tile by tile."""
+    U[xy] V[xy] (split along the channels summed, like a forward's K), then
+    out = A^T (sum of the slices) A (+ b, then the ReLU if ``relu``), tile by tile."""
     N, K, H, W = src.shape            # K: the channels summed over
     R = out.shape[1]                  # R: the channels computed
     O, C = w.shape[:2]
     P = N * (H // 2) * (W // 2)
-    # the 16 GEMMs planned as one with 16x the columns (as many blocks), launched per point
-    tile, grid, k_chunk = plan_gemm(R, 16 * P, K, sfx, _num_sms(), split_k=True,
-                                    tiles=_conv_feature("tiles"))
-    splits = grid[2]
-    BM, BN = TILES[tile][:2]
-    grid = (_cdiv(P, BN), _cdiv(R, BM), 16 * splits)
-    _check_grid(op, desc, grid)
-    _check_index_range(op, desc, winograd_input=16 * K * P, winograd_filters=16 * R * K,
-                       winograd_workspace=splits * 16 * R * P, split_k_range=splits * k_chunk + 256)
+    plan = _winograd_plan(op, desc, R, P, K, sfx, winograd_input=16 * K * P,
+                          winograd_filters=16 * R * K)
     V = cupy.empty((16, K, P), dtype=src.dtype)
     U = cupy.empty((16, R, K), dtype=src.dtype)
-    ws = cupy.empty((splits, 16, R, P), dtype=src.dtype)
     _launch_1d(_kernel("conv", f"winograd_in_{sfx}"), K * P,
                (src, V, _i32(N), _i32(K), _i32(H), _i32(W)))
     _launch_1d(_kernel("conv", f"winograd_filter_{sfx}"), O * C,
                (w, U, _i32(O), _i32(C), _i32(flip)))
-    _kernel("conv", f"winograd_conv_gemm_{tile}_{sfx}")(
-        grid, (tile_threads(tile),), (U, V, ws, _i32(R), _i32(P), _i32(K), _i32(k_chunk),
-                                      _i32(splits)))
+    ws = _winograd_gemm(plan, U, V, R, P, K, sfx)
     _launch_1d(_kernel("conv", f"winograd_conv_out_{sfx}"), R * P,
                (ws, ws if b is None else b, _i32(b is not None), _i32(bool(relu)), out,
-                _i32(splits), _i32(N), _i32(R), _i32(H), _i32(W)))
+                _i32(plan[3]), _i32(N), _i32(R), _i32(H), _i32(W)))
     return out
 
 

@@ -123,7 +123,7 @@ using WcoFn = void (*)(const T*, const T*, int, int, T*, int, int, int, int, int
 template <typename T>
 struct Winograd {                                  // the entry points
     WgFn<T> gemm; WtFn<T> x, dy; WoutFn<T> out;    // the weight gradient
-    WgFn<T> conv_gemm; WtFn<T> in; WfFn<T> filter; WcoFn<T> conv_out;   // forward, input grad.
+    WtFn<T> in; WfFn<T> filter; WcoFn<T> conv_out;   // forward, input gradient (same gemm)
 };
 
 template <typename T>
@@ -270,7 +270,7 @@ void check_shape(const Tile<T>& tile, const Shape& s, ReduceFn<T> reduce, const 
                 const int splits = cdiv(K, k_chunk);
                 Buffer<T> ws((size_t)splits * 16 * R * P, true);
                 emu_launch(dim3(cdiv(P, tile.BN), cdiv(R, tile.BM), 16 * splits), block,
-                           tile.wg.conv_gemm, (const T*)Uc.data(), (const T*)Vc.data(),
+                           tile.wg.gemm, (const T*)Uc.data(), (const T*)Vc.data(),
                            ws.data(), R, P, K, k_chunk, splits);
                 for (int relu : {0, 1}) {                 // the forward with the ReLU fused
                     if (flip && relu) continue;
@@ -327,10 +327,10 @@ int main()
 #endif
 #if MINICNN_CONV_WINOGRAD
 #define WG(NAME, DT) {winograd_gemm_##NAME##_##DT, winograd_x_##DT, winograd_dy_##DT,        \
-                      winograd_out_##DT, winograd_conv_gemm_##NAME##_##DT, winograd_in_##DT,  \
-                      winograd_filter_##DT, winograd_conv_out_##DT}
+                      winograd_out_##DT, winograd_in_##DT, winograd_filter_##DT,             \
+                      winograd_conv_out_##DT}
 #else
-#define WG(NAME, DT) {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr}
+#define WG(NAME, DT) {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr}
 #endif
 #define TILE(NAME, BM, BN, BK, THREADS, DT)                                                 \
     {#NAME, BM, BN, BK, THREADS, conv2d_forward_##NAME##_##DT,                              \
