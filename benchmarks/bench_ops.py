@@ -11,7 +11,7 @@ autograd runs for the same thing (``F.conv2d``, ``aten.convolution_backward``,
 ``aten.max_pool2d_with_indices`` ...):
 
 * 3x3 (and the 1x1 head) convolutions: forward, input gradient, weight gradient;
-* 2x2 stride-2 transposed convolutions: forward (= conv2d_backward_input + bias), input
+* 2x2 stride-2 transposed convolutions: forward (= conv2d_backward_input, bias fused), input
   gradient (= conv2d_forward), weight gradient (= conv2d_backward_weight, roles swapped);
 * 2x2 max pools, ReLUs: forward and backward;
 * the weighted cross-entropy (class weights 0.1/0.3/0.3/0.3): forward (mean) and backward;
@@ -300,9 +300,8 @@ class Bench:
         name, target, count = _layer_name(op), self.targets("upconv"), op["count"]
         xs = f"{N}x{C}x{H}x{H}"
         st, pd = list(stride), list(padding)
-        b4 = b.reshape(1, O, 1, 1)
 
-        fwd = (lambda: bk.conv2d_backward_input(x, w, (N, O, Ho, Ho), stride, padding) + b4,
+        fwd = (lambda: bk.conv2d_backward_input(x, w, (N, O, Ho, Ho), stride, padding, bias=b),
                lambda: F.conv_transpose2d(xt, wt, bt, stride, padding))
         dx = (lambda: bk.conv2d_forward(gy, w, None, stride, padding),
               lambda: aten.convolution_backward(gyt, xt, wt, None, st, pd, [1, 1], True, [0, 0],

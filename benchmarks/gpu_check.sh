@@ -165,6 +165,10 @@ def conv_all(tag, rng, dtype, N, C, O, H, W, k, s, p, bias):
     gyd = cb.asarray(gy)
     close(f"{tag} backward_input", cb.conv2d_backward_input(gyd, wd, x.shape, s, p),
           nb.conv2d_backward_input(gy, w, x.shape, s, p), dtype)
+    bc = rng.standard_normal(C).astype(dtype)      # the transposed convolution's bias
+    close(f"{tag} backward_input + bias",
+          cb.conv2d_backward_input(gyd, wd, x.shape, s, p, bias=cb.asarray(bc)),
+          nb.conv2d_backward_input(gy, w, x.shape, s, p, bias=bc), dtype)
     close(f"{tag} backward_weight", cb.conv2d_backward_weight(gyd, xd, w.shape, s, p),
           nb.conv2d_backward_weight(gy, x, w.shape, s, p), dtype)
 

@@ -254,6 +254,7 @@ template <typename T, bool UNIT = false>
 struct ConvBackwardInput {
     static constexpr bool K_MAJOR_B = false;
     const T* gy; const T* w; T* gx;
+    const T* bias; int has_bias;   // + bias[c] (the transposed convolution's forward)
     ConvShape s;
     Div kHW, kW, sH, sW;    // the divisors of every B load
     int HW, W, HoWo;
@@ -297,6 +298,7 @@ struct ConvBackwardInput {
     }
     __device__ void store(int m, int col, T v) const {
         const int n = quot(col, HW), hv = col - n * HW;
+        if (has_bias) v += ldg(bias + m);
         gx[(n * s.C + m) * HW + hv] = v;
     }
 };
@@ -306,6 +308,7 @@ template <typename T>
 struct ConvBackwardInputPartition {
     static constexpr bool K_MAJOR_B = false;
     const T* gy; const T* w; T* gx;
+    const T* bias; int has_bias;   // + bias[c] (the up-convolution's forward)
     ConvShape s;
     int kHW, kW, HoWo, Wo, HW;  // (no division in its K loop)
     int CkHW;           // C*kH*kW: the length of one w[o] (the row stride of A's k index)
@@ -322,6 +325,7 @@ struct ConvBackwardInputPartition {
         const int i = quot(r, kW), j = r - i * kW;
         const int n = quot(col, HoWo), pq = col - n * HoWo;     // col = (n, p, q)
         const int p = quot(pq, Wo), q = pq - p * Wo;
+        if (has_bias) v += ldg(bias + c);
         gx[(n * s.C + c) * HW + (p * s.kH + i) * s.W + q * s.kW + j] = v;
     }
 };
@@ -580,11 +584,13 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
 
 // conv2d_forward_<cfg>_<dt>(x, w, bias, y, has_bias, relu, ktab, shape...)
 //   grid (ceil(N*Ho*Wo / BN), ceil(O / BM), 1)
-// conv2d_backward_input_<cfg>_<dt>(gy, w, gx, ktab, shape...)
+// conv2d_backward_input_<cfg>_<dt>(gy, w, gx, bias, has_bias, ktab, shape...)
 //   (and conv2d_backward_input_unit_<cfg>_<dt>, the same for stride 1, in KTABLE builds)
 //   grid (ceil(N*H*W / BN), ceil(C / BM), 1)
-// conv2d_backward_input_partition_<cfg>_<dt>(gy, w, gx, shape...)   (stride = kernel, no
-//   padding, H = Ho*kH, W = Wo*kW only)   grid (ceil(N*Ho*Wo / BN), ceil(C*kH*kW / BM), 1)
+// conv2d_backward_input_partition_<cfg>_<dt>(gy, w, gx, bias, has_bias, shape...)
+//   (stride = kernel, no padding, H = Ho*kH, W = Wo*kW only)
+//   grid (ceil(N*Ho*Wo / BN), ceil(C*kH*kW / BM), 1)
+// (bias, has_bias: + bias[c] in the store, for the transposed convolution's forward)
 // conv2d_backward_weight_<cfg>_<dt>(gy, x, ws, k_chunk, shape...)
 //   grid (ceil(C*kH*kW / BN), ceil(O / BM), splits); ws holds `splits` slabs of O*C*kH*kW
 #if MINICNN_CONV_KTABLE
@@ -592,11 +598,12 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
 #define CONV_UNIT_KERNEL(CFG, BM, BN, BK, TM, TN, MINB, T, DT)                                \
 extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
 conv2d_backward_input_unit_##CFG##_##DT(const T* __restrict__ gy, const T* __restrict__ w, \
-                                        T* __restrict__ gx, const int2* __restrict__ ktab, \
+                                        T* __restrict__ gx, const T* __restrict__ bias,    \
+                                        int has_bias, const int2* __restrict__ ktab,       \
                                         CONV_SHAPE_PARAMS)                                 \
 {                                                                                          \
-    ConvBackwardInput<T, true> prob{gy, w, gx, CONV_SHAPE_INIT, kH * kW, kW, sH, sW, H * W, \
-                                    W, Ho * Wo, ktab};                                     \
+    ConvBackwardInput<T, true> prob{gy, w, gx, bias, has_bias, CONV_SHAPE_INIT, kH * kW,  \
+                                    kW, sH, sW, H * W, W, Ho * Wo, ktab};                  \
     const int K = O * kH * kW;                                                             \
     implicit_gemm<T, BM, BN, BK, TM, TN>(prob, C, N * H * W, K, K);                       \
 }
@@ -616,21 +623,23 @@ conv2d_forward_##CFG##_##DT(const T* __restrict__ x, const T* __restrict__ w,   
 }                                                                                          \
 extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
 conv2d_backward_input_##CFG##_##DT(const T* __restrict__ gy, const T* __restrict__ w,      \
-                                   T* __restrict__ gx, const int2* __restrict__ ktab,      \
+                                   T* __restrict__ gx, const T* __restrict__ bias,         \
+                                   int has_bias, const int2* __restrict__ ktab,            \
                                    CONV_SHAPE_PARAMS)                                      \
 {                                                                                          \
-    ConvBackwardInput<T> prob{gy, w, gx, CONV_SHAPE_INIT, kH * kW, kW, sH, sW, H * W, W,  \
-                              Ho * Wo, ktab};                                              \
+    ConvBackwardInput<T> prob{gy, w, gx, bias, has_bias, CONV_SHAPE_INIT, kH * kW, kW, sH, \
+                              sW, H * W, W, Ho * Wo, ktab};                                \
     const int K = O * kH * kW;                                                             \
     implicit_gemm<T, BM, BN, BK, TM, TN>(prob, C, N * H * W, K, K);                       \
 }                                                                                          \
 CONV_UNIT_KERNEL(CFG, BM, BN, BK, TM, TN, MINB, T, DT)                                    \
 extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
 conv2d_backward_input_partition_##CFG##_##DT(const T* __restrict__ gy, const T* __restrict__ w, \
-                                         T* __restrict__ gx, CONV_SHAPE_PARAMS)            \
+                                         T* __restrict__ gx, const T* __restrict__ bias,   \
+                                         int has_bias, CONV_SHAPE_PARAMS)                  \
 {                                                                                          \
-    ConvBackwardInputPartition<T> prob{gy, w, gx, CONV_SHAPE_INIT, kH * kW, kW, Ho * Wo, Wo, \
-                                       H * W, C * kH * kW};                                \
+    ConvBackwardInputPartition<T> prob{gy, w, gx, bias, has_bias, CONV_SHAPE_INIT, kH * kW, \
+                                       kW, Ho * Wo, Wo, H * W, C * kH * kW};               \
     implicit_gemm<T, BM, BN, BK, TM, TN>(prob, C * kH * kW, N * Ho * Wo, O, O);           \
 }                                                                                          \
 extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \

@@ -423,6 +423,7 @@ def test_conv_launchers_compute_the_convolution_in_the_emulator(variant, passes,
             x = rng.standard_normal((N, C, H, W)).astype(dtype)
             w = rng.standard_normal((O, C, k, k)).astype(dtype)
             b = rng.standard_normal(O).astype(dtype)
+            bc = rng.standard_normal(C).astype(dtype)   # a bias of the transposed convolution
             s2, p2 = (s, s), (p, p)
             y = nb.conv2d_forward(x, w, b, s2, p2)
             gy = rng.standard_normal(y.shape).astype(dtype)
@@ -432,6 +433,9 @@ def test_conv_launchers_compute_the_convolution_in_the_emulator(variant, passes,
                      nb.conv2d_forward(x, w, b, s2, p2, relu=True)),
                     ("input gradient", cb.conv2d_backward_input(gy, w, x.shape, s2, p2),
                      nb.conv2d_backward_input(gy, w, x.shape, s2, p2)),
+                    ("input gradient + bias",
+                     cb.conv2d_backward_input(gy, w, x.shape, s2, p2, bias=bc),
+                     nb.conv2d_backward_input(gy, w, x.shape, s2, p2, bias=bc)),
                     ("weight gradient", cb.conv2d_backward_weight(gy, x, w.shape, s2, p2),
                      nb.conv2d_backward_weight(gy, x, w.shape, s2, p2))]:
                 scale = max(1.0, float(np.abs(ref).max()))

@@ -526,9 +526,10 @@ def window_partition(kH, kW, sH, sW, pH, pW, H, W, Ho, Wo):
     return (sH, sW) == (kH, kW) and (pH, pW) == (0, 0) and (H, W) == (Ho * kH, Wo * kW)
 
 
-def conv2d_backward_input(gy, w, x_shape, stride, padding):
+def conv2d_backward_input(gy, w, x_shape, stride, padding, bias=None):
     """``dL/dx[n,c,h,v] = sum_{o,i,j} W[o,c,i,j] gy[n,o,p,q]`` over the (p, q) with
-    ``h + pH = p*sH + i`` and ``v + pW = q*sW + j`` (col2im, computed as a gather)."""
+    ``h + pH = p*sH + i`` and ``v + pW = q*sW + j`` (col2im, computed as a gather), plus
+    ``bias[c]`` when given (the transposed convolution's forward), in the same store."""
     op = "conv2d_backward_input"
     gy = _input(op, gy, "output gradient")
     w = _input(op, w, "weight", gy.dtype)
@@ -545,6 +546,10 @@ def conv2d_backward_input(gy, w, x_shape, stride, padding):
         raise ValueError(f"{op}: output gradient {gy.shape}, weight {w.shape} and input shape "
                          f"{(N, C, H, W)} do not match (stride {(sH, sW)}, padding "
                          f"{(pH, pW)}: expected output gradient {(N, O, Ho, Wo)})")
+    if bias is not None:
+        bias = _input(op, bias, "bias", gy.dtype)
+        if bias.shape != (C,):
+            raise ValueError(f"{op}: bias must have shape ({C},), got {bias.shape}")
     desc = f"input {(N, C, H, W)} with weight {w.shape}"
     _check_conv_sizes(op, desc, N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)
     sfx = _suffix(op, gy.dtype, "output gradient")
@@ -552,7 +557,7 @@ def conv2d_backward_input(gy, w, x_shape, stride, padding):
     if gx.size == 0:
         return gx
     if _winograd("input", kH, kW, sH, sW, pH, pW, H, W, C, O):
-        return _winograd_conv(op, desc, gy, w, None, gx, sfx, flip=True)
+        return _winograd_conv(op, desc, gy, w, bias, gx, sfx, flip=True)
     if window_partition(kH, kW, sH, sW, pH, pW, H, W, Ho, Wo):
         # Each input pixel lies in exactly one window (the U-Net's 2x2/2 up-convolution): a
         # dense GEMM over the output pixels whose epilogue scatters into gx ("pixel shuffle").
@@ -570,7 +575,8 @@ def conv2d_backward_input(gy, w, x_shape, stride, padding):
     _check_grid(op, desc, grid)
     kernel = _kernel("conv", name)
     kernel(grid, (tile_threads(tile),),
-           (gy, w, gx, *ktab, *_conv_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)))
+           (gy, w, gx, gx if bias is None else bias, _i32(bias is not None), *ktab,
+            *_conv_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)))
     return gx
 
 

@@ -133,10 +133,13 @@ def conv2d_forward(x, w, b, stride, padding, relu=False):
     return y.reshape(N, O, Ho, Wo)
 
 
-def conv2d_backward_input(gy, w, x_shape, stride, padding):
+def conv2d_backward_input(gy, w, x_shape, stride, padding, bias=None):
     """``dL/dx``: every output gradient flows back through the kernel onto the input pixels.
 
     ``gx_pad[n, c, p*sH + i, q*sW + j] += sum_o W[o, c, i, j] * gy[n, o, p, q]``
+
+    ``bias`` (C,), when given, is added to every ``gx[n, c]``: this primitive is also the
+    transposed convolution's forward, whose bias the CUDA kernels add in the same store.
 
     With stride 1 this is a "full" correlation of ``gy`` with the kernel flipped in space and
     with in/out channels swapped, i.e. one more forward convolution (padding ``k - 1 - p``).
@@ -149,14 +152,15 @@ def conv2d_backward_input(gy, w, x_shape, stride, padding):
     pH, pW = padding
     if (sH, sW) == (1, 1) and pH < kH and pW < kW:
         w_flip = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        return conv2d_forward(gy, w_flip, None, (1, 1), (kH - 1 - pH, kW - 1 - pW))
+        return conv2d_forward(gy, w_flip, bias, (1, 1), (kH - 1 - pH, kW - 1 - pW))
     gcols = np.matmul(w.reshape(O, -1).T, gy.reshape(N, O, Ho * Wo))  # (N, C*kH*kW, Ho*Wo)
     gcols = gcols.reshape(N, C, kH, kW, Ho, Wo)
     gx = np.zeros((N, C, H + 2 * pH, W + 2 * pW), dtype=gy.dtype)
     for i in range(kH):
         for j in range(kW):
             gx[:, :, i:i + sH * Ho:sH, j:j + sW * Wo:sW] += gcols[:, :, i, j]
-    return gx[:, :, pH:pH + H, pW:pW + W]
+    gx = gx[:, :, pH:pH + H, pW:pW + W]
+    return gx if bias is None else gx + bias.reshape(1, C, 1, 1)
 
 
 def conv2d_backward_weight(gy, x, w_shape, stride, padding):

@@ -113,9 +113,8 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
     if Ho < 1 or Wo < 1:
         raise ValueError(f"conv_transpose2d: output size {Ho}x{Wo} is empty for input "
                          f"{x.shape}, kernel {kH}x{kW}, stride {stride}, padding {padding}")
-    y = bk.conv2d_backward_input(x.data, weight.data, (N, O, Ho, Wo), stride, padding)
-    if bias is not None:
-        y = y + bias.data.reshape(1, O, 1, 1)
+    y = bk.conv2d_backward_input(x.data, weight.data, (N, O, Ho, Wo), stride, padding,
+                                 bias=None if bias is None else bias.data)   # bias fused
 
     def backward(g):
         gx = bk.conv2d_forward(g, weight.data, None, stride, padding) \

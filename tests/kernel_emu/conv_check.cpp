@@ -98,11 +98,11 @@ template <typename T>
 using FwdFn = void (*)(const T*, const T*, const T*, T*, int, int, const int2*, int, int, int, int,
                        int, int, int, int, int, int, int, int, int);
 template <typename T>
-using BinFn = void (*)(const T*, const T*, T*, const int2*, int, int, int, int, int, int, int, int,
-                       int, int, int, int, int);
+using BinFn = void (*)(const T*, const T*, T*, const T*, int, const int2*, int, int, int, int, int,
+                       int, int, int, int, int, int, int, int);
 template <typename T>
-using BinPartFn = void (*)(const T*, const T*, T*, int, int, int, int, int, int, int, int, int,
-                           int, int, int, int);
+using BinPartFn = void (*)(const T*, const T*, T*, const T*, int, int, int, int, int, int, int, int,
+                           int, int, int, int, int, int);
 template <typename T>
 using BwFn = void (*)(const T*, const T*, T*, int, int, int, int, int, int, int, int, int, int,
                       int, int, int, int);
@@ -139,7 +139,7 @@ void check_shape(const Tile<T>& tile, const Shape& s, ReduceFn<T> reduce, const 
     const int Ho = (s.H + 2 * s.pH - s.kH) / s.sH + 1, Wo = (s.W + 2 * s.pW - s.kW) / s.sW + 1;
     const size_t nx = (size_t)s.N * s.C * s.H * s.W, nw = (size_t)s.O * s.C * s.kH * s.kW;
     const size_t ny = (size_t)s.N * s.O * Ho * Wo;
-    Buffer<T> x(nx, false), w(nw, false), b(s.O, false), gy(ny, false);
+    Buffer<T> x(nx, false), w(nw, false), b(s.O, false), gy(ny, false), bc(s.C, false);
     auto X = [&](int n, int c, int h, int v) -> double {      // x_pad
         h -= s.pH; v -= s.pW;
         if (h < 0 || h >= s.H || v < 0 || v >= s.W) return 0.0;
@@ -196,27 +196,38 @@ void check_shape(const Tile<T>& tile, const Shape& s, ReduceFn<T> reduce, const 
                fwd_ktab, s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
     compare(t + " forward + ReLU", yr, yr_ref);
 
-    Buffer<T> gx(nx, true);
-    emu_launch(dim3(cdiv((long long)s.N * s.H * s.W, tile.BN), cdiv(s.C, tile.BM)), block, tile.bin,
-               (const T*)gy.data(), (const T*)w.data(), gx.data(), bin_ktab,
-               s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
-    compare(t + " backward input", gx, gx_ref);
-    if (tile.bin_unit && s.sH == 1 && s.sW == 1) {
-        Buffer<T> gxu(nx, true);
+    // the input gradient, without and with a bias per input channel (the transposed
+    // convolution's forward, which these kernels compute too)
+    std::vector<double> gxb_ref(gx_ref);
+    for (size_t e = 0; e < nx; ++e) gxb_ref[e] += bc.v[e / ((size_t)s.H * s.W) % s.C];
+    for (int hb : {0, 1}) {
+        const std::string bt = hb ? " + bias" : "";
+        const std::vector<double>& ref = hb ? gxb_ref : gx_ref;
+        Buffer<T> gx(nx, true);
         emu_launch(dim3(cdiv((long long)s.N * s.H * s.W, tile.BN), cdiv(s.C, tile.BM)), block,
-                   tile.bin_unit, (const T*)gy.data(), (const T*)w.data(), gxu.data(), bin_ktab,
+                   tile.bin, (const T*)gy.data(), (const T*)w.data(), gx.data(),
+                   (const T*)bc.data(), hb, bin_ktab,
                    s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
-        compare(t + " backward input (stride 1)", gxu, gx_ref);
-    }
-
-    // windows that partition the input: the dense GEMM + pixel-shuffle kernel
-    if (s.sH == s.kH && s.sW == s.kW && s.pH == 0 && s.pW == 0 && s.H == Ho * s.kH &&
-        s.W == Wo * s.kW) {
-        Buffer<T> gxp(nx, true);
-        emu_launch(dim3(cdiv((long long)s.N * Ho * Wo, tile.BN), cdiv(s.C * s.kH * s.kW, tile.BM)),
-                   block, tile.bin_part, (const T*)gy.data(), (const T*)w.data(), gxp.data(),
-                   s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
-        compare(t + " backward input (partition)", gxp, gx_ref);
+        compare(t + " backward input" + bt, gx, ref);
+        if (tile.bin_unit && s.sH == 1 && s.sW == 1) {
+            Buffer<T> gxu(nx, true);
+            emu_launch(dim3(cdiv((long long)s.N * s.H * s.W, tile.BN), cdiv(s.C, tile.BM)), block,
+                       tile.bin_unit, (const T*)gy.data(), (const T*)w.data(), gxu.data(),
+                       (const T*)bc.data(), hb, bin_ktab,
+                       s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
+            compare(t + " backward input (stride 1)" + bt, gxu, ref);
+        }
+        // windows that partition the input: the dense GEMM + pixel-shuffle kernel
+        if (s.sH == s.kH && s.sW == s.kW && s.pH == 0 && s.pW == 0 && s.H == Ho * s.kH &&
+            s.W == Wo * s.kW) {
+            Buffer<T> gxp(nx, true);
+            emu_launch(dim3(cdiv((long long)s.N * Ho * Wo, tile.BN),
+                            cdiv(s.C * s.kH * s.kW, tile.BM)),
+                       block, tile.bin_part, (const T*)gy.data(), (const T*)w.data(), gxp.data(),
+                       (const T*)bc.data(), hb,
+                       s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
+            compare(t + " backward input (partition)" + bt, gxp, ref);
+        }
     }
 
     const int K = s.N * Ho * Wo;
