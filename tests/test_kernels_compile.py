@@ -1,6 +1,8 @@
 """The CUDA sources compile, and the CUDA backend stays optional.
 
-* every ``kernels/*.cu`` compiles with nvcc for sm_80 and sm_90 (skipped without nvcc);
+* every ``kernels/*.cu`` compiles with nvcc for sm_80 and sm_90 (skipped without nvcc), and
+  with NVRTC, the run-time compiler CuPy uses, as the backend builds it (skipped without the
+  ``nvidia-cuda-nvrtc`` wheel);
 * ``import minicnn`` does not import CuPy, nor does loading ``minicnn.kernels``;
 * ``minicnn.backend.get("cuda")`` without CuPy, or without a GPU, raises
   ``BackendUnavailable`` whose message says why.
@@ -48,6 +50,83 @@ def test_kernel_compiles(cu, options, arch, tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
     assert out.exists() and out.stat().st_size > 0
+
+
+def _nvrtc():
+    """libnvrtc from the ``nvidia-cuda-nvrtc`` wheel (.ci/run installs it), or None."""
+    import ctypes
+    import glob
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    libs = [p for d in nvidia.__path__ for p in glob.glob(os.path.join(d, "cu*", "lib",
+                                                                       "libnvrtc.so*"))]
+    return ctypes.CDLL(sorted(libs)[0]) if libs else None
+
+
+NVRTC = _nvrtc()
+
+
+def _nvrtc_compile(name, options):
+    """Compile kernels/NAME.cu with NVRTC as ``minicnn.kernels.module`` does at run time
+    (through CuPy), for compute_90: ``(status, log, names of the PTX's entry points)``."""
+    import ctypes
+    import re
+    with open(os.path.join(KERNEL_DIR, f"{name}.cu"), "rb") as f:
+        src = f.read()
+    prog = ctypes.c_void_p()
+    assert NVRTC.nvrtcCreateProgram(ctypes.byref(prog), src, f"{name}.cu".encode(), 0, None,
+                                    None) == 0
+    opts = [o.encode() for o in ("--std=c++17", f"-I{KERNEL_DIR}",
+                                 "--gpu-architecture=compute_90", *options)]
+    status = NVRTC.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+    size = ctypes.c_size_t()
+    NVRTC.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    NVRTC.nvrtcGetProgramLog(prog, log)
+    entries = set()
+    if status == 0:
+        NVRTC.nvrtcGetPTXSize(prog, ctypes.byref(size))
+        ptx = ctypes.create_string_buffer(size.value)
+        NVRTC.nvrtcGetPTX(prog, ptx)
+        entries = set(re.findall(r"\.entry\s+(\w+)", ptx.value.decode()))
+    NVRTC.nvrtcDestroyProgram(ctypes.byref(prog))
+    return status, log.value.decode(errors="replace"), entries
+
+
+@pytest.mark.skipif(NVRTC is None, reason="no NVRTC (pip install nvidia-cuda-nvrtc)")
+@pytest.mark.parametrize("name, variant", [(cu[:-3], None) for cu in CU_FILES if cu != "conv.cu"]
+                         + [("conv", v) for v in (cuda_backend.DEFAULT_CONV_VARIANT, "plain",
+                                                  "fastdiv+prefetch+tiles+vec4+winograd")])
+def test_kernels_compile_with_nvrtc(name, variant):
+    """NVRTC, the compiler CuPy runs on the GPU machine, accepts every kernel file with the
+    options the backend gives it (a conv build's -D macros, optim's --fmad=false), and every
+    entry point that cuda_backend's launchers name is in the PTX."""
+    options = (cuda_backend.conv_variant_options(variant) if name == "conv"
+               else cuda_backend._MODULE_OPTIONS.get(name, ()))
+    status, log, entries = _nvrtc_compile(name, options)
+    assert status == 0, f"NVRTC failed on {name}.cu {options}:\n{log[-4000:]}"
+    dts = ("f32", "f64")
+    expected = {
+        "pool": {f"maxpool2d_{d}_{i}_{t}" for d in ("forward", "backward") for i in ("u8", "i32")
+                 for t in dts},
+        "activation": {f"relu_{d}{v}_{t}" for d in ("forward", "backward") for v in ("", "_vec")
+                       for t in dts},
+        "loss": {f"softmax_xent_{k}_{t}" for k in ("forward", "backward", "reduce") for t in dts},
+        "optim": {f"{o}_update_{t}" for o in ("adam", "sgd", "adagrad") for t in dts},
+        "conv": {f"{k}_{tile}_{t}" for k in ("conv2d_forward", "conv2d_backward_input",
+                                             "conv2d_backward_input_partition",
+                                             "conv2d_backward_weight")
+                 for tile, t in (("m32n128", "f32"), ("m64n64", "f64"), ("m128n128", "f32"))}
+        | {f"splitk_reduce_{t}" for t in dts},
+    }[name]
+    if variant and "tiles" in variant:
+        expected |= {f"conv2d_forward_{tile}_f32" for tile in ("m128n64", "m64n128")}
+    if variant and "winograd" in variant:
+        expected |= {f"winograd_{k}_{t}" for k in ("x", "dy", "out", "in", "filter", "conv_out")
+                     for t in dts} | {"winograd_gemm_m128n64_f32", "winograd_gemm_m64n64_f64"}
+    assert expected <= entries, sorted(expected - entries)
 
 
 def test_import_minicnn_does_not_import_cupy():
