@@ -228,6 +228,11 @@ for dtype in (np.float32, np.float64):
         conv_all(f"default plan {np.dtype(dtype).name} N{N} C{C} O{O} {H}x{W} k3 p1", rng, dtype,
                  N, C, O, H, W, (3, 3), (1, 1), (1, 1), bias=True)
         cases += 1
+for dtype in (np.float32, np.float64):   # the head: 1x1 to 4 classes, the narrow kernels
+    for N, C, O, H in ([(4, 64, 4, 96), (2, 9, 8, 13)] if not FAKE else [(1, 3, 2, 4)]):
+        conv_all(f"narrow 1x1 {np.dtype(dtype).name} N{N} C{C} O{O} {H}x{H}", rng, dtype,
+                 N, C, O, H, H, (1, 1), (1, 1), (0, 0), bias=True)
+        cases += 1
 print(f"conv: {cases} shapes x 3 ops in {time.time() - t0:.1f}s", flush=True)
 
 for dtype in (np.float32, np.float64):

@@ -694,6 +694,81 @@ extern "C" __global__ void splitk_reduce_##DT(const T* __restrict__ ws, T* __res
 { splitk_reduce<T>(ws, out, splits, size); }
 INSTANTIATE_F32_F64(SPLITK_REDUCE)
 
+// ================================================================== narrow 1x1 convolutions
+// A 1x1, stride 1, unpadded convolution with few output channels (the U-Net's head: 64 -> 4)
+// is a matrix-vector product per pixel, too thin for the GEMM tiles (M = 4 fills 4 of the 32
+// rows of the smallest); each thread takes one pixel s of one image n, S = H*W:
+//   conv1x1_forward:        y[n, o, s] = b[o] + sum_c w[o, c] x[n, c, s]    (then ReLU if asked)
+//   conv1x1_backward_input: gx[n, c, s] = (b[c] +) sum_o w[o, c] gy[n, o, s]
+// for O <= NARROW_MAX outputs (forward) or summed channels (input gradient), kept in
+// registers. Neighbouring threads read and write neighbouring s: both memory-bound and
+// coalesced. The sums run over c (or o) in order.
+constexpr int NARROW_MAX = 8;
+
+template <typename T>
+__device__ __forceinline__ void conv1x1_forward(const T* __restrict__ x, const T* __restrict__ w,
+                                                const T* __restrict__ bias, int has_bias,
+                                                int relu, T* __restrict__ y, int N, int C,
+                                                int O, int S)
+{
+    GRID_STRIDE_LOOP(e, (long long)N * S) {
+        const int ei = (int)e, n = ei / S, s = ei - n * S;
+        T acc[NARROW_MAX];
+#pragma unroll
+        for (int o = 0; o < NARROW_MAX; ++o) acc[o] = T(0);
+        const T* xp = x + n * C * S + s;
+        for (int c = 0; c < C; ++c) {
+            const T v = ldg(xp + c * S);
+#pragma unroll
+            for (int o = 0; o < NARROW_MAX; ++o)
+                if (o < O) acc[o] += ldg(w + o * C + c) * v;
+        }
+#pragma unroll
+        for (int o = 0; o < NARROW_MAX; ++o)
+            if (o < O) {
+                T v = acc[o];
+                if (has_bias) v += ldg(bias + o);
+                y[(n * O + o) * S + s] = relu ? relu1(v) : v;
+            }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void conv1x1_backward_input(const T* __restrict__ gy,
+                                                       const T* __restrict__ w,
+                                                       const T* __restrict__ bias, int has_bias,
+                                                       T* __restrict__ gx, int N, int C, int O,
+                                                       int S)
+{
+    GRID_STRIDE_LOOP(e, (long long)N * S) {
+        const int ei = (int)e, n = ei / S, s = ei - n * S;
+        T g[NARROW_MAX];
+#pragma unroll
+        for (int o = 0; o < NARROW_MAX; ++o) g[o] = o < O ? ldg(gy + (n * O + o) * S + s) : T(0);
+        for (int c = 0; c < C; ++c) {
+            T v = T(0);
+#pragma unroll
+            for (int o = 0; o < NARROW_MAX; ++o)
+                if (o < O) v += ldg(w + o * C + c) * g[o];
+            if (has_bias) v += ldg(bias + c);
+            gx[(n * C + c) * S + s] = v;
+        }
+    }
+}
+
+// conv1x1_forward_<dt>(x, w, bias, has_bias, relu, y, N, C, O, S)           (O <= NARROW_MAX)
+// conv1x1_backward_input_<dt>(gy, w, bias, has_bias, gx, N, C, O, S)        (O <= NARROW_MAX)
+#define NARROW_KERNELS(T, DT)                                                               \
+extern "C" __global__ void conv1x1_forward_##DT(const T* x, const T* w, const T* bias,      \
+                                                int has_bias, int relu, T* y, int N, int C, \
+                                                int O, int S)                               \
+{ conv1x1_forward<T>(x, w, bias, has_bias, relu, y, N, C, O, S); }                          \
+extern "C" __global__ void conv1x1_backward_input_##DT(const T* gy, const T* w,             \
+                                                       const T* bias, int has_bias, T* gx,  \
+                                                       int N, int C, int O, int S)          \
+{ conv1x1_backward_input<T>(gy, w, bias, has_bias, gx, N, C, O, S); }
+INSTANTIATE_F32_F64(NARROW_KERNELS)
+
 #if MINICNN_CONV_WINOGRAD
 // ================================================================== Winograd weight gradient
 // dW[o, c] (3x3) = G^T [ sum over images n and 2x2 tiles of dy:  (A dy_tile A^T) (.)

@@ -300,7 +300,8 @@ def _run_conv_launchers(variant, monkeypatch):
         for (N, C, H, W, O, k, s, p) in [(2, 64, 12, 12, 128, 3, 1, 1), (2, 8, 9, 9, 16, 3, 2, 1),
                                          (2, 16, 6, 6, 8, 2, 2, 0), (4, 8, 24, 24, 16, 3, 1, 1),
                                          (4, 8, 25, 25, 16, 3, 1, 1),   # odd: no Winograd
-                                         (1, 1024, 6, 6, 512, 3, 1, 1)]:   # split along K
+                                         (1, 1024, 6, 6, 512, 3, 1, 1),   # split along K
+                                         (3, 17, 5, 5, 3, 1, 1, 0)]:      # narrow 1x1
             x = rng.standard_normal((N, C, H, W)).astype(dtype)
             w = rng.standard_normal((O, C, k, k)).astype(dtype)
             s2, p2 = (s, s), (p, p)
@@ -561,7 +562,8 @@ def test_conv_launchers_match_the_kernel_signatures(variant, monkeypatch):
     monkeypatch.delenv("MINICNN_WINOGRAD", raising=False)
     kinds = _run_conv_launchers(variant, monkeypatch)
     assert {"conv2d_forward", "conv2d_backward_input_partition", "conv2d_backward_weight",
-            "splitk_reduce_f32", "splitk_reduce_f64"} <= kinds
+            "splitk_reduce_f32", "splitk_reduce_f64", "conv1x1_forward_f32",
+            "conv1x1_backward_input_f64"} <= kinds
     assert ("conv2d_backward_input_unit" in kinds) == ("ktable" in variant)
     winograd = WINOGRAD_WEIGHT | WINOGRAD_CONV | {"winograd_gemm"}
     assert (winograd <= kinds) == ("winograd" in variant)
@@ -582,6 +584,20 @@ def test_winograd_passes_choose_the_kernels(passes, forward_input, weight, monke
     assert (WINOGRAD_WEIGHT <= kinds) == weight
     assert not (WINOGRAD_WEIGHT & kinds) or weight
     assert ("winograd_gemm" in kinds) == (forward_input or weight)
+
+
+def test_narrow_1x1_rule_and_the_kernels_constants():
+    """The narrow 1x1 kernels take 1x1 / stride 1 / unpadded convolutions of at most
+    NARROW_MAX channels (the U-Net's head); the launchers' constants are the kernels'."""
+    one = dict(kH=1, kW=1, sH=1, sW=1, pH=0, pW=0)
+    assert cb.narrow_1x1(**one, channels=4) and cb.narrow_1x1(**one, channels=cb.NARROW_MAX)
+    assert not cb.narrow_1x1(**one, channels=cb.NARROW_MAX + 1)
+    for change in (dict(kH=3), dict(sW=2), dict(pH=1)):
+        assert not cb.narrow_1x1(**{**one, **change}, channels=4)
+    with open(os.path.join(ROOT, "kernels", "conv.cu")) as f:
+        assert f"constexpr int NARROW_MAX = {cb.NARROW_MAX};" in f.read()
+    with open(os.path.join(ROOT, "kernels", "loss.cu")) as f:
+        assert f"constexpr int SCE_THREADS = {cb.SCE_THREADS};" in f.read()
 
 
 def test_winograd_applies_and_its_passes(monkeypatch):

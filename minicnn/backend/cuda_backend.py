@@ -24,6 +24,8 @@ conv2d_forward                         conv.cu  conv2d_forward_<tile>  (bias, Re
 conv2d_backward_input                  conv.cu  conv2d_backward_input_<tile>, or
                                        conv2d_backward_input_partition_<tile> when the
                                        windows partition the input (up-convolution)
+  both, 1x1 with at most NARROW_MAX output channels (the head): conv1x1_forward,
+  conv1x1_backward_input (narrow_1x1)
 conv2d_backward_weight                 conv.cu  conv2d_backward_weight_<tile> + splitk_reduce
   "winograd" builds, where winograd_applies (3x3, stride 1, padding 1, even sizes):
   forward, input gradient              winograd_in, _filter, _gemm_<tile>, _conv_out
@@ -474,6 +476,16 @@ def _ktab(kind, n, kH, kW, a, b):
     return _device_k_table(cupy.cuda.Device().id, kind, n, kH, kW, a, b)
 
 
+NARROW_MAX = 8    # kernels/conv.cu's NARROW_MAX: the most channels a narrow 1x1 kernel keeps
+
+
+def narrow_1x1(kH, kW, sH, sW, pH, pW, channels):
+    """True when a 1x1, stride 1, unpadded convolution with ``channels`` (the forward's
+    outputs, the input gradient's summed channels) at most NARROW_MAX runs on the per-pixel
+    kernels ``conv1x1_*`` instead of a GEMM (the U-Net's head, 64 -> 4). Pure Python."""
+    return (kH, kW, sH, sW, pH, pW) == (1, 1, 1, 1, 0, 0) and channels <= NARROW_MAX
+
+
 def _check_conv_sizes(op, desc, N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo):
     _check_index_range(op, desc, x_size=N * C * H * W, w_size=O * C * kH * kW,
                        y_size=N * O * Ho * Wo, padded_height_plus_stride=H + 2 * pH + sH,
@@ -506,6 +518,11 @@ def conv2d_forward(x, w, b, stride, padding, relu=False):
     sfx = _suffix(op, x.dtype, "input")
     y = cupy.empty((N, O, Ho, Wo), dtype=x.dtype)
     if y.size == 0:
+        return y
+    if narrow_1x1(kH, kW, sH, sW, pH, pW, O):
+        _launch_1d(_kernel("conv", f"conv1x1_forward_{sfx}"), N * H * W,
+                   (x, w, w if b is None else b, _i32(b is not None), _i32(bool(relu)), y,
+                    _i32(N), _i32(C), _i32(O), _i32(H * W)))
         return y
     if _winograd("forward", kH, kW, sH, sW, pH, pW, H, W, C, O):
         return _winograd_conv(op, desc, x, w, b, y, sfx, flip=False, relu=relu)
@@ -555,6 +572,11 @@ def conv2d_backward_input(gy, w, x_shape, stride, padding, bias=None):
     sfx = _suffix(op, gy.dtype, "output gradient")
     gx = cupy.empty((N, C, H, W), dtype=gy.dtype)
     if gx.size == 0:
+        return gx
+    if narrow_1x1(kH, kW, sH, sW, pH, pW, O):
+        _launch_1d(_kernel("conv", f"conv1x1_backward_input_{sfx}"), N * H * W,
+                   (gy, w, gy if bias is None else bias, _i32(bias is not None), gx, _i32(N),
+                    _i32(C), _i32(O), _i32(H * W)))
         return gx
     if _winograd("input", kH, kW, sH, sW, pH, pW, H, W, C, O):
         return _winograd_conv(op, desc, gy, w, bias, gx, sfx, flip=True)

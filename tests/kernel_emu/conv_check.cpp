@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -41,6 +42,7 @@ static const Shape SHAPES[] = {
     {1, 3, 6, 9, 5, 3, 3, 3, 3, 0, 0},       // 3x3 windows with stride 3 partition 6x9
     {1, 3, 7, 9, 5, 3, 3, 3, 3, 0, 0},       // stride = kernel, but row 6 is in no window
     {3, 5, 8, 6, 9, 3, 3, 1, 1, 1, 1},       // even sizes, 3x3, stride 1, padding 1: Winograd
+    {2, 20, 9, 11, 8, 1, 1, 1, 1, 0, 0},     // 1x1 with O = 8: the narrow kernels' widest
 };
 
 static unsigned long long lcg_state = 12345;
@@ -227,6 +229,38 @@ void check_shape(const Tile<T>& tile, const Shape& s, ReduceFn<T> reduce, const 
                        (const T*)bc.data(), hb,
                        s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
             compare(t + " backward input (partition)" + bt, gxp, ref);
+        }
+    }
+
+    // the narrow 1x1 kernels (not tiled: checked once per shape and dtype, with the m64n64 run)
+    if (s.kH == 1 && s.kW == 1 && s.sH == 1 && s.sW == 1 && s.pH == 0 && s.pW == 0 &&
+        s.O <= NARROW_MAX && std::string(tile.name) == "m64n64") {
+        const int S = s.H * s.W;
+        for (int relu : {0, 1}) {
+            Buffer<T> yn(ny, true);
+            if constexpr (std::is_same_v<T, float>)
+                emu_launch(dim3(3), dim3(64), conv1x1_forward_f32, (const T*)x.data(),
+                           (const T*)w.data(), (const T*)b.data(), 1, relu, yn.data(), s.N, s.C,
+                           s.O, S);
+            else
+                emu_launch(dim3(3), dim3(64), conv1x1_forward_f64, (const T*)x.data(),
+                           (const T*)w.data(), (const T*)b.data(), 1, relu, yn.data(), s.N, s.C,
+                           s.O, S);
+            compare(t + (relu ? " forward + ReLU, narrow 1x1" : " forward, narrow 1x1"), yn,
+                    relu ? yr_ref : y_ref);
+        }
+        for (int hb : {0, 1}) {
+            Buffer<T> gxn(nx, true);
+            if constexpr (std::is_same_v<T, float>)
+                emu_launch(dim3(3), dim3(64), conv1x1_backward_input_f32, (const T*)gy.data(),
+                           (const T*)w.data(), (const T*)bc.data(), hb, gxn.data(), s.N, s.C,
+                           s.O, S);
+            else
+                emu_launch(dim3(3), dim3(64), conv1x1_backward_input_f64, (const T*)gy.data(),
+                           (const T*)w.data(), (const T*)bc.data(), hb, gxn.data(), s.N, s.C,
+                           s.O, S);
+            compare(t + (hb ? " backward input + bias, narrow 1x1" : " backward input, narrow 1x1"),
+                    gxn, hb ? gxb_ref : gx_ref);
         }
     }
 
