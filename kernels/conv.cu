@@ -756,8 +756,61 @@ __device__ __forceinline__ void conv1x1_backward_input(const T* __restrict__ gy,
     }
 }
 
+// The weight gradient, dW[o, c] = sum_{n, s} gy[n, o, s] x[n, c, s], is a reduction over
+// the pixels: block (chunk, g) sums the pixels [chunk * len, chunk * len + len) of the batch
+// (flattened as (n, s)) for the channels c of group g (NARROW_MAX of them), its
+// NARROW_THREADS threads taking every NARROW_THREADS-th pixel and keeping the O x NARROW_MAX
+// sums in registers; the block then adds its threads' sums by a fixed tree in shared memory
+// and stores ws[chunk, o, c]; splitk_reduce adds the chunks in order (deterministic).
+constexpr int NARROW_THREADS = 256;
+
+template <typename T>
+__device__ __forceinline__ void conv1x1_backward_weight(const T* __restrict__ gy,
+                                                        const T* __restrict__ x,
+                                                        T* __restrict__ ws, int N, int C, int O,
+                                                        int S, int len)
+{
+    const int c0 = blockIdx.y * NARROW_MAX, tid = threadIdx.x;
+    const int P = N * S, p_begin = blockIdx.x * len, p_end = min(P, p_begin + len);
+    T acc[NARROW_MAX][NARROW_MAX];                   // [o][c - c0]
+#pragma unroll
+    for (int o = 0; o < NARROW_MAX; ++o)
+#pragma unroll
+        for (int j = 0; j < NARROW_MAX; ++j) acc[o][j] = T(0);
+    for (int p = p_begin + tid; p < p_end; p += NARROW_THREADS) {
+        const int n = p / S, s = p - n * S;
+        T g[NARROW_MAX], v[NARROW_MAX];
+#pragma unroll
+        for (int o = 0; o < NARROW_MAX; ++o) g[o] = o < O ? ldg(gy + (n * O + o) * S + s) : T(0);
+#pragma unroll
+        for (int j = 0; j < NARROW_MAX; ++j)
+            v[j] = c0 + j < C ? ldg(x + (n * C + c0 + j) * S + s) : T(0);
+#pragma unroll
+        for (int o = 0; o < NARROW_MAX; ++o)
+#pragma unroll
+            for (int j = 0; j < NARROW_MAX; ++j) acc[o][j] += g[o] * v[j];
+    }
+    __shared__ T sh[NARROW_MAX][NARROW_THREADS];
+#pragma unroll
+    for (int o = 0; o < NARROW_MAX; ++o) {           // unrolled: acc stays in registers
+        if (o >= O) break;                           // the same for the whole block
+#pragma unroll
+        for (int j = 0; j < NARROW_MAX; ++j) sh[j][tid] = acc[o][j];
+        for (int half = NARROW_THREADS / 2; half > 0; half /= 2) {
+            __syncthreads();
+            if (tid < half)
+                for (int j = 0; j < NARROW_MAX; ++j) sh[j][tid] += sh[j][tid + half];
+        }
+        __syncthreads();
+        if (tid < NARROW_MAX && c0 + tid < C) ws[(blockIdx.x * O + o) * C + c0 + tid] = sh[tid][0];
+        __syncthreads();                             // before the next o overwrites sh
+    }
+}
+
 // conv1x1_forward_<dt>(x, w, bias, has_bias, relu, y, N, C, O, S)           (O <= NARROW_MAX)
 // conv1x1_backward_input_<dt>(gy, w, bias, has_bias, gx, N, C, O, S)        (O <= NARROW_MAX)
+// conv1x1_backward_weight_<dt>(gy, x, ws, N, C, O, S, len)                  (O <= NARROW_MAX)
+//   grid (ceil(N*S / len), ceil(C / NARROW_MAX)), NARROW_THREADS threads; ws (chunks, O, C)
 #define NARROW_KERNELS(T, DT)                                                               \
 extern "C" __global__ void conv1x1_forward_##DT(const T* x, const T* w, const T* bias,      \
                                                 int has_bias, int relu, T* y, int N, int C, \
@@ -766,7 +819,11 @@ extern "C" __global__ void conv1x1_forward_##DT(const T* x, const T* w, const T*
 extern "C" __global__ void conv1x1_backward_input_##DT(const T* gy, const T* w,             \
                                                        const T* bias, int has_bias, T* gx,  \
                                                        int N, int C, int O, int S)          \
-{ conv1x1_backward_input<T>(gy, w, bias, has_bias, gx, N, C, O, S); }
+{ conv1x1_backward_input<T>(gy, w, bias, has_bias, gx, N, C, O, S); }                      \
+extern "C" __global__ void __launch_bounds__(NARROW_THREADS)                               \
+conv1x1_backward_weight_##DT(const T* gy, const T* x, T* ws, int N, int C, int O, int S,    \
+                             int len)                                                       \
+{ conv1x1_backward_weight<T>(gy, x, ws, N, C, O, S, len); }
 INSTANTIATE_F32_F64(NARROW_KERNELS)
 
 #if MINICNN_CONV_WINOGRAD

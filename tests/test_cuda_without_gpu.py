@@ -287,6 +287,8 @@ def _run_conv_launchers(variant, monkeypatch):
             tile = re.search(r"_(m\d+n\d+)_f", name)
             if tile:
                 assert block == (cb.tile_threads(tile.group(1)),)
+            if name.startswith("conv1x1_backward_weight"):
+                assert block == (cb.NARROW_THREADS,)
             launched.append(name)
         return launch
 
@@ -563,7 +565,7 @@ def test_conv_launchers_match_the_kernel_signatures(variant, monkeypatch):
     kinds = _run_conv_launchers(variant, monkeypatch)
     assert {"conv2d_forward", "conv2d_backward_input_partition", "conv2d_backward_weight",
             "splitk_reduce_f32", "splitk_reduce_f64", "conv1x1_forward_f32",
-            "conv1x1_backward_input_f64"} <= kinds
+            "conv1x1_backward_input_f64", "conv1x1_backward_weight_f32"} <= kinds
     assert ("conv2d_backward_input_unit" in kinds) == ("ktable" in variant)
     winograd = WINOGRAD_WEIGHT | WINOGRAD_CONV | {"winograd_gemm"}
     assert (winograd <= kinds) == ("winograd" in variant)
@@ -595,7 +597,16 @@ def test_narrow_1x1_rule_and_the_kernels_constants():
     for change in (dict(kH=3), dict(sW=2), dict(pH=1)):
         assert not cb.narrow_1x1(**{**one, **change}, channels=4)
     with open(os.path.join(ROOT, "kernels", "conv.cu")) as f:
-        assert f"constexpr int NARROW_MAX = {cb.NARROW_MAX};" in f.read()
+        src = f.read()
+    assert f"constexpr int NARROW_MAX = {cb.NARROW_MAX};" in src
+    assert f"constexpr int NARROW_THREADS = {cb.NARROW_THREADS};" in src
+    # the weight gradient's pixel chunks: every pixel in exactly one, about four waves
+    for pixels, groups, sms in [(230400, 8, 132), (75, 3, 132), (2048 * 7 + 1, 1, 2),
+                                (10**6, 1, 1000)]:
+        chunks, length = cb.narrow_weight_chunks(pixels, groups, sms)
+        assert (chunks - 1) * length < pixels <= chunks * length
+        assert length >= min(pixels, cb.NARROW_MIN_CHUNK) and chunks <= max(1, 4 * sms)
+    assert cb.narrow_weight_chunks(230400, 8, 132) == (66, 3491)
     with open(os.path.join(ROOT, "kernels", "loss.cu")) as f:
         assert f"constexpr int SCE_THREADS = {cb.SCE_THREADS};" in f.read()
 

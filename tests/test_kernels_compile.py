@@ -119,8 +119,8 @@ def test_kernels_compile_with_nvrtc(name, variant):
                                              "conv2d_backward_input_partition",
                                              "conv2d_backward_weight")
                  for tile, t in (("m32n128", "f32"), ("m64n64", "f64"), ("m128n128", "f32"))}
-        | {f"{k}_{t}" for k in ("splitk_reduce", "conv1x1_forward", "conv1x1_backward_input")
-           for t in dts},
+        | {f"{k}_{t}" for k in ("splitk_reduce", "conv1x1_forward", "conv1x1_backward_input",
+                                "conv1x1_backward_weight") for t in dts},
     }[name]
     if variant and "tiles" in variant:
         expected |= {f"conv2d_forward_{tile}_f32" for tile in ("m128n64", "m64n128")}

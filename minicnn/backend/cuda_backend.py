@@ -24,8 +24,8 @@ conv2d_forward                         conv.cu  conv2d_forward_<tile>  (bias, Re
 conv2d_backward_input                  conv.cu  conv2d_backward_input_<tile>, or
                                        conv2d_backward_input_partition_<tile> when the
                                        windows partition the input (up-convolution)
-  both, 1x1 with at most NARROW_MAX output channels (the head): conv1x1_forward,
-  conv1x1_backward_input (narrow_1x1)
+  all three, 1x1 with at most NARROW_MAX output channels (the head): conv1x1_forward,
+  conv1x1_backward_input, conv1x1_backward_weight + splitk_reduce (narrow_1x1)
 conv2d_backward_weight                 conv.cu  conv2d_backward_weight_<tile> + splitk_reduce
   "winograd" builds, where winograd_applies (3x3, stride 1, padding 1, even sizes):
   forward, input gradient              winograd_in, _filter, _gemm_<tile>, _conv_out
@@ -626,6 +626,8 @@ def conv2d_backward_weight(gy, x, w_shape, stride, padding):
     gw = cupy.empty((O, C, kH, kW), dtype=gy.dtype)
     if gw.size == 0:
         return gw
+    if narrow_1x1(kH, kW, sH, sW, pH, pW, O):
+        return _narrow_weight(op, desc, gy, x, gw, sfx)
     if _winograd("weight", kH, kW, sH, sW, pH, pW, H, W, C, O):
         return _winograd_weight(op, desc, gy, x, gw, sfx)
     K = N * Ho * Wo
@@ -643,6 +645,38 @@ def conv2d_backward_weight(gy, x, w_shape, stride, padding):
     if splits > 1:
         _launch_1d(_kernel("conv", f"splitk_reduce_{sfx}"), gw.size,
                    (ws, gw, _i32(splits), np.int64(gw.size)))
+    return gw
+
+
+NARROW_THREADS = 256      # kernels/conv.cu's NARROW_THREADS: conv1x1_backward_weight's block
+NARROW_MIN_CHUNK = 2048   # pixels per block of conv1x1_backward_weight at least
+
+
+def narrow_weight_chunks(pixels, channel_groups, sm_count):
+    """How conv1x1_backward_weight cuts the batch's pixels: ``(chunks, len)``, about four waves
+    of blocks with the channel groups, NARROW_MIN_CHUNK pixels per chunk at least. Pure."""
+    chunks = max(1, min(pixels // NARROW_MIN_CHUNK, _cdiv(4 * sm_count, channel_groups)))
+    length = _cdiv(pixels, chunks)
+    return _cdiv(pixels, length), length
+
+
+def _narrow_weight(op, desc, gy, x, gw, sfx):
+    """The weight gradient of a narrow 1x1 convolution (``narrow_1x1``): per-chunk sums of
+    ``gy[n, o, s] x[n, c, s]`` over the pixels (conv1x1_backward_weight), then the chunks
+    added in order (splitk_reduce)."""
+    N, C, H, W = x.shape
+    O = gy.shape[1]
+    groups = _cdiv(C, NARROW_MAX)
+    chunks, length = narrow_weight_chunks(N * H * W, groups, _num_sms())
+    _check_grid(op, desc, (chunks, groups, 1))
+    _check_index_range(op, desc, narrow_workspace=chunks * O * C)
+    ws = gw if chunks == 1 else cupy.empty((chunks, O, C), dtype=gw.dtype)
+    _kernel("conv", f"conv1x1_backward_weight_{sfx}")(
+        (chunks, groups), (NARROW_THREADS,),
+        (gy, x, ws, _i32(N), _i32(C), _i32(O), _i32(H * W), _i32(length)))
+    if chunks > 1:
+        _launch_1d(_kernel("conv", f"splitk_reduce_{sfx}"), gw.size,
+                   (ws, gw, _i32(chunks), np.int64(gw.size)))
     return gw
 
 

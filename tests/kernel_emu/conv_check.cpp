@@ -262,6 +262,25 @@ void check_shape(const Tile<T>& tile, const Shape& s, ReduceFn<T> reduce, const 
             compare(t + (hb ? " backward input + bias, narrow 1x1" : " backward input, narrow 1x1"),
                     gxn, hb ? gxb_ref : gx_ref);
         }
+        // the weight gradient: pixel chunks of `len` (one chunk, then about three), the
+        // channel groups of NARROW_MAX, the chunks added by splitk_reduce
+        const int P = s.N * S;
+        for (int len : {P, (P + 2) / 3}) {
+            const int chunks = cdiv(P, len), groups = cdiv(s.C, NARROW_MAX);
+            Buffer<T> ws((size_t)chunks * s.O * s.C, true), gwn(nw, true);
+            T* dst = chunks == 1 ? gwn.data() : ws.data();
+            if constexpr (std::is_same_v<T, float>)
+                emu_launch(dim3(chunks, groups), dim3(NARROW_THREADS), conv1x1_backward_weight_f32,
+                           (const T*)gy.data(), (const T*)x.data(), dst, s.N, s.C, s.O, S, len);
+            else
+                emu_launch(dim3(chunks, groups), dim3(NARROW_THREADS), conv1x1_backward_weight_f64,
+                           (const T*)gy.data(), (const T*)x.data(), dst, s.N, s.C, s.O, S, len);
+            if (chunks > 1)
+                emu_launch(dim3(2), dim3(64), reduce, (const T*)ws.data(), gwn.data(), chunks,
+                           (long long)nw);
+            compare(t + " backward weight, narrow 1x1, " + std::to_string(chunks) + " chunk(s)",
+                    gwn, gw_ref);
+        }
     }
 
     const int K = s.N * Ho * Wo;
