@@ -184,19 +184,17 @@ void check_shape(const Tile<T>& tile, const Shape& s, ReduceFn<T> reduce, const 
     const int2* fwd_ktab = MINICNN_CONV_KTABLE ? fwd_tab.data() : nullptr;
     const int2* bin_ktab = MINICNN_CONV_KTABLE ? bin_tab.data() : nullptr;
 
-    Buffer<T> y(ny, true);
-    emu_launch(dim3(cdiv((long long)s.N * Ho * Wo, tile.BN), cdiv(s.O, tile.BM)), block, tile.fwd,
-               (const T*)x.data(), (const T*)w.data(), (const T*)b.data(), y.data(), 1, 0,
-               fwd_ktab, s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
-    compare(t + " forward", y, y_ref);
-    // with the ReLU fused into the epilogue
+    // the forward, without and with the ReLU fused into the epilogue
     std::vector<double> yr_ref(y_ref);
     for (double& v : yr_ref) v = std::max(v, 0.0);
-    Buffer<T> yr(ny, true);
-    emu_launch(dim3(cdiv((long long)s.N * Ho * Wo, tile.BN), cdiv(s.O, tile.BM)), block, tile.fwd,
-               (const T*)x.data(), (const T*)w.data(), (const T*)b.data(), yr.data(), 1, 1,
-               fwd_ktab, s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
-    compare(t + " forward + ReLU", yr, yr_ref);
+    for (int relu : {0, 1}) {
+        Buffer<T> y(ny, true);
+        emu_launch(dim3(cdiv((long long)s.N * Ho * Wo, tile.BN), cdiv(s.O, tile.BM)), block,
+                   tile.fwd, (const T*)x.data(), (const T*)w.data(), (const T*)b.data(), y.data(),
+                   1, relu, fwd_ktab, s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW,
+                   Ho, Wo);
+        compare(t + (relu ? " forward + ReLU" : " forward"), y, relu ? yr_ref : y_ref);
+    }
 
     // the input gradient, without and with a bias per input channel (the transposed
     // convolution's forward, which these kernels compute too)
