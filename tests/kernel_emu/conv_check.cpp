@@ -203,19 +203,16 @@ void check_shape(const Tile<T>& tile, const Shape& s, ReduceFn<T> reduce, const 
     for (int hb : {0, 1}) {
         const std::string bt = hb ? " + bias" : "";
         const std::vector<double>& ref = hb ? gxb_ref : gx_ref;
-        Buffer<T> gx(nx, true);
-        emu_launch(dim3(cdiv((long long)s.N * s.H * s.W, tile.BN), cdiv(s.C, tile.BM)), block,
-                   tile.bin, (const T*)gy.data(), (const T*)w.data(), gx.data(),
-                   (const T*)bc.data(), hb, bin_ktab,
-                   s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
-        compare(t + " backward input" + bt, gx, ref);
-        if (tile.bin_unit && s.sH == 1 && s.sW == 1) {
-            Buffer<T> gxu(nx, true);
+        // the general kernel, and (KTABLE builds, stride 1) the unit-stride one
+        const bool unit = tile.bin_unit && s.sH == 1 && s.sW == 1;
+        for (BinFn<T> fn : {tile.bin, unit ? tile.bin_unit : nullptr}) {
+            if (!fn) continue;
+            Buffer<T> gx(nx, true);
             emu_launch(dim3(cdiv((long long)s.N * s.H * s.W, tile.BN), cdiv(s.C, tile.BM)), block,
-                       tile.bin_unit, (const T*)gy.data(), (const T*)w.data(), gxu.data(),
+                       fn, (const T*)gy.data(), (const T*)w.data(), gx.data(),
                        (const T*)bc.data(), hb, bin_ktab,
                        s.N, s.C, s.H, s.W, s.O, s.kH, s.kW, s.sH, s.sW, s.pH, s.pW, Ho, Wo);
-            compare(t + " backward input (stride 1)" + bt, gxu, ref);
+            compare(t + " backward input" + (fn == tile.bin ? "" : " (stride 1)") + bt, gx, ref);
         }
         // windows that partition the input: the dense GEMM + pixel-shuffle kernel
         if (s.sH == s.kH && s.sW == s.kW && s.pH == 0 && s.pW == 0 && s.H == Ho * s.kH &&
