@@ -492,6 +492,29 @@ def _check_conv_sizes(op, desc, N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo):
                        padded_width_plus_stride=W + 2 * pW + sW)
 
 
+def _bias(op, b, channels, dtype):
+    """A bias operand: None, or a (channels,) array of ``dtype`` (ValueError otherwise)."""
+    if b is None:
+        return None
+    b = _input(op, b, "bias", dtype)
+    if b.shape != (channels,):
+        raise ValueError(f"{op}: bias must have shape ({channels},), got {b.shape}")
+    return b
+
+
+def _sliced(out, slices):
+    """The workspace of ``slices`` partial sums of ``out`` (``out`` itself for one)."""
+    return out if slices == 1 else cupy.empty((slices,) + out.shape, dtype=out.dtype)
+
+
+def _add_slices(ws, out, slices, sfx):
+    """``out = ws[0] + ws[1] + ...`` in order (splitk_reduce; nothing to do for one slice)."""
+    if slices > 1:
+        _launch_1d(_kernel("conv", f"splitk_reduce_{sfx}"), out.size,
+                   (ws, out, _i32(slices), np.int64(out.size)))
+    return out
+
+
 def conv2d_forward(x, w, b, stride, padding, relu=False):
     """``y = W * x + b`` (cross-correlation). x ``(N,C,H,W)``, w ``(O,C,kH,kW)`` -> ``(N,O,Ho,Wo)``.
     With ``relu``, ``max(y, 0)`` in the same store (as relu_forward, NaN kept)."""
@@ -505,10 +528,7 @@ def conv2d_forward(x, w, b, stride, padding, relu=False):
     O, Cw, kH, kW = w.shape
     if C != Cw:
         raise ValueError(f"{op}: input {x.shape} has {C} channels, weight {w.shape} expects {Cw}")
-    if b is not None:
-        b = _input(op, b, "bias", x.dtype)
-        if b.shape != (O,):
-            raise ValueError(f"{op}: bias must have shape ({O},), got {b.shape}")
+    b = _bias(op, b, O, x.dtype)
     Ho, Wo = (H + 2 * pH - kH) // sH + 1, (W + 2 * pW - kW) // sW + 1
     if Ho < 1 or Wo < 1:
         raise ValueError(f"{op}: kernel {kH}x{kW} is larger than the padded input "
@@ -563,10 +583,7 @@ def conv2d_backward_input(gy, w, x_shape, stride, padding, bias=None):
         raise ValueError(f"{op}: output gradient {gy.shape}, weight {w.shape} and input shape "
                          f"{(N, C, H, W)} do not match (stride {(sH, sW)}, padding "
                          f"{(pH, pW)}: expected output gradient {(N, O, Ho, Wo)})")
-    if bias is not None:
-        bias = _input(op, bias, "bias", gy.dtype)
-        if bias.shape != (C,):
-            raise ValueError(f"{op}: bias must have shape ({C},), got {bias.shape}")
+    bias = _bias(op, bias, C, gy.dtype)
     desc = f"input {(N, C, H, W)} with weight {w.shape}"
     _check_conv_sizes(op, desc, N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)
     sfx = _suffix(op, gy.dtype, "output gradient")
@@ -637,15 +654,12 @@ def conv2d_backward_weight(gy, x, w_shape, stride, padding):
     _check_grid(op, desc, grid)
     _check_index_range(op, desc, split_k_workspace=splits * gw.size,
                        split_k_range=splits * k_chunk + 256)
-    ws = gw if splits == 1 else cupy.empty((splits,) + gw.shape, dtype=gw.dtype)
+    ws = _sliced(gw, splits)
     kernel = _kernel("conv", f"conv2d_backward_weight_{tile}_{sfx}")
     kernel(grid, (tile_threads(tile),),
            (gy, x, ws, _i32(k_chunk),
             *_conv_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)))
-    if splits > 1:
-        _launch_1d(_kernel("conv", f"splitk_reduce_{sfx}"), gw.size,
-                   (ws, gw, _i32(splits), np.int64(gw.size)))
-    return gw
+    return _add_slices(ws, gw, splits, sfx)
 
 
 NARROW_THREADS = 256      # kernels/conv.cu's NARROW_THREADS: conv1x1_backward_weight's block
@@ -670,14 +684,11 @@ def _narrow_weight(op, desc, gy, x, gw, sfx):
     chunks, length = narrow_weight_chunks(N * H * W, groups, _num_sms())
     _check_grid(op, desc, (chunks, groups, 1))
     _check_index_range(op, desc, narrow_workspace=chunks * O * C)
-    ws = gw if chunks == 1 else cupy.empty((chunks, O, C), dtype=gw.dtype)
+    ws = _sliced(gw, chunks)
     _kernel("conv", f"conv1x1_backward_weight_{sfx}")(
         (chunks, groups), (NARROW_THREADS,),
         (gy, x, ws, _i32(N), _i32(C), _i32(O), _i32(H * W), _i32(length)))
-    if chunks > 1:
-        _launch_1d(_kernel("conv", f"splitk_reduce_{sfx}"), gw.size,
-                   (ws, gw, _i32(chunks), np.int64(gw.size)))
-    return gw
+    return _add_slices(ws, gw, chunks, sfx)
 
 
 def _winograd_plan(op, desc, M, Ncols, K, sfx, **extents):
