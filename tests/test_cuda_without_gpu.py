@@ -9,8 +9,9 @@ cuda_backend's primitives end to end on NumPy arrays (``_use_the_emulator``): la
 plans and kernels together, against numpy_backend. The GPU self-check in
 ``benchmarks/gpu_check.sh`` remains the test on real hardware.
 """
-import inspect
+import ctypes
 import functools
+import inspect
 import os
 import re
 import shutil
@@ -318,7 +319,6 @@ def _emulated_library(module, variant, build_dir):
     """kernels/<module>.cu (conv: built as ``variant``) for the emulator, as a shared library
     with one ``call_<kernel>(dims, args)`` per entry point: ``dims`` the grid and block (6
     unsigned), ``args`` pointers to the arguments, as CUDA's launch API takes them."""
-    import ctypes
     ctype = {"longlong": "long long", "longlong*": "long long*", "unsignedchar*": "unsigned char*"}
     lines = ['#include "cuda_emu.h"', f'#include "{module}.cu"']
     for name, params in sorted(_kernel_signatures(module, variant).items()):
@@ -379,7 +379,6 @@ def _use_the_emulator(monkeypatch, variant, build_dir):
 def _emulated_kernel(lib, name):
     """A stand-in for a CuPy RawKernel that runs ``name`` in the emulator: NumPy arrays are
     passed as their data pointers, NumPy scalars by address (a uint64 0: a null pointer)."""
-    import ctypes
 
     def launch(grid, block, args):
         dims = (ctypes.c_uint * 6)(*(tuple(grid) + (1,) * (3 - len(grid))),
@@ -586,6 +585,25 @@ def test_winograd_passes_choose_the_kernels(passes, forward_input, weight, monke
     assert (WINOGRAD_WEIGHT <= kinds) == weight
     assert not (WINOGRAD_WEIGHT & kinds) or weight
     assert ("winograd_gemm" in kinds) == (forward_input or weight)
+
+
+def test_new_primitive_arguments_are_refused_clearly(monkeypatch):
+    """The primitives' keyword arguments: a reduction outside none/sum/mean and (CUDA) a bias
+    of the wrong length raise ValueError naming the primitive, before any launch."""
+    x, t = np.zeros((2, 3), np.float32), np.array([0, 1])
+    for bk in (nb, cb):
+        if bk is cb:
+            monkeypatch.setattr(cb, "cupy", _EmuCupy)
+            monkeypatch.setattr(cb, "_kernel", lambda module, name: pytest.fail("launched"))
+        with pytest.raises(ValueError, match="softmax_cross_entropy_forward: reduction must"):
+            bk.softmax_cross_entropy_forward(x, t, None, reduction="avg")
+    gy, w = np.zeros((1, 4, 3, 3), np.float32), np.zeros((4, 2, 1, 1), np.float32)
+    with pytest.raises(ValueError, match=r"conv2d_backward_input: bias must have shape \(2,\)"):
+        cb.conv2d_backward_input(gy, w, (1, 2, 3, 3), (1, 1), (0, 0),
+                                 bias=np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match=r"conv2d_forward: bias must have shape \(4,\)"):
+        cb.conv2d_forward(np.zeros((1, 2, 3, 3), np.float32), w, np.zeros(2, np.float32),
+                          (1, 1), (0, 0))
 
 
 def test_narrow_1x1_rule_and_the_kernels_constants():

@@ -90,6 +90,23 @@ def test_conv2d_3x3_same_on_even_sizes(device, N, C, O, H, W, wide, bias, dtype,
              inputs, device, seed)
 
 
+@given(N=st.integers(1, 3), C=st.integers(1, 20), O=st.integers(1, 10), H=st.integers(1, 48),
+       W=st.integers(1, 48), bias=st.booleans(), relu=st.booleans(), dtype=dtypes, seed=seeds)
+def test_conv2d_1x1(device, N, C, O, H, W, bias, relu, dtype, seed):
+    """1x1, stride 1, unpadded (the U-Net's head), drawn more often here than by ``conv_case``:
+    with at most 8 output channels the CUDA backend runs its narrow per-pixel kernels
+    (``cuda_backend.narrow_1x1``; the weight gradient over several pixel chunks from 4096
+    pixels on), with more the GEMMs; with and without the fused ReLU."""
+    rng = np.random.default_rng(seed)
+    inputs = [rand(rng, (N, C, H, W), dtype), rand(rng, (O, C, 1, 1), dtype)]
+    if bias:
+        inputs.append(rand(rng, (O,), dtype))
+    if relu:
+        check_op(F.conv2d_relu, lambda *t: torch.relu(TF.conv2d(*t)), inputs, device, seed)
+    else:
+        check_op(F.conv2d, TF.conv2d, inputs, device, seed)
+
+
 def test_conv2d_unet_shapes(device):
     """The U-Net's own layer kinds: 3x3 pad 1, 1x1, and the 2x2 stride-2 up-convolution."""
     rng = np.random.default_rng(0)
@@ -185,7 +202,8 @@ def test_unary(device, shape, dtype, seed, p):
 # ---------------------------------------------------------------- losses
 @st.composite
 def loss_case(draw):
-    spatial = draw(st.sampled_from([(), (1, 1), (3, 5), (7, 4)]))
+    # (24, 40): up to 3840 positions, more than one block of the CUDA loss kernels' sums
+    spatial = draw(st.sampled_from([(), (1, 1), (3, 5), (7, 4), (24, 40)]))
     return draw(st.integers(1, 4)), draw(st.integers(2, 6)), spatial
 
 
