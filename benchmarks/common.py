@@ -135,6 +135,7 @@ def machine_info(device, query_gpu=True):
         if "winograd" in info["conv_variant"].split("+"):     # the passes it computes so
             info["winograd_passes"] = "+".join(p for p in cuda_backend.WINOGRAD_PASSES
                                                if p in cuda_backend.winograd_passes()) or "none"
+            info["winograd_tile"] = cuda_backend.winograd_tile_setting()   # 4: where it divides
         if query_gpu:
             info["gpu"] = gpu_name()
     return info
@@ -142,7 +143,9 @@ def machine_info(device, query_gpu=True):
 
 def machine_line(meta):
     """One line naming the machine, for table headers."""
-    passes = f" (Winograd: {meta['winograd_passes']})" if "winograd_passes" in meta else ""
+    passes = (f" (Winograd: {meta['winograd_passes']}, tiles up to "
+              f"{meta.get('winograd_tile', 2)}x{meta.get('winograd_tile', 2)})"
+              if "winograd_passes" in meta else "")
     where = f"{meta.get('gpu')}, conv kernels '{meta.get('conv_variant', 'plain')}'{passes}" \
         if meta.get("device") == "cuda" else f"{meta['cpu']} ({meta['cores']} cores)"
     load = meta.get("load_average_1_5_15min")

@@ -2,9 +2,9 @@
 # gpu_check.sh -- the checks to run on a machine with an NVIDIA GPU, in one go: about 2 minutes,
 # about 5.5 with --bench (an H200, 2026-11-27: 387 s with --bench and three other conv build
 # variants, each adding about 45-60 s; the default list now has two builds, about 50-80 s
-# each, and one MINICNN_WINOGRAD subset, about 20 s). Each step has its own time limit
-# (together 340 s; with --bench 1000 s for the default variant list), so a hanging step
-# cannot eat the session.
+# each, and two Winograd settings of the first, about 20 s each). Each step has its own time
+# limit (together 340 s; with --bench 1050 s for the default variant list), so a hanging
+# step cannot eat the session.
 #
 #   bash benchmarks/gpu_check.sh            (from the repository root)
 #   bash benchmarks/gpu_check.sh --bench    (adds the benchmarks and the variants: ~3 min more)
@@ -20,13 +20,15 @@
 #      on the GPU (skipped when the data is not there)
 #   5. with --bench: bench_ops.py and bench_train.py at full size (reports in $OUT/ops, $OUT/train),
 #      then for each other build variant of kernels/conv.cu in CONV_BENCH_VARIANTS (default:
-#      the default build plus winograd, all three passes (NOTES.md entries 18 and 19), then the
-#      same build with the weight gradient's Winograd only, then plus kmajor, the one feature
-#      not timed on its own yet; "plain" was timed in entry 11, ktable and the previous
-#      default in entry 15) the self-check, the conv op tests against PyTorch (forward and
-#      every gradient), and bench_train ($OUT/train_<variant>); for the first of them the conv
-#      rows of bench_ops too ($OUT/ops_<variant>). An entry VARIANT:PASSES runs bench_train
-#      only, with MINICNN_WINOGRAD=PASSES ($OUT/train_<variant>_<passes>)
+#      the default build plus winograd, all three passes, 4x4 tiles where they fit (NOTES.md
+#      entries 18, 19 and 24), then the same build with 2x2 tiles only, then with the weight
+#      gradient's Winograd only, then plus kmajor, the one feature not timed on its own yet;
+#      "plain" was timed in entry 11, ktable and the previous default in entry 15) the
+#      self-check, the conv op tests against PyTorch (forward and every gradient), and
+#      bench_train ($OUT/train_<variant>); for the first of them the conv rows of bench_ops
+#      too ($OUT/ops_<variant>). An entry VARIANT:PASSES or VARIANT:PASSES:TILE runs
+#      bench_train only, with MINICNN_WINOGRAD=PASSES (and MINICNN_WINOGRAD_TILE=TILE)
+#      ($OUT/train_<variant>_<passes>[_tile<TILE>])
 #   6. the op tests under compute-sanitizer memcheck (CuPy's memory pool switched off, so that
 #      an out-of-bounds access is outside any allocation and gets reported), with the bounded
 #      hypothesis profile HYPOTHESIS_PROFILE=ci; with --bench for the first variant of step 5
@@ -57,7 +59,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 # conv build variants that --bench times after the default one (MINICNN_CONV_VARIANT values;
 # the default build is cuda_backend.DEFAULT_CONV_VARIANT)
-CONV_BENCH_VARIANTS="${CONV_BENCH_VARIANTS:-fastdiv+prefetch+tiles+vec4+winograd fastdiv+prefetch+tiles+vec4+winograd:weight fastdiv+kmajor+prefetch+tiles+vec4}"
+W=fastdiv+prefetch+tiles+vec4+winograd
+CONV_BENCH_VARIANTS="${CONV_BENCH_VARIANTS:-$W $W:forward+input+weight:2 $W:weight fastdiv+kmajor+prefetch+tiles+vec4}"
 
 STEPS=()
 STATUS=()
@@ -222,7 +225,7 @@ for dtype in (np.float32, np.float64):   # the U-Net's up-convolutions, default 
                  dtype, N, C, O, H, W, (2, 2), (2, 2), (0, 0), bias=False)
         cases += 1
 unet = [(4, 1, 16, 96, 96), (4, 16, 16, 96, 96), (4, 32, 64, 48, 48), (4, 64, 256, 72, 72),
-        (4, 256, 128, 12, 12)] if not FAKE else [(1, 3, 20, 9, 9)]
+        (4, 256, 128, 12, 12), (4, 128, 64, 6, 6)] if not FAKE else [(1, 3, 20, 9, 9)]
 for dtype in (np.float32, np.float64):
     for N, C, O, H, W in unet:
         conv_all(f"default plan {np.dtype(dtype).name} N{N} C{C} O{O} {H}x{W} k3 p1", rng, dtype,
@@ -460,12 +463,14 @@ if [ "$BENCH" = 1 ]; then
     # own processes: self-check, then the training step; the conv table for the first one
     first=1
     for variant in $CONV_BENCH_VARIANTS; do
-        if [[ $variant == *:* ]]; then       # VARIANT:PASSES: the step time with these passes
-            passes=${variant#*:}
-            variant=${variant%%:*}
+        if [[ $variant == *:* ]]; then       # VARIANT:PASSES[:TILE]: the step time with these
+            IFS=: read -r variant passes tile <<< "$variant"          # passes (and tile)
+            tile=${tile:-4}
             tag=${variant//+/_}_${passes//+/_}
-            step "bench_train, conv variant $variant, MINICNN_WINOGRAD=$passes" 50 \
+            [ "$tile" != 4 ] && tag=${tag}_tile$tile
+            step "bench_train, conv variant $variant, MINICNN_WINOGRAD=$passes, tile $tile" 50 \
                 env MINICNN_CONV_VARIANT="$variant" MINICNN_WINOGRAD="$passes" \
+                MINICNN_WINOGRAD_TILE="$tile" \
                 "$PYTHON" benchmarks/bench_train.py --device cuda ${OUT:+--out "$OUT/train_$tag"}
             continue
         fi

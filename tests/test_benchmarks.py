@@ -93,11 +93,16 @@ def test_machine_line_names_the_conv_build_and_its_winograd_passes(monkeypatch):
         sys.path.remove(BENCH)
     monkeypatch.setenv("MINICNN_CONV_VARIANT", "winograd+fastdiv")
     monkeypatch.setenv("MINICNN_WINOGRAD", "weight+forward")
+    monkeypatch.delenv("MINICNN_WINOGRAD_TILE", raising=False)
     meta = common.machine_info("cuda", query_gpu=False)
     assert meta["conv_variant"] == "fastdiv+winograd"
     assert meta["winograd_passes"] == "forward+weight"
-    assert "conv kernels 'fastdiv+winograd' (Winograd: forward+weight)" in \
+    assert meta["winograd_tile"] == 4
+    assert "conv kernels 'fastdiv+winograd' (Winograd: forward+weight, tiles up to 4x4)" in \
         common.machine_line(meta)
+    monkeypatch.setenv("MINICNN_WINOGRAD_TILE", "2")
+    assert "(Winograd: forward+weight, tiles up to 2x2)" in \
+        common.machine_line(common.machine_info("cuda", query_gpu=False))
     monkeypatch.setenv("MINICNN_WINOGRAD", "none")
     assert common.machine_info("cuda", query_gpu=False)["winograd_passes"] == "none"
     monkeypatch.setenv("MINICNN_CONV_VARIANT", "fastdiv")

@@ -398,26 +398,30 @@ def _emulated_kernel(lib, name):
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
-@pytest.mark.parametrize("variant, passes", [
-    (cb.DEFAULT_CONV_VARIANT, None), ("fastdiv+prefetch+tiles+vec4+winograd", None),
-    ("fastdiv+prefetch+tiles+vec4+winograd", "weight"), ("plain", None)])
-def test_conv_launchers_compute_the_convolution_in_the_emulator(variant, passes, monkeypatch,
+@pytest.mark.parametrize("variant, env", [
+    (cb.DEFAULT_CONV_VARIANT, {}), ("fastdiv+prefetch+tiles+vec4+winograd", {}),
+    ("fastdiv+prefetch+tiles+vec4+winograd", {"MINICNN_WINOGRAD_TILE": "2"}),
+    ("fastdiv+prefetch+tiles+vec4+winograd", {"MINICNN_WINOGRAD": "weight"}), ("plain", {})])
+def test_conv_launchers_compute_the_convolution_in_the_emulator(variant, env, monkeypatch,
                                                                tmp_path_factory):
     """The conv primitives of cuda_backend, launchers and kernels together, run on the CPU:
     CuPy replaced by NumPy and each launch by the emulator running the kernel the launcher
     names, with the grid, block and arguments it passes. Against numpy_backend, forward and
-    both gradients, on shapes that take each path (Winograd's with 16 channels or more, split
-    K, stride 2, the up-convolution's partition, 1x1). This is what catches a launcher that
+    both gradients, on shapes that take each path (Winograd's with 16 channels or more, its
+    4x4 output tiles where 4 divides H and W, split K, stride 2, the up-convolution's
+    partition, 1x1). This is what catches a launcher that
     passes arguments in the wrong order or plans a grid its kernel does not expect."""
     _use_the_emulator(monkeypatch, variant, str(tmp_path_factory.getbasetemp()))
-    if passes is None:
-        monkeypatch.delenv("MINICNN_WINOGRAD", raising=False)
-    else:
-        monkeypatch.setenv("MINICNN_WINOGRAD", passes)
+    for name in ("MINICNN_WINOGRAD", "MINICNN_WINOGRAD_TILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     rng = np.random.default_rng(1)
     for dtype, tol in ((np.float32, 2e-5), (np.float64, 1e-12)):
         for (N, C, H, W, O, k, s, p) in [(2, 16, 6, 8, 17, 3, 1, 1),      # Winograd
+                                         (2, 16, 8, 12, 17, 3, 1, 1),     # 4x4 tiles
                                          (1, 1100, 2, 2, 16, 3, 1, 1),    # Winograd, split K
+                                         (1, 1100, 4, 4, 16, 3, 1, 1),    # 4x4, split K
                                          (1, 3, 7, 6, 5, 3, 1, 1),        # odd, few channels
                                          (2, 5, 9, 9, 6, 3, 2, 1),        # stride 2
                                          (2, 6, 4, 6, 7, 2, 2, 0),        # up-convolution
@@ -550,6 +554,9 @@ def test_other_launchers_compute_their_primitives_in_the_emulator(monkeypatch, t
 WINOGRAD_WEIGHT = {f"winograd_{k}_{dt}" for k in ("x", "dy", "out") for dt in ("f32", "f64")}
 WINOGRAD_CONV = {f"winograd_{k}_{dt}" for k in ("in", "filter", "conv_out")
                  for dt in ("f32", "f64")}
+WINOGRAD_CONV4 = {f"winograd4_{k}_{dt}" for k in ("in", "filter", "conv_out")   # 4x4 tiles
+                  for dt in ("f32", "f64")}
+WINOGRAD_WEIGHT4 = {f"winograd4_{k}_{dt}" for k in ("x", "dy", "out") for dt in ("f32", "f64")}
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to read the signatures")
@@ -561,12 +568,14 @@ def test_conv_launchers_match_the_kernel_signatures(variant, monkeypatch):
     passes a RawKernel's arguments by position, unchecked), for every kernel kind of the
     build; what the kernels compute is the GPU's and the emulator's business."""
     monkeypatch.delenv("MINICNN_WINOGRAD", raising=False)
+    monkeypatch.delenv("MINICNN_WINOGRAD_TILE", raising=False)
     kinds = _run_conv_launchers(variant, monkeypatch)
     assert {"conv2d_forward", "conv2d_backward_input_partition", "conv2d_backward_weight",
             "splitk_reduce_f32", "splitk_reduce_f64", "conv1x1_forward_f32",
             "conv1x1_backward_input_f64", "conv1x1_backward_weight_f32"} <= kinds
     assert ("conv2d_backward_input_unit" in kinds) == ("ktable" in variant)
-    winograd = WINOGRAD_WEIGHT | WINOGRAD_CONV | {"winograd_gemm"}
+    winograd = (WINOGRAD_WEIGHT | WINOGRAD_WEIGHT4 | WINOGRAD_CONV | WINOGRAD_CONV4
+                | {"winograd_gemm"})
     assert (winograd <= kinds) == ("winograd" in variant)
     assert not winograd & kinds or "winograd" in variant
 
@@ -579,12 +588,35 @@ def test_winograd_passes_choose_the_kernels(passes, forward_input, weight, monke
     """MINICNN_WINOGRAD picks the passes that run Winograd's kernels in a "winograd" build;
     the U-Net-sized shapes of the run above need both GEMM kinds otherwise."""
     monkeypatch.setenv("MINICNN_WINOGRAD", passes)
+    monkeypatch.delenv("MINICNN_WINOGRAD_TILE", raising=False)
     kinds = _run_conv_launchers("fastdiv+prefetch+tiles+vec4+winograd", monkeypatch)
-    assert (WINOGRAD_CONV <= kinds) == forward_input
-    assert not (WINOGRAD_CONV & kinds) or forward_input
-    assert (WINOGRAD_WEIGHT <= kinds) == weight
-    assert not (WINOGRAD_WEIGHT & kinds) or weight
+    for conv in (WINOGRAD_CONV, WINOGRAD_CONV4):     # the 6 px shape takes 2x2 tiles
+        assert (conv <= kinds) == forward_input
+        assert not (conv & kinds) or forward_input
+    for grad in (WINOGRAD_WEIGHT, WINOGRAD_WEIGHT4):
+        assert (grad <= kinds) == weight
+        assert not (grad & kinds) or weight
     assert ("winograd_gemm" in kinds) == (forward_input or weight)
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to read the signatures")
+def test_winograd_tile_chooses_the_kernels(monkeypatch):
+    """MINICNN_WINOGRAD_TILE=2 sends every Winograd pass to the 2x2 tiles (F(2x2, 3x3),
+    F(3x3, 2x2)); 4 (the default) sends those whose sizes 4 divides to the 4x4 ones; anything
+    else is refused by name."""
+    monkeypatch.delenv("MINICNN_WINOGRAD", raising=False)
+    monkeypatch.setenv("MINICNN_WINOGRAD_TILE", "2")
+    kinds = _run_conv_launchers("fastdiv+prefetch+tiles+vec4+winograd", monkeypatch)
+    assert WINOGRAD_CONV | WINOGRAD_WEIGHT <= kinds
+    assert not (WINOGRAD_CONV4 | WINOGRAD_WEIGHT4) & kinds
+    assert [cb.winograd_tile(H, W) for H, W in ((96, 96), (6, 6), (8, 12))] == [2, 2, 2]
+    monkeypatch.delenv("MINICNN_WINOGRAD_TILE")
+    assert [cb.winograd_tile(H, W) for H, W in ((96, 96), (6, 6), (8, 12), (8, 6), (12, 10))] \
+        == [4, 2, 4, 2, 2]
+    for bad in ("3", "4x4", ""):
+        monkeypatch.setenv("MINICNN_WINOGRAD_TILE", bad)
+        with pytest.raises(ValueError, match="MINICNN_WINOGRAD_TILE"):
+            cb.winograd_tile(8, 8)
 
 
 def test_new_primitive_arguments_are_refused_clearly(monkeypatch):

@@ -127,6 +127,8 @@ def test_kernels_compile_with_nvrtc(name, variant):
     if variant and "winograd" in variant:
         expected |= {f"winograd_{k}_{t}" for k in ("x", "dy", "out", "in", "filter", "conv_out")
                      for t in dts} | {"winograd_gemm_m128n64_f32", "winograd_gemm_m64n64_f64"}
+        expected |= {f"winograd4_{k}_{t}" for k in ("x", "dy", "out", "in", "filter", "conv_out")
+                     for t in dts}
     assert expected <= entries, sorted(expected - entries)
 
 

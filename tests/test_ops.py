@@ -79,8 +79,9 @@ def test_conv_transpose2d_non_overlapping(device, N, C, O, H, W, k, bias, dtype,
 def test_conv2d_3x3_same_on_even_sizes(device, N, C, O, H, W, wide, bias, dtype, seed):
     """3x3, stride 1, padding 1 on even H and W: every 3x3 layer of the U-Net, drawn more often
     here than by ``conv_case``. With ``wide`` (16-21 channels on both sides) the CUDA
-    backend's "winograd" builds compute all three passes by Winograd's algorithm
-    (kernels/conv.cu; ``cuda_backend.winograd_applies``)."""
+    backend's "winograd" builds compute all three passes by Winograd's algorithm, with 4x4
+    tiles when 4 divides both sizes (H and W even here), else 2x2 ones (kernels/conv.cu;
+    ``cuda_backend.winograd_applies``, ``winograd_tile``)."""
     C, O = (C + 15, O + 15) if wide else (C, O)
     rng = np.random.default_rng(seed)
     inputs = [rand(rng, (N, C, 2 * H, 2 * W), dtype), rand(rng, (O, C, 3, 3), dtype)]

@@ -29,7 +29,9 @@ conv2d_backward_input                  conv.cu  conv2d_backward_input_<tile>, or
 conv2d_backward_weight                 conv.cu  conv2d_backward_weight_<tile> + splitk_reduce
   "winograd" builds, where winograd_applies (3x3, stride 1, padding 1, even sizes):
   forward, input gradient              winograd_in, _filter, _gemm_<tile>, _conv_out
+                                       (winograd4_in, _filter, _conv_out: winograd_tile 4)
   weight gradient                      winograd_x, _dy, _gemm_<tile>, _out
+                                       (winograd4_x, _dy, _out: winograd_tile 4)
 maxpool2d_forward / _backward          pool.cu  maxpool2d_{forward,backward}_{u8,i32}
 relu_forward / relu_backward           activation.cu
 softmax_cross_entropy_forward / _bwd   loss.cu  softmax_xent_{forward,backward}
@@ -137,9 +139,10 @@ _MODULE_OPTIONS = {"optim": ("--fmad=false",)}
 # across taps; not timed alone yet), "ktable" (the B loads of the forward and the input
 # gradient read the tap and the k part of the address from a table built once per shape,
 # k_table, instead of dividing; measured slower), "winograd" (3x3, stride 1, padding 1
-# convolutions on even sizes by Winograd's algorithms, F(2x2, 3x3) for the forward and the
-# input gradient, F(3x3, 2x2) for the weight gradient: 2.25x fewer multiplications; which
-# passes, MINICNN_WINOGRAD says; not timed yet). Every variant computes the same sums in the
+# convolutions on even sizes by Winograd's algorithms, F(4x4, 3x3) or F(2x2, 3x3) for the
+# forward and the input gradient, F(3x3, 4x4) or F(3x3, 2x2) for the weight gradient
+# (MINICNN_WINOGRAD_TILE): 4x or 2.25x fewer multiplications; which passes, MINICNN_WINOGRAD
+# says; not timed yet). Every variant computes the same sums in the
 # same order, except that "tiles" may cut a weight gradient's K into other split-K slices and
 # "winograd" sums transformed products (sums regrouped: float rounding differs). The default
 # (DEFAULT_CONV_VARIANT) is the fastest build measured: on an H200 the U-Net's training step
@@ -223,11 +226,38 @@ def winograd_passes():
 
 
 def winograd_applies(kH, kW, sH, sW, pH, pW, H, W, C, O):
-    """True when Winograd's F(2x2, 3x3) / F(3x3, 2x2) kernels compute this convolution's
-    passes: a 3x3 kernel, stride 1, padding 1, even H and W (whole 2x2 output tiles), and
-    at least WINOGRAD_MIN_CHANNELS channels in and out. Pure Python (tested without a GPU)."""
+    """True when Winograd's kernels (F(2x2, 3x3) or F(4x4, 3x3), and F(3x3, 2x2)) compute
+    this convolution's passes: a 3x3 kernel, stride 1, padding 1, even H and W (whole 2x2
+    output tiles), and at least WINOGRAD_MIN_CHANNELS channels in and out. Pure Python
+    (tested without a GPU)."""
     return ((kH, kW, sH, sW, pH, pW) == (3, 3, 1, 1, 1, 1) and H % 2 == 0 and W % 2 == 0
             and min(C, O) >= WINOGRAD_MIN_CHANNELS)
+
+
+# The tile of the Winograd kernels in "winograd" builds: MINICNN_WINOGRAD_TILE=4 (default)
+# takes F(4x4, 3x3) for the forward and the input gradient and F(3x3, 4x4) for the weight
+# gradient where 4 divides H and W (36 points per 4x4 tile: 4x fewer multiplications than
+# direct, and transformed operands 2.25x the data instead of 4x), and F(2x2, 3x3) /
+# F(3x3, 2x2) elsewhere (the U-Net's 6 px layers); 2 takes the 2x2 tiles everywhere. Not
+# timed yet (benchmarks/NOTES.md entry 24). The 4x4 tiles round more: about 4e-6 of max |y|
+# in float32 against 3e-7 (docs/cuda.md).
+WINOGRAD_TILES = (2, 4)
+
+
+def winograd_tile_setting():
+    """The largest tile the Winograd kernels may take in "winograd" builds:
+    MINICNN_WINOGRAD_TILE, 4 (default) or 2."""
+    value = os.environ.get("MINICNN_WINOGRAD_TILE", "4")
+    if value not in ("2", "4"):
+        raise ValueError(f"MINICNN_WINOGRAD_TILE={value!r}: expected '2' or '4'")
+    return int(value)
+
+
+def winograd_tile(H, W):
+    """The tile m of F(m x m, 3x3) (forward, input gradient) and F(3x3, m x m) (weight
+    gradient) of a Winograd-eligible convolution on H x W (MINICNN_WINOGRAD_TILE; pure
+    Python)."""
+    return 4 if winograd_tile_setting() == 4 and H % 4 == 0 and W % 4 == 0 else 2
 
 
 def _winograd(pass_name, *shape):
@@ -691,77 +721,88 @@ def _narrow_weight(op, desc, gy, x, gw, sfx):
     return _add_slices(ws, gw, chunks, sfx)
 
 
-def _winograd_plan(op, desc, M, Ncols, K, sfx, **extents):
-    """Plan of the 16 GEMMs (M x K)(K x Ncols) of a Winograd pass (``winograd_gemm_<tile>``,
-    split along K): planned as one GEMM with 16x the columns (as many blocks), launched with
-    grid z = 16 points x slices; the sizes checked with the transforms' ``extents``. Returns
-    ``(tile, grid, k_chunk, splits)``."""
-    tile, grid, k_chunk = plan_gemm(M, 16 * Ncols, K, sfx, _num_sms(), split_k=True,
+def _winograd_plan(op, desc, M, Ncols, K, sfx, points=16, **extents):
+    """Plan of the ``points`` GEMMs (M x K)(K x Ncols) of a Winograd pass
+    (``winograd_gemm_<tile>``, split along K): planned as one GEMM with ``points`` x the
+    columns (as many blocks), launched with grid z = points x slices; the sizes checked with
+    the transforms' ``extents``. Returns ``(tile, grid, k_chunk, splits)``."""
+    tile, grid, k_chunk = plan_gemm(M, points * Ncols, K, sfx, _num_sms(), split_k=True,
                                     tiles=_conv_feature("tiles"))
     splits = grid[2]
     BM, BN = TILES[tile][:2]
-    grid = (_cdiv(Ncols, BN), _cdiv(M, BM), 16 * splits)
+    grid = (_cdiv(Ncols, BN), _cdiv(M, BM), points * splits)
     _check_grid(op, desc, grid)
-    _check_index_range(op, desc, winograd_workspace=splits * 16 * M * Ncols,
+    _check_index_range(op, desc, winograd_workspace=splits * points * M * Ncols,
                        split_k_range=splits * k_chunk + 256, **extents)
     return tile, grid, k_chunk, splits
 
 
 def _winograd_gemm(plan, U, V, M, Ncols, K, sfx):
-    """``ws[split, xy] = U[xy] V[xy]`` over each K slice: the workspace (splits, 16, M, Ncols)."""
+    """``ws[split, xy] = U[xy] V[xy]`` over each K slice, for each of the points xy (U's first
+    axis): the workspace (splits, points, M, Ncols)."""
     tile, grid, k_chunk, splits = plan
-    ws = cupy.empty((splits, 16, M, Ncols), dtype=U.dtype)
+    points = U.shape[0]
+    ws = cupy.empty((splits, points, M, Ncols), dtype=U.dtype)
     _kernel("conv", f"winograd_gemm_{tile}_{sfx}")(
         grid, (tile_threads(tile),), (U, V, ws, _i32(M), _i32(Ncols), _i32(K), _i32(k_chunk),
-                                      _i32(splits)))
+                                      _i32(splits), _i32(points)))
     return ws
+
+
+def _winograd_tiling(N, H, W):
+    """The kernels' name prefix, the points of the transformed domain and the number of tiles P
+    of a Winograd pass on N images of H x W (its tile m = winograd_tile(H, W))."""
+    m = winograd_tile(H, W)
+    name, points = ("winograd", 16) if m == 2 else ("winograd4", 36)
+    return name, points, N * (H // m) * (W // m)
 
 
 def _winograd_weight(op, desc, gy, x, gw, sfx):
     """The weight gradient of a 3x3, stride 1, padding 1 convolution on even H, W by Winograd's
-    F(3x3, 2x2) ("winograd" builds; kernels/conv.cu, "Winograd weight gradient"): the
-    transforms V = B^T x B of the input patches and U = A dy A^T of the output-gradient tiles,
-    the 16 GEMMs U[xy] V[xy] (split along the P tiles like a direct weight gradient's K), then
-    gw = G^T (sum of the slices) G."""
+    F(3x3, m x m), m = winograd_tile(H, W) ("winograd" builds; kernels/conv.cu, "Winograd
+    weight gradient"): the transforms V = B^T x B of the input patches and U = A dy A^T of the
+    output-gradient tiles, the (m + 2)^2 GEMMs U[xy] V[xy] (split along the P tiles like a
+    direct weight gradient's K), then gw = G^T (sum of the slices) G."""
     N, C, H, W = x.shape
     O = gy.shape[1]
-    P = N * (H // 2) * (W // 2)
-    plan = _winograd_plan(op, desc, O, C, P, sfx, winograd_input=16 * P * C,
-                          winograd_output_gradient=16 * O * P)
-    V = cupy.empty((16, P, C), dtype=gy.dtype)
-    U = cupy.empty((16, O, P), dtype=gy.dtype)
-    _launch_1d(_kernel("conv", f"winograd_x_{sfx}"), P * C,
+    name, points, P = _winograd_tiling(N, H, W)
+    plan = _winograd_plan(op, desc, O, C, P, sfx, points, winograd_input=points * P * C,
+                          winograd_output_gradient=points * O * P)
+    V = cupy.empty((points, P, C), dtype=gy.dtype)
+    U = cupy.empty((points, O, P), dtype=gy.dtype)
+    _launch_1d(_kernel("conv", f"{name}_x_{sfx}"), P * C,
                (x, V, _i32(N), _i32(C), _i32(H), _i32(W)))
-    _launch_1d(_kernel("conv", f"winograd_dy_{sfx}"), O * P,
+    _launch_1d(_kernel("conv", f"{name}_dy_{sfx}"), O * P,
                (gy, U, _i32(N), _i32(O), _i32(H), _i32(W)))
     ws = _winograd_gemm(plan, U, V, O, C, P, sfx)
-    _launch_1d(_kernel("conv", f"winograd_out_{sfx}"), O * C,
+    _launch_1d(_kernel("conv", f"{name}_out_{sfx}"), O * C,
                (ws, gw, _i32(plan[3]), _i32(O), _i32(C)))
     return gw
 
 
 def _winograd_conv(op, desc, src, w, b, out, sfx, flip, relu=False):
-    """A 3x3, stride 1, padding 1 convolution on even H, W by Winograd's F(2x2, 3x3)
-    ("winograd" builds; kernels/conv.cu, "Winograd convolution"): ``out = conv(src, w) + b``
-    (the forward: src = x, out = y) or, with ``flip``, ``out = conv(src, w')`` with w' the
-    filters transposed and turned by 180 degrees (the input gradient: src = dy, out = dx).
-    The transforms V = B^T patch B of src and U = G g G^T of the filters, the 16 GEMMs
-    U[xy] V[xy] (split along the channels summed, like a forward's K), then
-    out = A^T (sum of the slices) A (+ b, then the ReLU if ``relu``), tile by tile."""
+    """A 3x3, stride 1, padding 1 convolution on even H, W by Winograd's F(m x m, 3x3), m =
+    winograd_tile(H, W) ("winograd" builds; kernels/conv.cu, "Winograd convolution"):
+    ``out = conv(src, w) + b`` (the forward: src = x, out = y) or, with ``flip``,
+    ``out = conv(src, w')`` with w' the filters transposed and turned by 180 degrees (the input
+    gradient: src = dy, out = dx). The transforms V = B^T patch B of src and U = G g G^T of
+    the filters, the (m + 2)^2 GEMMs U[xy] V[xy] (split along the channels summed, like a
+    forward's K), then out = A^T (sum of the slices) A (+ b, then the ReLU if ``relu``), tile
+    by tile."""
     N, K, H, W = src.shape            # K: the channels summed over
     R = out.shape[1]                  # R: the channels computed
     O, C = w.shape[:2]
-    P = N * (H // 2) * (W // 2)
-    plan = _winograd_plan(op, desc, R, P, K, sfx, winograd_input=16 * K * P,
-                          winograd_filters=16 * R * K)
-    V = cupy.empty((16, K, P), dtype=src.dtype)
-    U = cupy.empty((16, R, K), dtype=src.dtype)
-    _launch_1d(_kernel("conv", f"winograd_in_{sfx}"), K * P,
+    name, points, P = _winograd_tiling(N, H, W)
+    plan = _winograd_plan(op, desc, R, P, K, sfx, points, winograd_input=points * K * P,
+                          winograd_filters=points * R * K)
+    V = cupy.empty((points, K, P), dtype=src.dtype)
+    U = cupy.empty((points, R, K), dtype=src.dtype)
+    _launch_1d(_kernel("conv", f"{name}_in_{sfx}"), K * P,
                (src, V, _i32(N), _i32(K), _i32(H), _i32(W)))
-    _launch_1d(_kernel("conv", f"winograd_filter_{sfx}"), O * C,
+    _launch_1d(_kernel("conv", f"{name}_filter_{sfx}"), O * C,
                (w, U, _i32(O), _i32(C), _i32(flip)))
     ws = _winograd_gemm(plan, U, V, R, P, K, sfx)
-    _launch_1d(_kernel("conv", f"winograd_conv_out_{sfx}"), R * P,
+    _launch_1d(_kernel("conv", f"{name}_conv_out_{sfx}"), R * P,
                (ws, ws if b is None else b, _i32(b is not None), _i32(bool(relu)), out,
                 _i32(plan[3]), _i32(N), _i32(R), _i32(H), _i32(W)))
     return out

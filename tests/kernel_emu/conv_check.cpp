@@ -42,6 +42,8 @@ static const Shape SHAPES[] = {
     {1, 3, 6, 9, 5, 3, 3, 3, 3, 0, 0},       // 3x3 windows with stride 3 partition 6x9
     {1, 3, 7, 9, 5, 3, 3, 3, 3, 0, 0},       // stride = kernel, but row 6 is in no window
     {3, 5, 8, 6, 9, 3, 3, 1, 1, 1, 1},       // even sizes, 3x3, stride 1, padding 1: Winograd
+    {2, 40, 8, 12, 20, 3, 3, 1, 1, 1, 1},    // sizes 4 divides: Winograd's 4x4 tiles too
+    {4, 6, 16, 12, 5, 3, 3, 1, 1, 1, 1},     // 48 tiles of 4x4: the weight gradient's K slices
     {2, 20, 9, 11, 8, 1, 1, 1, 1, 0, 0},     // 1x1 with O = 8: the narrow kernels' widest
 };
 
@@ -111,7 +113,7 @@ using BwFn = void (*)(const T*, const T*, T*, int, int, int, int, int, int, int,
 template <typename T>
 using ReduceFn = void (*)(const T*, T*, int, long long);
 template <typename T>
-using WgFn = void (*)(const T*, const T*, T*, int, int, int, int, int);
+using WgFn = void (*)(const T*, const T*, T*, int, int, int, int, int, int);
 template <typename T>
 using WtFn = void (*)(const T*, T*, int, int, int, int);        // winograd_x, winograd_dy
 template <typename T>
@@ -126,6 +128,8 @@ template <typename T>
 struct Winograd {                                  // the entry points
     WgFn<T> gemm; WtFn<T> x, dy; WoutFn<T> out;    // the weight gradient
     WtFn<T> in; WfFn<T> filter; WcoFn<T> conv_out;   // forward, input gradient (same gemm)
+    WtFn<T> in4; WfFn<T> filter4; WcoFn<T> conv_out4;   // the same by F(4x4, 3x3)
+    WtFn<T> x4, dy4; WoutFn<T> out4;                  // the weight gradient by F(3x3, 4x4)
 };
 
 template <typename T>
@@ -293,53 +297,63 @@ void check_shape(const Tile<T>& tile, const Shape& s, ReduceFn<T> reduce, const 
         compare(t + " backward weight, " + std::to_string(splits) + " split(s)", gw, gw_ref);
     }
 #if MINICNN_CONV_WINOGRAD
-    // the Winograd weight gradient (3x3, stride 1, padding 1, even sizes): the two
-    // transforms, the 16 GEMMs with 1 and 3 K slices, the output transform with the slices' sum
+    // the Winograd weight gradient (3x3, stride 1, padding 1, even sizes) by F(3x3, 2x2) and,
+    // where 4 divides H and W, F(3x3, 4x4): the two transforms, the GEMMs (16 or 36 points)
+    // with 1 and 3 K slices, the output transform with the slices' sum
     if (tile.wg.gemm && s.kH == 3 && s.kW == 3 && s.sH == 1 && s.sW == 1 && s.pH == 1 &&
         s.pW == 1 && s.H % 2 == 0 && s.W % 2 == 0) {
-        const int P = s.N * (s.H / 2) * (s.W / 2);
-        Buffer<T> V((size_t)16 * P * s.C, true), U((size_t)16 * s.O * P, true);
-        emu_launch(dim3(2), dim3(32), tile.wg.x, (const T*)x.data(), V.data(), s.N, s.C, s.H,
-                   s.W);
-        emu_launch(dim3(2), dim3(32), tile.wg.dy, (const T*)gy.data(), U.data(), s.N, s.O, s.H,
-                   s.W);
-        for (int want : {1, 3}) {
-            const int k_chunk = cdiv(cdiv(P, want), tile.BK) * tile.BK;
-            const int splits = cdiv(P, k_chunk);
-            Buffer<T> ws((size_t)splits * 16 * s.O * s.C, true), gw(nw, true);
-            emu_launch(dim3(cdiv(s.C, tile.BN), cdiv(s.O, tile.BM), 16 * splits), block,
-                       tile.wg.gemm, (const T*)U.data(), (const T*)V.data(), ws.data(), s.O,
-                       s.C, P, k_chunk, splits);
-            emu_launch(dim3(2), dim3(32), tile.wg.out, (const T*)ws.data(), gw.data(), splits,
-                       s.O, s.C);
-            compare(t + " backward weight, Winograd, " + std::to_string(splits) + " split(s)", gw,
-                    gw_ref);
-        }
-        // the forward (with the bias) and the input gradient (the filters turned, flip = 1):
-        // R channels out of K summed, with 1 and 2-3 K slices
-        for (int flip : {0, 1}) {
-            const int R = flip ? s.C : s.O, K = flip ? s.O : s.C;
-            Buffer<T> Vc((size_t)16 * K * P, true), Uc((size_t)16 * R * K, true);
-            emu_launch(dim3(2), dim3(32), tile.wg.in, (const T*)(flip ? gy : x).data(),
-                       Vc.data(), s.N, K, s.H, s.W);
-            emu_launch(dim3(2), dim3(32), tile.wg.filter, (const T*)w.data(), Uc.data(), s.O,
-                       s.C, flip);
+        for (int m : {2, 4}) {
+            if (s.H % m != 0 || s.W % m != 0) continue;
+            const int P = s.N * (s.H / m) * (s.W / m), pts = (m + 2) * (m + 2);
+            Buffer<T> V((size_t)pts * P * s.C, true), U((size_t)pts * s.O * P, true);
+            emu_launch(dim3(2), dim3(32), m == 2 ? tile.wg.x : tile.wg.x4, (const T*)x.data(),
+                       V.data(), s.N, s.C, s.H, s.W);
+            emu_launch(dim3(2), dim3(32), m == 2 ? tile.wg.dy : tile.wg.dy4, (const T*)gy.data(),
+                       U.data(), s.N, s.O, s.H, s.W);
             for (int want : {1, 3}) {
-                const int k_chunk = cdiv(cdiv(K, want), tile.BK) * tile.BK;
-                const int splits = cdiv(K, k_chunk);
-                Buffer<T> ws((size_t)splits * 16 * R * P, true);
-                emu_launch(dim3(cdiv(P, tile.BN), cdiv(R, tile.BM), 16 * splits), block,
-                           tile.wg.gemm, (const T*)Uc.data(), (const T*)Vc.data(),
-                           ws.data(), R, P, K, k_chunk, splits);
-                for (int relu : {0, 1}) {                 // the forward with the ReLU fused
-                    if (flip && relu) continue;
-                    Buffer<T> out(flip ? nx : ny, true);
-                    emu_launch(dim3(2), dim3(32), tile.wg.conv_out, (const T*)ws.data(),
-                               (const T*)b.data(), 1 - flip, relu, out.data(), splits, s.N, R,
-                               s.H, s.W);
-                    compare(t + (flip ? " backward input" : relu ? " forward + ReLU" : " forward") +
-                            ", Winograd, " + std::to_string(splits) + " split(s)", out,
-                            flip ? gx_ref : relu ? yr_ref : y_ref);
+                const int k_chunk = cdiv(cdiv(P, want), tile.BK) * tile.BK;
+                const int splits = cdiv(P, k_chunk);
+                Buffer<T> ws((size_t)splits * pts * s.O * s.C, true), gw(nw, true);
+                emu_launch(dim3(cdiv(s.C, tile.BN), cdiv(s.O, tile.BM), pts * splits), block,
+                           tile.wg.gemm, (const T*)U.data(), (const T*)V.data(), ws.data(), s.O,
+                           s.C, P, k_chunk, splits, pts);
+                emu_launch(dim3(2), dim3(32), m == 2 ? tile.wg.out : tile.wg.out4,
+                           (const T*)ws.data(), gw.data(), splits, s.O, s.C);
+                compare(t + " backward weight, Winograd" + (m == 2 ? ", " : " 4x4, ") +
+                        std::to_string(splits) + " split(s)", gw, gw_ref);
+            }
+        }
+        // the forward (with the bias) and the input gradient (the filters turned, flip = 1) by
+        // F(2x2, 3x3) and, where 4 divides H and W, F(4x4, 3x3): R channels out of K summed,
+        // with 1 and 2-3 K slices
+        for (int m : {2, 4}) {
+            if (s.H % m != 0 || s.W % m != 0) continue;
+            const int Pm = s.N * (s.H / m) * (s.W / m), pts = (m + 2) * (m + 2);
+            const std::string how = m == 2 ? ", Winograd, " : ", Winograd 4x4, ";
+            for (int flip : {0, 1}) {
+                const int R = flip ? s.C : s.O, K = flip ? s.O : s.C;
+                Buffer<T> Vc((size_t)pts * K * Pm, true), Uc((size_t)pts * R * K, true);
+                emu_launch(dim3(2), dim3(32), m == 2 ? tile.wg.in : tile.wg.in4,
+                           (const T*)(flip ? gy : x).data(), Vc.data(), s.N, K, s.H, s.W);
+                emu_launch(dim3(2), dim3(32), m == 2 ? tile.wg.filter : tile.wg.filter4,
+                           (const T*)w.data(), Uc.data(), s.O, s.C, flip);
+                for (int want : {1, 3}) {
+                    const int k_chunk = cdiv(cdiv(K, want), tile.BK) * tile.BK;
+                    const int splits = cdiv(K, k_chunk);
+                    Buffer<T> ws((size_t)splits * pts * R * Pm, true);
+                    emu_launch(dim3(cdiv(Pm, tile.BN), cdiv(R, tile.BM), pts * splits), block,
+                               tile.wg.gemm, (const T*)Uc.data(), (const T*)Vc.data(),
+                               ws.data(), R, Pm, K, k_chunk, splits, pts);
+                    for (int relu : {0, 1}) {                 // the forward with the ReLU fused
+                        if (flip && relu) continue;
+                        Buffer<T> out(flip ? nx : ny, true);
+                        emu_launch(dim3(2), dim3(32), m == 2 ? tile.wg.conv_out : tile.wg.conv_out4,
+                                   (const T*)ws.data(), (const T*)b.data(), 1 - flip, relu,
+                                   out.data(), splits, s.N, R, s.H, s.W);
+                        compare(t + (flip ? " backward input" : relu ? " forward + ReLU" :
+                                     " forward") + how + std::to_string(splits) + " split(s)",
+                                out, flip ? gx_ref : relu ? yr_ref : y_ref);
+                    }
                 }
             }
         }
@@ -387,9 +401,12 @@ int main()
 #if MINICNN_CONV_WINOGRAD
 #define WG(NAME, DT) {winograd_gemm_##NAME##_##DT, winograd_x_##DT, winograd_dy_##DT,        \
                       winograd_out_##DT, winograd_in_##DT, winograd_filter_##DT,             \
-                      winograd_conv_out_##DT}
+                      winograd_conv_out_##DT, winograd4_in_##DT, winograd4_filter_##DT,      \
+                      winograd4_conv_out_##DT, winograd4_x_##DT, winograd4_dy_##DT,          \
+                      winograd4_out_##DT}
 #else
-#define WG(NAME, DT) {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr}
+#define WG(NAME, DT) {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, \
+                      nullptr, nullptr, nullptr, nullptr, nullptr}
 #endif
 #define TILE(NAME, BM, BN, BK, THREADS, DT)                                                 \
     {#NAME, BM, BN, BK, THREADS, conv2d_forward_##NAME##_##DT,                              \
