@@ -59,6 +59,28 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def openblas_core():
+    """The kernel set NumPy's OpenBLAS runs ("Haswell": AVX2, "SkylakeX": AVX-512, ...), asked
+    from the library NumPy loaded, or None when NumPy's BLAS is not an OpenBLAS found here.
+    OpenBLAS picks it from the CPU when it is loaded, unless OPENBLAS_CORETYPE names one: some
+    machines set that variable for old OpenBLAS builds, which costs a current one speed."""
+    import ctypes
+    import glob
+    site = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
+    for path in sorted(glob.glob(os.path.join(site, "numpy.libs", "*openblas*"))):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
+                     "openblas_get_corename64_", "openblas_get_corename"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                return fn().decode()
+    return None
+
+
 def _version(module_name):
     """A package's version without importing it (CuPy's import is slow and may fail)."""
     try:
@@ -129,6 +151,9 @@ def machine_info(device, query_gpu=True):
         "cupy": _version("cupy"),
         "git": _git_commit(),
     }
+    if device == "cpu":
+        info["openblas_core"] = openblas_core()
+        info["openblas_coretype_env"] = os.environ.get("OPENBLAS_CORETYPE")
     if device == "cuda":
         from minicnn.backend import cuda_backend      # importable without CuPy
         info["conv_variant"] = cuda_backend.conv_variant()   # as built (refuses a bad name)
@@ -147,7 +172,8 @@ def machine_line(meta):
               f"{meta.get('winograd_tile', 2)}x{meta.get('winograd_tile', 2)})"
               if "winograd_passes" in meta else "")
     where = f"{meta.get('gpu')}, conv kernels '{meta.get('conv_variant', 'plain')}'{passes}" \
-        if meta.get("device") == "cuda" else f"{meta['cpu']} ({meta['cores']} cores)"
+        if meta.get("device") == "cuda" else f"{meta['cpu']} ({meta['cores']} cores)" + (
+            f", OpenBLAS kernels {meta['openblas_core']}" if meta.get("openblas_core") else "")
     load = meta.get("load_average_1_5_15min")
     load = f", load {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}" if load else ""
     return (f"{where}{load}; numpy {meta['numpy']}, torch {meta['torch']}, "

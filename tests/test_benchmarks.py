@@ -193,3 +193,20 @@ def test_plan_model_reproduces_the_measured_conv_times():
     within, total = (int(v) for v in line.split(", ")[1].split(" rows")[0].split(" of "))
     assert total == 39 and within >= 0.75 * total, line
     assert "with the 'tiles' planner" in proc.stdout
+
+
+def test_cpu_reports_name_the_openblas_kernels():
+    """A CPU report names the kernel set of NumPy's OpenBLAS: OPENBLAS_CORETYPE, when a
+    machine sets it, decides between kernels twice as fast or not (README)."""
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); import common; "
+            "m = common.machine_info('cpu'); print(m['openblas_core'], "
+            "m['openblas_coretype_env']); print(common.machine_line(m))")
+    env = dict(os.environ, OPENBLAS_CORETYPE="Haswell")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    core, _, line = r.stdout.partition("\n")
+    if core.startswith("None"):
+        pytest.skip("NumPy's BLAS here is not an OpenBLAS this helper can ask")
+    assert core == "Haswell Haswell"       # the kernels the variable named, and the variable
+    assert ", OpenBLAS kernels Haswell" in line
