@@ -1015,10 +1015,11 @@ __device__ __forceinline__ void winograd_dy(const T* __restrict__ gy, T* __restr
 }
 
 // The GEMMs of every Winograd pass, one per point xy of the transformed domain (16 for the
-// 4x4 domain of F(2x2, 3x3) and F(3x3, 2x2), 36 for the 6x6 one of F(4x4, 3x3)), dense and
-// row-major: ws[split, xy] (M x Ncols) = U[xy] (M x K) V[xy] (K x Ncols) over the split's K
-// slice. The weight gradient: M = O, Ncols = C, K = P; the forward and the input gradient:
-// M = R, Ncols = P, K = K (below). A loads run along k, B loads along the columns.
+// 4x4 domain of the 2x2 tiles, F(2x2, 3x3) and F(3x3, 2x2); 36 for the 6x6 one of the 4x4
+// tiles, F(4x4, 3x3) and F(3x3, 4x4)), dense and row-major: ws[split, xy] (M x Ncols) =
+// U[xy] (M x K) V[xy] (K x Ncols) over the split's K slice. The weight gradient: M = O,
+// Ncols = C, K = P; the forward and the input gradient: M = R, Ncols = P, K = K (below). A
+// loads run along k, B loads along the columns.
 template <typename T>
 struct WinogradGemm {
     static constexpr bool K_MAJOR_B = false;
