@@ -38,7 +38,10 @@
 # $OUT/reports.tar.gz. Exit status: 0 if no step failed, else 1.
 #
 # Environment: PYTHON (default: python3, else python), CMR_DATA (folder holding cmr/;
-# default: shared/data), OUT (optional), CONV_BENCH_VARIANTS (see step 5).
+# default: shared/data), OUT (optional), CONV_BENCH_VARIANTS (see step 5), BUDGET_S (optional:
+# seconds for the whole script; each step's limit is cut to what is left of them, and a step
+# with less than 10 s left is skipped, so that the script still writes its summary and its
+# archive inside an outer time limit; set it some 20 s below that limit).
 set -u
 
 BENCH=0
@@ -66,10 +69,19 @@ STEPS=()
 STATUS=()
 START=$SECONDS
 
-# step NAME TIMEOUT_S CMD...: run CMD with a time limit, record PASS / FAIL (rc) / TIMEOUT.
+# step NAME TIMEOUT_S CMD...: run CMD with a time limit (cut to what is left of BUDGET_S),
+# record PASS / FAIL (rc) / TIMEOUT (or SKIP when less than 10 s of BUDGET_S are left).
 step() {
     local name="$1" limit="$2"
     shift 2
+    if [ -n "${BUDGET_S:-}" ]; then
+        local left=$((BUDGET_S - (SECONDS - START)))
+        if [ "$left" -lt 10 ]; then
+            skip "$name" "BUDGET_S=${BUDGET_S}s spent"
+            return
+        fi
+        [ "$left" -lt "$limit" ] && limit=$left
+    fi
     echo
     echo "=================================================================== $name"
     echo "+ $*"
