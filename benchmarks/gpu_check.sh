@@ -402,24 +402,32 @@ if not FAKE:   # timings (float32, CUDA events), for information
         return out
 
     # where the time of each 3x3 pass goes, kernel by kernel (the U-Net's layers at batch 25;
-    # in "winograd" builds: the transforms against the GEMMs), for information
+    # in "winograd" builds: the transforms against the GEMMs, with 4x4 and with 2x2 tiles),
+    # for information
+    import os
+    tiles = ("4", "2") if cb._conv_feature("winograd") else (None,)
     try:
-        for C, O, H in [(64, 64, 96), (128, 128, 48), (256, 256, 24), (512, 512, 12),
-                        (1024, 1024, 6)]:
-            x = cupy.random.standard_normal((25, C, H, H), dtype=np.float32)
-            w = cupy.random.standard_normal((O, C, 3, 3), dtype=np.float32) * 0.05
-            b = cupy.zeros(O, dtype=np.float32)
-            y = cb.conv2d_forward(x, w, b, (1, 1), (1, 1))
-            for name, fn in [
-                    ("fwd", lambda: cb.conv2d_forward(x, w, b, (1, 1), (1, 1), relu=True)),
-                    ("bwd_input", lambda: cb.conv2d_backward_input(y, w, x.shape, (1, 1), (1, 1))),
-                    ("bwd_weight", lambda: cb.conv2d_backward_weight(y, x, w.shape, (1, 1),
-                                                                     (1, 1)))]:
-                parts = by_kernel(fn)
-                print(f"by kernel, conv3x3 N25 C{C} O{O} {H}x{H} {name:10s} "
-                      f"{sum(parts.values()):7.3f} ms: " +
-                      ", ".join(f"{k} {v:.3f}" for k, v in parts.items()), flush=True)
-            del x, w, b, y
+        for tile in tiles:
+            if tile:
+                os.environ["MINICNN_WINOGRAD_TILE"] = tile
+                print(f"MINICNN_WINOGRAD_TILE={tile}", flush=True)
+            for C, O, H in [(64, 64, 96), (128, 128, 48), (256, 256, 24), (512, 512, 12),
+                            (1024, 1024, 6)]:
+                x = cupy.random.standard_normal((25, C, H, H), dtype=np.float32)
+                w = cupy.random.standard_normal((O, C, 3, 3), dtype=np.float32) * 0.05
+                b = cupy.zeros(O, dtype=np.float32)
+                y = cb.conv2d_forward(x, w, b, (1, 1), (1, 1))
+                for name, fn in [
+                        ("fwd", lambda: cb.conv2d_forward(x, w, b, (1, 1), (1, 1), relu=True)),
+                        ("bwd_input", lambda: cb.conv2d_backward_input(y, w, x.shape, (1, 1),
+                                                                       (1, 1))),
+                        ("bwd_weight", lambda: cb.conv2d_backward_weight(y, x, w.shape,
+                                                                         (1, 1), (1, 1)))]:
+                    parts = by_kernel(fn)
+                    print(f"by kernel, conv3x3 N25 C{C} O{O} {H}x{H} {name:10s} "
+                          f"{sum(parts.values()):7.3f} ms: " +
+                          ", ".join(f"{k} {v:.3f}" for k, v in parts.items()), flush=True)
+                del x, w, b, y
     except Exception as err:          # informational only: never fails the check
         print("by-kernel timings failed:", repr(err))
 sys.exit(1 if fails else 0)
