@@ -226,10 +226,10 @@ def winograd_passes():
 
 
 def winograd_applies(kH, kW, sH, sW, pH, pW, H, W, C, O):
-    """True when Winograd's kernels (F(2x2, 3x3) or F(4x4, 3x3), and F(3x3, 2x2)) compute
-    this convolution's passes: a 3x3 kernel, stride 1, padding 1, even H and W (whole 2x2
-    output tiles), and at least WINOGRAD_MIN_CHANNELS channels in and out. Pure Python
-    (tested without a GPU)."""
+    """True when Winograd's kernels (with 2x2 or 4x4 tiles, ``winograd_tile``) compute this
+    convolution's passes: a 3x3 kernel, stride 1, padding 1, even H and W (whole 2x2 output
+    tiles), and at least WINOGRAD_MIN_CHANNELS channels in and out. Pure Python (tested
+    without a GPU)."""
     return ((kH, kW, sH, sW, pH, pW) == (3, 3, 1, 1, 1, 1) and H % 2 == 0 and W % 2 == 0
             and min(C, O) >= WINOGRAD_MIN_CHANNELS)
 
@@ -247,9 +247,10 @@ WINOGRAD_TILES = (2, 4)
 def winograd_tile_setting():
     """The largest tile the Winograd kernels may take in "winograd" builds:
     MINICNN_WINOGRAD_TILE, 4 (default) or 2."""
-    value = os.environ.get("MINICNN_WINOGRAD_TILE", "4")
-    if value not in ("2", "4"):
-        raise ValueError(f"MINICNN_WINOGRAD_TILE={value!r}: expected '2' or '4'")
+    value = os.environ.get("MINICNN_WINOGRAD_TILE", str(max(WINOGRAD_TILES)))
+    if value not in [str(t) for t in WINOGRAD_TILES]:
+        raise ValueError(f"MINICNN_WINOGRAD_TILE={value!r}: expected one of "
+                         f"{[str(t) for t in WINOGRAD_TILES]}")
     return int(value)
 
 
