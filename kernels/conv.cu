@@ -844,19 +844,10 @@ INSTANTIATE_F32_F64(NARROW_KERNELS)
 // F(3x3, 4x4), the 6x6 patches of x and the matrices of F(4x4, 3x3) below, 36 points, P =
 // N * (H/4) * (W/4): 2.25 multiplications per dy pixel and tap pair instead of 4 (direct: 9).
 
-// the 4-point transforms of one row or column (B^T v, and A g for a 2-vector g)
-template <typename T>
-__device__ __forceinline__ void bt4(T v0, T v1, T v2, T v3, T* out) {
-    out[0] = v0 - v2; out[1] = v1 + v2; out[2] = v2 - v1; out[3] = v1 - v3;
-}
-template <typename T>
-__device__ __forceinline__ void a2(T g0, T g1, T* out) {
-    out[0] = g0; out[1] = g0 + g1; out[2] = g0 - g1; out[3] = -g1;
-}
-
-// tile p of the 2x2 grid over (N, H, W): image n, tile row a, tile column b
-struct Tile2 { int n, a, b; };
-__device__ __forceinline__ Tile2 tile_of(int p, int HWt, int Wt) {
+// tile p of the grid of m x m tiles over (N, H, W), Wt tiles a row and HWt a plane: image n,
+// tile row a, tile column b
+struct WinogradTile { int n, a, b; };
+__device__ __forceinline__ WinogradTile tile_of(int p, int HWt, int Wt) {
     const int n = p / HWt, ab = p - n * HWt, a = ab / Wt;
     return {n, a, ab - a * Wt};
 }
@@ -875,7 +866,7 @@ template <int m> struct WinogradF;
 template <> struct WinogradF<2> {
     static constexpr int ALPHA = 4;
     template <typename T> static __device__ __forceinline__ void bt(const T* v, T* out) {
-        bt4(v[0], v[1], v[2], v[3], out);
+        out[0] = v[0] - v[2]; out[1] = v[1] + v[2]; out[2] = v[2] - v[1]; out[3] = v[1] - v[3];
     }
     template <typename T> static __device__ __forceinline__ void g(T v0, T v1, T v2, T* out) {
         out[0] = v0; out[1] = T(0.5) * (v0 + v1 + v2); out[2] = T(0.5) * (v0 - v1 + v2);
@@ -885,7 +876,7 @@ template <> struct WinogradF<2> {
         out[0] = v[0] + v[1] + v[2]; out[1] = v[1] - v[2] - v[3];
     }
     template <typename T> static __device__ __forceinline__ void a(const T* g, T* out) {
-        a2(g[0], g[1], out);
+        out[0] = g[0]; out[1] = g[0] + g[1]; out[2] = g[0] - g[1]; out[3] = -g[1];
     }
     template <typename T> static __device__ __forceinline__ void gt(const T* v, T* out) {
         out[0] = v[0] + T(0.5) * v[1] + T(0.5) * v[2];
@@ -975,7 +966,7 @@ __device__ __forceinline__ void patches_transform(const T* __restrict__ x, T* __
     GRID_STRIDE_LOOP(e, (long long)P * C) {
         const int ei = (int)e;
         const int p = TILE_FASTEST ? ei % P : ei / C, c = TILE_FASTEST ? ei / P : ei % C;
-        const Tile2 tl = tile_of(p, HWt, Wt);
+        const WinogradTile tl = tile_of(p, HWt, Wt);
         T v[AL][AL];
         patch_transform<T, m>(x + (tl.n * C + c) * H * W, H, W, tl.a, tl.b, v);
 #pragma unroll
@@ -992,7 +983,7 @@ __device__ __forceinline__ void winograd_dy(const T* __restrict__ gy, T* __restr
     const int Wt = W / m, HWt = (H / m) * Wt, P = N * HWt;
     GRID_STRIDE_LOOP(e, (long long)O * P) {
         const int ei = (int)e, o = ei / P, p = ei - o * P;
-        const Tile2 tl = tile_of(p, HWt, Wt);
+        const WinogradTile tl = tile_of(p, HWt, Wt);
         const T* g = gy + (tl.n * O + o) * H * W + m * tl.a * W + m * tl.b;
         T c[m][AL];                                  // A g, column by column of g
 #pragma unroll
@@ -1173,7 +1164,7 @@ __device__ __forceinline__ void winograd_conv_out(const T* __restrict__ ws,
             for (int i = 0; i < m; ++i) t[i][yy] = out[i];
         }
         const T b = has_bias ? ldg(bias + r) : T(0);
-        const Tile2 tl = tile_of(p, HWt, Wt);
+        const WinogradTile tl = tile_of(p, HWt, Wt);
         T* dst = y + ((tl.n * R + r) * H + m * tl.a) * W + m * tl.b;
 #pragma unroll
         for (int i = 0; i < m; ++i) {                // (A^T M) A, + b, then the fused ReLU

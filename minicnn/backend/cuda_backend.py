@@ -244,14 +244,19 @@ def winograd_applies(kH, kW, sH, sW, pH, pW, H, W, C, O):
 WINOGRAD_TILES = (2, 4)
 
 
-def winograd_tile_setting():
-    """The largest tile the Winograd kernels may take in "winograd" builds:
-    MINICNN_WINOGRAD_TILE, 4 (default) or 2."""
-    value = os.environ.get("MINICNN_WINOGRAD_TILE", str(max(WINOGRAD_TILES)))
+@functools.lru_cache(maxsize=None)
+def _winograd_tile_value(value):
     if value not in [str(t) for t in WINOGRAD_TILES]:
         raise ValueError(f"MINICNN_WINOGRAD_TILE={value!r}: expected one of "
                          f"{[str(t) for t in WINOGRAD_TILES]}")
     return int(value)
+
+
+def winograd_tile_setting():
+    """The largest tile the Winograd kernels may take in "winograd" builds:
+    MINICNN_WINOGRAD_TILE, 4 (default) or 2 (read at each launch, parsed once per value)."""
+    return _winograd_tile_value(os.environ.get("MINICNN_WINOGRAD_TILE",
+                                               str(max(WINOGRAD_TILES))))
 
 
 def winograd_tile(H, W):
@@ -754,8 +759,7 @@ def _winograd_tiling(N, H, W):
     """The kernels' name prefix, the points of the transformed domain and the number of tiles P
     of a Winograd pass on N images of H x W (its tile m = winograd_tile(H, W))."""
     m = winograd_tile(H, W)
-    name, points = ("winograd", 16) if m == 2 else ("winograd4", 36)
-    return name, points, N * (H // m) * (W // m)
+    return "winograd" if m == 2 else f"winograd{m}", (m + 2) ** 2, N * (H // m) * (W // m)
 
 
 def _winograd_weight(op, desc, gy, x, gw, sfx):
