@@ -75,16 +75,17 @@ def test_conv_transpose2d_non_overlapping(device, N, C, O, H, W, k, bias, dtype,
 
 
 @given(N=st.integers(1, 3), C=st.integers(1, 6), O=st.integers(1, 6), H=st.integers(1, 6),
-       W=st.integers(1, 6), wide=st.booleans(), bias=st.booleans(), dtype=dtypes, seed=seeds)
-def test_conv2d_3x3_same_on_even_sizes(device, N, C, O, H, W, wide, bias, dtype, seed):
-    """3x3, stride 1, padding 1 on even H and W: every 3x3 layer of the U-Net, drawn more often
-    here than by ``conv_case``. With ``wide`` (16-21 channels on both sides) the CUDA
-    backend's "winograd" builds compute all three passes by Winograd's algorithm, with 4x4
-    tiles when 4 divides both sizes (H and W even here), else 2x2 ones (kernels/conv.cu;
+       W=st.integers(1, 6), step=st.sampled_from([2, 4]), wide=st.booleans(),
+       bias=st.booleans(), dtype=dtypes, seed=seeds)
+def test_conv2d_3x3_same_on_even_sizes(device, N, C, O, H, W, step, wide, bias, dtype, seed):
+    """3x3, stride 1, padding 1 on sizes that 2 (``step`` 2) or 4 divide: every 3x3 layer of
+    the U-Net, drawn more often here than by ``conv_case``. With ``wide`` (16-21 channels on
+    both sides) the CUDA backend's "winograd" builds compute all three passes by Winograd's
+    algorithm, with 4x4 tiles when 4 divides both sizes, else 2x2 ones (kernels/conv.cu;
     ``cuda_backend.winograd_applies``, ``winograd_tile``)."""
     C, O = (C + 15, O + 15) if wide else (C, O)
     rng = np.random.default_rng(seed)
-    inputs = [rand(rng, (N, C, 2 * H, 2 * W), dtype), rand(rng, (O, C, 3, 3), dtype)]
+    inputs = [rand(rng, (N, C, step * H, step * W), dtype), rand(rng, (O, C, 3, 3), dtype)]
     if bias:
         inputs.append(rand(rng, (O,), dtype))
     check_op(lambda *t: F.conv2d(*t, padding=1), lambda *t: TF.conv2d(*t, padding=1),
