@@ -53,6 +53,7 @@ __all__ = [
     "load_dataset",
     "load_eval_split",
     "split_by_patient",
+    "coursework_rules",
     "split_by_slice",
     "iterate_minibatches",
 ]
@@ -403,7 +404,9 @@ def load_dataset(directory: str | Path, seed: int = 0,
 
     * coursework: its ``train`` and ``val`` folders as they are;
     * flat (with manifest): split BY PATIENT into train/val/test with
-      ``fractions`` (default 50/10/40) and a fixed ``seed``; returns train, val;
+      ``fractions`` (default 50/10/40), a fixed ``seed`` and :func:`coursework_rules`
+      (no patient of ``cmr/train`` or ``cmr/val`` in the test part, none of ``cmr/val``
+      in the training part); returns train, val;
     * folder (image/ + mask/, no manifest): split by patient if every name
       holds ``patientNNN``, otherwise by slice, with the same fractions.
 
@@ -418,7 +421,7 @@ def load_dataset(directory: str | Path, seed: int = 0,
     else:
         split = load_folder(directory, require_masks=True)
     if split.patients is not None:
-        train, val, _ = split_by_patient(split, fractions, seed)
+        train, val, _ = split_by_patient(split, fractions, seed, **coursework_rules())
     else:
         train, val, _ = split_by_slice(split, fractions, seed)
     return train, val
@@ -479,27 +482,76 @@ def split_by_slice(split: Split, fractions: Sequence[float] = DEFAULT_FRACTIONS,
 
 
 def split_by_patient(split: Split, fractions: Sequence[float] = DEFAULT_FRACTIONS,
-                     seed: int = 0) -> tuple[Split, ...]:
+                     seed: int = 0, fixed: dict[str, int] | None = None,
+                     same: Sequence[Sequence[str]] = ()) -> tuple[Split, ...]:
     """Split by patient so that no patient appears in two parts.
 
     Patients (not slices) are shuffled with ``seed`` and shared out in
     proportion to ``fractions`` (default 50/10/40 train/val/test).
 
+    ``fixed`` sends a patient to a given part (0 train, 1 val, 2 test) whatever the seed;
+    the parts' sizes still follow ``fractions`` as far as the fixed patients allow.
+    ``same`` lists groups of patient ids that are one patient (identical images); a group
+    goes to one part, and only its first member's slices are kept (the others are copies).
+    Absent patients in either are ignored. :func:`coursework_rules`
+    gives both for ACDC data.
+
     Raises:
-        ValueError: the split has no patient ids.
+        ValueError: the split has no patient ids, or one group is fixed to two parts.
     """
     if split.patients is None:
         raise ValueError("split_by_patient needs patient ids (Split.patients is None)")
-    patients = sorted(set(split.patients), key=natural_key)
-    order = np.random.default_rng(seed).permutation(len(patients))
-    counts = _allocate(len(patients), fractions)
-    bounds = np.cumsum([0] + counts)
-    owner = np.empty(len(patients), dtype=np.int64)
-    for part, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-        owner[order[a:b]] = part
-    index_of = {p: i for i, p in enumerate(patients)}
-    slice_part = owner[[index_of[p] for p in split.patients]]
-    return tuple(split.subset(np.flatnonzero(slice_part == k)) for k in range(len(counts)))
+    fixed = fixed or {}
+    present = sorted(set(split.patients), key=natural_key)
+    unit_of = {p: p for p in present}             # each patient's group: its first member
+    for group in same:
+        members = sorted((p for p in group if p in unit_of), key=natural_key)
+        for p in members:
+            unit_of[p] = members[0]
+    units = sorted(set(unit_of.values()), key=natural_key)
+    unit_part: dict[str, int] = {}
+    for p in present:
+        if p in fixed:
+            u = unit_of[p]
+            if unit_part.setdefault(u, fixed[p]) != fixed[p]:
+                raise ValueError(f"patients {u} and {p} are one patient fixed to two parts")
+    counts = _allocate(len(units), fractions)
+    need = [max(c - sum(v == k for v in unit_part.values()), 0) for k, c in enumerate(counts)]
+    free = [u for u in units if u not in unit_part]
+    if free:
+        weights = need if sum(need) else list(fractions)
+        share = _allocate(len(free), np.asarray(weights, float) / sum(weights))
+        order = np.random.default_rng(seed).permutation(len(free))
+        bounds = np.cumsum([0] + share)
+        for part, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            for i in order[a:b]:
+                unit_part[free[i]] = part
+    slice_part = np.array([unit_part[unit_of[p]] if unit_of[p] == p else -1
+                           for p in split.patients])
+    return tuple(split.subset(np.flatnonzero(slice_part == k)) for k in range(len(fractions)))
+
+
+#: ``python -m cmr.overlap`` run on the coursework set against acdc96 (see that module).
+OVERLAP_FILE = Path(__file__).with_name("acdc_overlap.json")
+
+
+def coursework_rules() -> dict:
+    """``fixed`` and ``same`` (a dictionary of the two keyword arguments) for
+    :func:`split_by_patient` on ACDC patients: ``split_by_patient(s, **coursework_rules())``.
+
+    The coursework set (``cmr/``) holds two slices (ED and ES) of many ACDC patients, and
+    ``acdc96`` holds every slice of 70 of them, so an ACDC patient may be in both. Its rules:
+    a patient with slices in ``cmr/train`` goes to the training part (it is trained on
+    anyway, so it must never be a held-out test patient), a patient of ``cmr/val`` to the
+    validation part (a model trained with acdc96 and scored on ``cmr/val`` must not have
+    trained on it), and patients whose images are identical (in ACDC, patient074 and
+    patient076) count as one. The lists come from ``acdc_overlap.json`` beside this module,
+    the output of ``python -m cmr.overlap`` (see ``docs/unet.md``).
+    """
+    found = json.loads(OVERLAP_FILE.read_text())
+    fixed = {p: part for part, key in enumerate(("train", "val"))
+             for p in found["patients"][key]}
+    return dict(fixed=fixed, same=[list(g) for g in found["reference_duplicates"]])
 
 
 def iterate_minibatches(split: Split | int, batch_size: int,

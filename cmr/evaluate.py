@@ -27,15 +27,18 @@ CLASSES = ("RV", "Myo", "LV")
 def load_split(directory, which="default", seed=0):
     """The labelled slices to score. ``default``: a folder's every slice, or a coursework root's
     val split; ``train``/``val``/``test``: that part of the 50/10/40 split that ``cmr.train``
-    makes with the same ``seed`` (by patient where patients are known)."""
+    makes with the same ``seed`` (by patient where patients are known, with
+    ``data.coursework_rules``)."""
     if which == "default":
         return data.load_eval_split(directory)
     layout = data.detect_layout(directory)
     if layout == "coursework":
         return data.load_coursework(directory, which)
     split = data.load_manifest_folder(directory) if layout == "flat" else data.load_folder(directory)
-    parts = (data.split_by_patient if split.patients is not None else data.split_by_slice)(
-        split, seed=seed)
+    if split.patients is not None:
+        parts = data.split_by_patient(split, seed=seed, **data.coursework_rules())
+    else:
+        parts = data.split_by_slice(split, seed=seed)
     return parts[("train", "val", "test").index(which)]
 
 

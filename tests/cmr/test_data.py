@@ -211,8 +211,10 @@ def test_flat_layout_with_manifest(tmp_path):
     split = data.load_manifest_folder(root)
     assert len(split) == 30 and split.patients[0] == "patient001"
     train, val = data.load_dataset(root, seed=0)
-    assert len(set(train.patients)) == 5 and len(set(val.patients)) == 1
-    assert not set(train.patients) & set(val.patients)
+    # ACDC patients 3, 4, 5, 6, 9 and 10 have slices in cmr/train: coursework_rules keeps
+    # them in the training part, one more than its half of the ten
+    assert set(train.patients) == {f"patient{p:03d}" for p in (3, 4, 5, 6, 9, 10)}
+    assert len(set(val.patients)) == 1 and not set(train.patients) & set(val.patients)
     assert data.load_eval_split(root).patients == split.patients
 
 
@@ -308,6 +310,35 @@ def test_split_needs_patients_and_valid_fractions():
         data.split_by_slice(split, (0.5, 0.6))
 
 
+def test_patient_split_with_fixed_patients_and_copies():
+    split = _toy_split(20, np.random.default_rng(4))
+    patients = sorted(set(split.patients))
+    fixed = {patients[0]: 2, patients[1]: 2, patients[2]: 0, "patient999": 1}   # 999: absent
+    same = [[patients[5], patients[6]], [patients[7], "patient998"]]
+    for seed in range(4):
+        parts = data.split_by_patient(split, seed=seed, fixed=fixed, same=same)
+        sets = [set(p.patients) for p in parts]
+        assert {patients[0], patients[1]} <= sets[2] and patients[2] in sets[0]
+        assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+        assert patients[6] not in set().union(*sets)            # a copy of patients[5]
+        assert patients[5] in set().union(*sets) and patients[7] in set().union(*sets)
+        assert [len(s) for s in sets] == [9, 2, 8]              # 19 patients at 50/10/40
+        assert sum(len(p) for p in parts) == len(split) - split.patients.count(patients[6])
+    with pytest.raises(ValueError, match="two parts"):
+        data.split_by_patient(split, fixed={patients[5]: 0, patients[6]: 1}, same=same)
+
+
+def test_coursework_rules_keep_coursework_patients_out_of_the_acdc_test_part():
+    rules = data.coursework_rules()
+    found = json.loads(data.OVERLAP_FILE.read_text())["patients"]
+    assert rules["fixed"] == {**{p: 0 for p in found["train"]}, **{p: 1 for p in found["val"]}}
+    assert ["patient074", "patient076"] in rules["same"]
+    split = _toy_split(101, np.random.default_rng(0))          # patient000 .. patient100
+    train, val, test = (set(p.patients) for p in data.split_by_patient(split, **rules))
+    assert set(found["train"]) <= train and set(found["val"]) <= val
+    assert not test & (set(found["train"]) | set(found["val"])) and "patient076" not in test
+
+
 def test_split_helpers():
     split = _toy_split(4)
     sub = split.subset([2, 0])
@@ -359,5 +390,13 @@ def test_real_data_loads():
     sets = [set(p.patients) for p in parts]
     assert [len(s) for s in sets] == [35, 7, 28]
     assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    # the split every command uses: coursework patients kept out of the held-out part, the
+    # cmr/val ones out of training, patient076 (a copy of patient074) left out
+    rules = data.coursework_rules()
+    parts = data.split_by_patient(acdc, seed=0, **rules)
+    sets = [set(p.patients) for p in parts]
+    assert [len(s) for s in sets] == [34, 8, 27] and [len(p) for p in parts] == [603, 151, 499]
+    cmr_train = {p for p, part in rules["fixed"].items() if part == 0}
+    assert not sets[2] & cmr_train and "patient076" not in set().union(*sets)
     tr, va = data.load_dataset(root / "acdc96", seed=0)
     assert tr.names == parts[0].names and va.names == parts[1].names

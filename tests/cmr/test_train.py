@@ -327,7 +327,8 @@ def test_evaluate_can_score_the_held_out_part_of_a_split(tmp_path):
     write_patient_folder(tmp_path, 10)
     whole = evaluate.load_split(tmp_path)
     test = evaluate.load_split(tmp_path, "test", seed=3)
-    expected = data.split_by_patient(data.load_folder(tmp_path), seed=3)[2]
+    expected = data.split_by_patient(data.load_folder(tmp_path), seed=3,
+                                     **data.coursework_rules())[2]
     assert len(whole) == 10 and test.names == expected.names
     train_part = evaluate.load_split(tmp_path, "train", seed=3)
     assert not set(train_part.patients) & set(test.patients)
