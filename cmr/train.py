@@ -56,7 +56,7 @@ PRESETS = {
                   epochs=100),
 }
 # the best recipe measured (docs/unet.md): cpu16 with instance normalisation for 50 epochs,
-# meant for --data <cmr> --extra-data <acdc96> (stored transposed): about 45-75 min on 2 cores
+# meant for --data <cmr> --extra-data <acdc96> (stored transposed): 22 min on 2 idle cores
 PRESETS["cpu16-acdc"] = dict(PRESETS["cpu16"], epochs=50, norm="instance", extra_transpose=True)
 # the best recipe measured on the 100 cmr/train slices alone (docs/unet.md): gpu64 with instance
 # normalisation and strong augmentation for 200 epochs (--backend cuda; about 4 min on an H200)
@@ -65,9 +65,10 @@ PRESETS["gpu64-strong"] = dict(PRESETS["gpu64"], epochs=200, norm="instance", au
 # ensemble: the best cmr/train-only result measured on a CPU (--jobs 2 trains two at a time)
 PRESETS["cpu16-strong"] = dict(PRESETS["cpu16"], epochs=200, norm="instance", augment="strong")
 PRESETS["cpu16-strong-x3"] = dict(PRESETS["cpu16-strong"], members=3)
-# the acdc96 target's recipe (docs/unet.md): three seeds of gpu64-strong for 30 epochs on
-# --data <cmr> --extra-data <acdc96> as one ensemble (--backend cuda --jobs 3; the three side
-# by side trained in 4 min on an H200), scored with cmr.evaluate --min-confidence 0.6
+# the recipe meant for the acdc96 target (docs/unet.md; measured on the old, leaking split only):
+# three seeds of gpu64-strong for 30 epochs on --data <cmr> --extra-data <acdc96> as one
+# ensemble (--backend cuda --jobs 3; the three side by side trained in 4 min on an H200),
+# scored with cmr.evaluate --min-confidence 0.6
 PRESETS["gpu64-acdc-x3"] = dict(PRESETS["gpu64-strong"], epochs=30, extra_transpose=True,
                                 members=3)
 

@@ -297,3 +297,29 @@ def test_presence_threshold_rules():
     target = np.roll(preds, 1, axis=2)
     assert mod.mean_dice(preds, target) == pytest.approx(
         evaluate_masks(preds, target)["dice"]["mean"], abs=1e-12)
+
+
+def test_rescore_clean_sorts_seen_from_unseen():
+    """docs/scripts/rescore_clean.py (docs/unet.md): a coursework slice counts as seen when it
+    or its ED/ES partner matches a patient of the old training part; an acdc96 slice when its
+    patient is a cmr/train patient or a copy of a training patient; and its mean Dice is the
+    per-class mean over images, then over classes."""
+    spec = importlib.util.spec_from_file_location(
+        "rescore_clean", os.path.join(SCRIPTS, "rescore_clean.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    overlap = {"threshold": 0.9, "patients": {"train": ["patient003"]},
+               "matches": [{"query": "cmr105", "patient": "patient031", "ncc": 0.95},
+                           {"query": "cmr106", "patient": "patient031", "ncc": 0.85},
+                           {"query": "cmr103", "patient": "patient012", "ncc": 0.98}]}
+
+    def rec(name, rv=1.0):
+        return {"name": name, "dice": {"RV": rv, "Myo": 0.5, "LV": 0.0}}
+    val = [rec(n) for n in ("cmr103", "cmr104", "cmr105", "cmr106", "cmr111")]
+    assert mod.seen_images(val, overlap, {"patient031"}, set()) == {"cmr105", "cmr106"}
+    acdc = [rec("patient003_frame01_slice01"), rec("patient076_frame01_slice02"),
+            rec("patient020_frame02_slice01")]
+    assert mod.seen_images(acdc, overlap, {"patient074"}, {"patient076"}) == {
+        "patient003_frame01_slice01", "patient076_frame01_slice02"}
+    mean, per = mod.mean_dice([rec("a", 1.0), rec("b", 0.0)])
+    assert per == [0.5, 0.5, 0.0] and mean == pytest.approx(1 / 3)
