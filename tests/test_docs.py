@@ -323,3 +323,28 @@ def test_rescore_clean_sorts_seen_from_unseen():
         "patient003_frame01_slice01", "patient076_frame01_slice02"}
     mean, per = mod.mean_dice([rec("a", 1.0), rec("b", 0.0)])
     assert per == [0.5, 0.5, 0.0] and mean == pytest.approx(1 / 3)
+
+
+def github_slug(heading):
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped (``-`` and
+    ``_`` kept), each space a hyphen (runs are not merged)."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_github_slug():
+    assert github_slug("One slice in two data sets") == "one-slice-in-two-data-sets"
+    assert github_slug("`--preset cpu16-acdc` (width 16, + acdc96; old split)") == \
+        "--preset-cpu16-acdc-width-16--acdc96-old-split"
+
+
+def test_readme_links_within_itself_resolve():
+    """Every ``](#anchor)`` link of README.md names one of its headings (GitHub's anchors;
+    the pages under docs/ are checked by ``mkdocs build --strict``)."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)  # not the shell comments
+    headings = {github_slug(h) for h in re.findall(r"^#{1,6} (.+)$", prose, re.M)}
+    links = re.findall(r"\]\(#([^)]+)\)", text)
+    assert links, "README.md has no links within itself: the test checks nothing"
+    broken = sorted(set(links) - headings)
+    assert not broken, f"README.md links to headings it does not have: {broken}"
