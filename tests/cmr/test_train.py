@@ -79,6 +79,13 @@ def test_augment_flag_and_presets_reach_the_config(tmp_path):
     recorded = dict(train.DEFAULTS, **recorded)     # a key added since that run: its default
     assert {k: v for k, v in strong.items() if k not in ("data", "backend")} == \
         {k: v for k, v in recorded.items() if k not in ("data", "backend")}
+    # cpu16-acdc-strong is what the recorded CPU run wrote to its config.json
+    long = train.config_from_args(parser.parse_args(["--preset", "cpu16-acdc-strong"]))
+    recorded = json.loads((Path(__file__).parents[2] / "benchmarks" / "results" / "cpu" /
+                           "cmr_runs" / "v2_inst_acdc_strong_e100" / "config.json").read_text())
+    recorded = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
+    assert {k: v for k, v in long.items() if k not in ("data", "extra_data")} == \
+        {k: v for k, v in recorded.items() if k not in ("data", "extra_data")}
     history = train.run(dict(TINY, epochs=1, augment="strong"), tmp_path, say=quiet,
                         progress=False)
     assert np.isfinite(history[0]["loss"])
