@@ -62,6 +62,14 @@ def test_training_lowers_the_loss_on_the_phantom(tmp_path):
     assert history[-1]["loss"] < 0.8 * history[0]["loss"]
 
 
+def assert_recorded(config, recorded, ignore, label):
+    """``config`` is the configuration a run recorded (its JSON, lists for tuples), but for
+    the keys in ``ignore`` (its machine's paths, its backend, ...)."""
+    recorded = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
+    assert {k: v for k, v in config.items() if k not in ignore} == \
+        {k: v for k, v in recorded.items() if k not in ignore}, label
+
+
 def test_augment_flag_and_presets_reach_the_config(tmp_path):
     parser = train.build_parser()
     for argv, want in (([], "default"), (["--augment", "strong"], "strong"),
@@ -71,21 +79,17 @@ def test_augment_flag_and_presets_reach_the_config(tmp_path):
     assert best == dict(train.DEFAULTS, base=16, init="he", loss="ce+dice", schedule="cosine",
                         lr=1e-3, batch_size=10, epochs=50, norm="instance",
                         extra_transpose=True)          # the recipe of the README's best run
-    # gpu64-strong is the configuration that the recorded GPU run (A7) wrote to its config.json
+    # each preset is the configuration that its recorded run wrote (gpu64-strong: the GPU run
+    # A7; cpu16-acdc-strong: the CPU run on the corrected acdc96 split)
+    results = ROOT / "benchmarks" / "results"
+    a7 = json.loads((results / "cuda" / "gpu_train_normlong" / "results.json").read_text())
     strong = train.config_from_args(parser.parse_args(["--preset", "gpu64-strong"]))
-    recorded = json.loads((Path(__file__).parents[2] / "benchmarks" / "results" / "cuda" /
-                           "gpu_train_normlong" / "results.json").read_text())["A7"]["config"]
-    recorded = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
-    recorded = dict(train.DEFAULTS, **recorded)     # a key added since that run: its default
-    assert {k: v for k, v in strong.items() if k not in ("data", "backend")} == \
-        {k: v for k, v in recorded.items() if k not in ("data", "backend")}
-    # cpu16-acdc-strong is what the recorded CPU run wrote to its config.json
+    recorded = dict(train.DEFAULTS, **a7["A7"]["config"])  # a key added since: its default
+    assert_recorded(strong, recorded, ("data", "backend"), "gpu64-strong")
     long = train.config_from_args(parser.parse_args(["--preset", "cpu16-acdc-strong"]))
-    recorded = json.loads((Path(__file__).parents[2] / "benchmarks" / "results" / "cpu" /
-                           "cmr_runs" / "v2_inst_acdc_strong_e100" / "config.json").read_text())
-    recorded = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
-    assert {k: v for k, v in long.items() if k not in ("data", "extra_data")} == \
-        {k: v for k, v in recorded.items() if k not in ("data", "extra_data")}
+    recorded = results / "cpu" / "cmr_runs" / "v2_inst_acdc_strong_e100" / "config.json"
+    assert_recorded(long, json.loads(recorded.read_text()), ("data", "extra_data"),
+                    "cpu16-acdc-strong")
     history = train.run(dict(TINY, epochs=1, augment="strong"), tmp_path, say=quiet,
                         progress=False)
     assert np.isfinite(history[0]["loss"])
@@ -433,11 +437,9 @@ def test_cpu16_strong_x3_is_the_three_recorded_seeds():
     for member, folder in zip(members, ("inst_strong_e200", "s1_inst_strong_e200",
                                         "s2_inst_strong_e200")):
         recorded = json.loads((runs / folder / "config.json").read_text())
-        recorded = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
         recorded = dict(train.DEFAULTS, **recorded)  # a key added since that run: its default
         skip = ("data", "backend", "split_seed", "members")  # a coursework root has one split
-        assert {k: v for k, v in member.items() if k not in skip} == \
-            {k: v for k, v in recorded.items() if k not in skip}, folder
+        assert_recorded(member, recorded, skip, folder)
     assert len(members) == 3
 
 
@@ -450,11 +452,9 @@ def test_gpu64_acdc_x3_is_the_three_recorded_gpu_runs():
     runs = json.loads(results.read_text())
     assert len(members) == 3
     for member, name in zip(members, ("B4", "B5", "B6")):
-        recorded = {k: tuple(v) if isinstance(v, list) else v
-                    for k, v in runs[name]["config"].items()}
+        recorded = runs[name]["config"]
         skip = ("data", "extra_data", "backend")        # paths of that machine; cuda there
-        assert {k: v for k, v in member.items() if k not in skip} == \
-            {k: v for k, v in recorded.items() if k not in skip}, name
+        assert_recorded(member, recorded, skip, name)
         assert recorded["backend"] == "cuda" and recorded["extra_data"].endswith("acdc96")
 
 
