@@ -19,7 +19,7 @@ import numpy as np
 import minicnn
 
 from . import checkpoint, data, metrics
-from .predict import overlay, predict_masks, probability
+from .predict import add_model_arguments, overlay, predict_masks
 
 CLASSES = ("RV", "Myo", "LV")
 
@@ -73,9 +73,11 @@ def save_figure(path, split, preds, result, rows=6, title=""):
             ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1)
             ax.set_title(f"{split.names[i]}: {label}" if label == "image" else label, fontsize=8)
             ax.axis("off")
+    top = 1.0
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+        top = 1 - 0.3 / fig.get_figheight()     # 0.3 inch above the first row for the title
+    fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -125,23 +127,12 @@ def write_outputs(args, split, preds, result):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cmr.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, nargs="+",
-                        help="a .npz written by cmr.train, a run folder (its best.npz, or "
-                        "every member of a --members ensemble), or several: an ensemble (their "
-                        "class probabilities averaged)")
+    add_model_arguments(parser)
     parser.add_argument("--data", required=True, help="image/+mask/ folder or coursework root")
     parser.add_argument("--json", help="write the full result (per image too) here")
     parser.add_argument("--csv", help="write one row per image here")
     parser.add_argument("--figure", help="write a PNG of image | ground truth | prediction here")
     parser.add_argument("--figure-rows", type=int, default=6, help="slices in --figure (6)")
-    parser.add_argument("--backend", choices=["numpy", "cuda"], default="numpy")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--flip-tta", action="store_true", help="test-time left-right flip")
-    parser.add_argument("--keep-largest", action="store_true",
-                        help="keep only the largest region of each structure in the predictions")
-    parser.add_argument("--min-confidence", type=probability, default=0.0, metavar="P",
-                        help="erase a predicted structure whose mean probability over its "
-                        "pixels is below P (0: off)")
     parser.add_argument("--split", choices=["default", "train", "val", "test"], default="default",
                         help="which part of DIR to score (default: all of an image/+mask/ folder,"
                         " or the val split of a coursework root)")

@@ -95,6 +95,24 @@ def probability(text):
     return value
 
 
+def add_model_arguments(parser):
+    """The flags that ``cmr.predict`` and ``cmr.evaluate`` share: which model(s), where they run,
+    and how their probabilities become masks."""
+    parser.add_argument("--checkpoint", required=True, nargs="+",
+                        help="a .npz written by cmr.train, a run folder (its best.npz, or "
+                        "every member of a --members ensemble), or several: an ensemble (their "
+                        "class probabilities averaged)")
+    parser.add_argument("--backend", choices=["numpy", "cuda"], default="numpy")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--flip-tta", action="store_true",
+                        help="test-time left-right flip: average with the mirrored image")
+    parser.add_argument("--keep-largest", action="store_true",
+                        help="keep only the largest region of each structure in the predictions")
+    parser.add_argument("--min-confidence", type=probability, default=0.0, metavar="P",
+                        help="erase a predicted structure whose mean probability over its "
+                        "pixels is below P (0: off)")
+
+
 def keep_largest_component(masks, classes=(1, 2, 3)):
     """Post-processing: in each label map ``(N, H, W)``, keep only the largest 4-connected
     region of each class in ``classes`` and set that class's other regions to background.
@@ -141,21 +159,10 @@ def main(argv=None):
     from PIL import Image
     parser = argparse.ArgumentParser(prog="python -m cmr.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, nargs="+",
-                        help="a .npz written by cmr.train, a run folder (its best.npz, or "
-                        "every member of a --members ensemble), or several: an ensemble (their "
-                        "class probabilities averaged)")
+    add_model_arguments(parser)
     parser.add_argument("--input", required=True, help="a PNG, a folder of PNGs, or a folder "
                         "with an image/ sub-folder")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--backend", choices=["numpy", "cuda"], default="numpy")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--flip-tta", action="store_true", help="average with the mirrored image")
-    parser.add_argument("--keep-largest", action="store_true",
-                        help="keep only the largest region of each structure")
-    parser.add_argument("--min-confidence", type=probability, default=0.0, metavar="P",
-                        help="erase a structure whose mean probability over its pixels is "
-                        "below P (0: off)")
     args = parser.parse_args(argv)
     try:
         device = "cuda" if args.backend == "cuda" else "cpu"
