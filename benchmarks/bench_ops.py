@@ -30,7 +30,6 @@ ops <= 1.5x cuDNN, everything else <= 1.2x; on the CPU no op > 2x. ``--quick`` i
 test (its timings mean nothing; both libraries on one thread, which keeps it fast on a loaded
 machine). ``--tf32`` adds, on CUDA, rows timing PyTorch with TF32 (informational, no target).
 """
-import argparse
 import os
 import sys
 import time
@@ -431,15 +430,8 @@ COLUMNS = [("layer", "layer"), ("op", "op"), ("shape", "input shape"),
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny shapes (base 4, batch 2, 32x32, 2 repeats): seconds on a CPU")
-    p.add_argument("--base", type=int, default=64)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--batch", type=int, default=25)
-    p.add_argument("--size", type=int, default=96)
+    p = common.network_arguments(__doc__, "tiny shapes (base 4, batch 2, 32x32, 2 repeats): "
+                                           "seconds on a CPU")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed runs per op (default: 25 on CUDA; 5 on the CPU, fewer for the "
                         "slow ops, see --budget)")
@@ -462,9 +454,7 @@ def parse_args(argv=None):
                         "'upconv', 'relu', 'maxpool', 'CE', 'Adam')")
     p.add_argument("--out", default=None, help="write OUT/bench_ops.{json,md,png}")
     args = p.parse_args(argv)
-    if args.quick:
-        args.base, args.batch, args.size = 4, 2, 32
-        args.repeats = args.repeats or 2
+    common.quick_apply(args)
     cuda = args.device == "cuda"
     args.repeats = args.repeats or (25 if cuda else 5)
     args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)

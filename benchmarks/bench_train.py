@@ -387,15 +387,8 @@ def parent(args):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny run (base 4, batch 2, 32x32, 2 repeats): seconds on a CPU")
-    p.add_argument("--base", type=int, default=64)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--batch", type=int, default=25)
-    p.add_argument("--size", type=int, default=96)
+    p = common.network_arguments(__doc__, "tiny run (base 4, batch 2, 32x32, 2 repeats): "
+                                           "seconds on a CPU")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed training steps and forward passes (default 10 on CUDA, 3 on CPU)")
     p.add_argument("--threads", type=int, default=None,
@@ -407,9 +400,7 @@ def parse_args(argv=None):
     p.add_argument("--weights", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.quick:
-        args.base, args.batch, args.size = 4, 2, 32
-        args.repeats = args.repeats or 2
+    common.quick_apply(args)
     args.repeats = args.repeats or (10 if args.device == "cuda" else 3)
     if args.threads is None:
         args.threads = 1 if args.quick else common.cpu_count()

@@ -13,6 +13,7 @@ Timing rules (see ``benchmarks/NOTES.md``):
 * CUDA: CUDA events recorded on the stream each library launches on (``cupy.cuda.Event``
   for minicnn, ``torch.cuda.Event`` for PyTorch), warm-up runs first, medians.
 """
+import argparse
 import datetime
 import json
 import math
@@ -40,6 +41,28 @@ CPU_SWITCH_PAUSE_S = 0.3
 
 
 # =========================================================================== machine
+def network_arguments(doc, quick_help):
+    """An argument parser with the options both benchmarks share: the device, ``--quick`` and
+    the U-Net and batch measured (width, depth, batch, image size). ``quick_apply`` sets what
+    ``--quick`` means once the arguments are parsed."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--base", type=int, default=64)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--batch", type=int, default=25)
+    p.add_argument("--size", type=int, default=96)
+    return p
+
+
+def quick_apply(args):
+    """``--quick``: base 4, batch 2, 32x32 and 2 timed runs unless ``--repeats`` says."""
+    if args.quick:
+        args.base, args.batch, args.size = 4, 2, 32
+        args.repeats = args.repeats or 2
+
+
 def cpu_count():
     """The cores this process may run on."""
     try:
