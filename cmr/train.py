@@ -40,8 +40,8 @@ DEFAULTS = dict(data=None, backend="numpy", epochs=50, batch_size=25, lr=2e-4, b
                 class_weights=(0.1, 0.3, 0.3, 0.3), loss="ce", optimizer="adam", base=64,
                 depth=4, init="torch", norm="none", augment="default", seed=0,
                 schedule="constant", weight_decay=0.0, phantom_train=200, phantom_val=40,
-                extra_data=None, extra_transpose=False, flip_tta=False, split_seed=None,
-                members=1)
+                extra_data=None, extra_transpose=False, extra_val=False, flip_tta=False,
+                split_seed=None, members=1)
 PRESETS = {
     # the README's first command: a few minutes on a 2-core CPU, on the phantom
     "quick": dict(epochs=8, base=8, batch_size=8, lr=3e-3, loss="ce+dice", init="he",
@@ -122,12 +122,18 @@ def load_data(cfg, say):
                 phantom.make_phantom(cfg["phantom_val"], seed=split_seed + 10_000))
     train, val = data.load_dataset(cfg["data"], seed=split_seed)
     if cfg["extra_data"]:
-        extra_train, _ = data.load_dataset(cfg["extra_data"], seed=split_seed)
+        extra_train, extra_val = data.load_dataset(cfg["extra_data"], seed=split_seed)
         if cfg["extra_transpose"]:    # acdc96 is stored transposed relative to the cmr set
-            extra_train = extra_train.transposed()
+            extra_train, extra_val = extra_train.transposed(), extra_val.transposed()
         train = data.Split.concatenate([train, extra_train])
+        if cfg["extra_val"]:          # choose the best epoch on both validation parts
+            val = data.Split.concatenate([val, extra_val])
+    elif cfg["extra_val"]:
+        raise ValueError("--extra-val needs --extra-data")
+    extra = {(False, False): "", (True, False): f" (+ training part of {cfg['extra_data']})",
+             (True, True): f" (+ training and validation parts of {cfg['extra_data']})"}
     say(f"Data: {len(train)} training and {len(val)} validation slices from {cfg['data']}"
-        + (f" (+ training part of {cfg['extra_data']})" if cfg["extra_data"] else ""))
+        + extra[bool(cfg["extra_data"]), bool(cfg["extra_val"])])
     return train, val
 
 
@@ -305,6 +311,9 @@ def build_parser():
     p.add_argument("--extra-data", help="a second data folder whose training split is added")
     p.add_argument("--extra-transpose", action="store_const", const=True,
                    help="transpose the --extra-data slices (acdc96 vs the coursework set)")
+    p.add_argument("--extra-val", action="store_const", const=True,
+                   help="add the --extra-data folder's validation split to the validation "
+                   "set, which picks the best epoch (best.npz)")
     p.add_argument("--backend", choices=["numpy", "cuda"])
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults; "
                    "explicit flags override it")

@@ -64,7 +64,9 @@ def test_training_lowers_the_loss_on_the_phantom(tmp_path):
 
 def assert_recorded(config, recorded, ignore, label):
     """``config`` is the configuration a run recorded (its JSON, lists for tuples), but for
-    the keys in ``ignore`` (its machine's paths, its backend, ...)."""
+    the keys in ``ignore`` (its machine's paths, its backend, ...); a key added since the run
+    has its default."""
+    recorded = dict(train.DEFAULTS, **recorded)
     recorded = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
     assert {k: v for k, v in config.items() if k not in ignore} == \
         {k: v for k, v in recorded.items() if k not in ignore}, label
@@ -84,8 +86,7 @@ def test_augment_flag_and_presets_reach_the_config(tmp_path):
     results = ROOT / "benchmarks" / "results"
     a7 = json.loads((results / "cuda" / "gpu_train_normlong" / "results.json").read_text())
     strong = train.config_from_args(parser.parse_args(["--preset", "gpu64-strong"]))
-    recorded = dict(train.DEFAULTS, **a7["A7"]["config"])  # a key added since: its default
-    assert_recorded(strong, recorded, ("data", "backend"), "gpu64-strong")
+    assert_recorded(strong, a7["A7"]["config"], ("data", "backend"), "gpu64-strong")
     long = train.config_from_args(parser.parse_args(["--preset", "cpu16-acdc-strong"]))
     recorded = results / "cpu" / "cmr_runs" / "v2_inst_acdc_strong_e100" / "config.json"
     assert_recorded(long, json.loads(recorded.read_text()), ("data", "extra_data"),
@@ -358,6 +359,27 @@ def test_split_seed_fixes_the_patients_whatever_the_seed(tmp_path):
     assert train.config_from_args(args)["split_seed"] == 0
 
 
+def test_extra_val_adds_the_extra_folders_validation_patients(tmp_path):
+    """--extra-data adds its training split to the training set; --extra-val adds its
+    validation split (transposed with --extra-transpose) to the set that picks best.npz."""
+    from cmr import data
+    write_patient_folder(tmp_path / "a", 20)
+    write_patient_folder(tmp_path / "b", 20)
+    b_train, b_val = data.load_dataset(tmp_path / "b", seed=0)
+    cfg = dict(train.DEFAULTS, data=str(tmp_path / "a"), extra_data=str(tmp_path / "b"))
+    a_train, a_val = train.load_data(dict(cfg, extra_data=None), quiet)
+    both_train, val = train.load_data(cfg, quiet)
+    assert len(both_train) == len(a_train) + len(b_train) and val.names == a_val.names
+    _, val = train.load_data(dict(cfg, extra_val=True, extra_transpose=True), quiet)
+    assert val.names == a_val.names + b_val.names
+    np.testing.assert_array_equal(val.images[len(a_val):], b_val.images.transpose(0, 2, 1))
+    np.testing.assert_array_equal(val.masks[len(a_val):], b_val.masks.transpose(0, 2, 1))
+    with pytest.raises(ValueError, match="--extra-data"):
+        train.load_data(dict(cfg, extra_data=None, extra_val=True), quiet)
+    args = train.build_parser().parse_args(["--extra-val"])
+    assert train.config_from_args(args)["extra_val"] is True
+
+
 def test_members_train_an_ensemble_that_evaluate_and_predict_load_by_folder(tmp_path):
     from cmr import evaluate, metrics
     from cmr.predict import predict_masks
@@ -437,7 +459,6 @@ def test_cpu16_strong_x3_is_the_three_recorded_seeds():
     for member, folder in zip(members, ("inst_strong_e200", "s1_inst_strong_e200",
                                         "s2_inst_strong_e200")):
         recorded = json.loads((runs / folder / "config.json").read_text())
-        recorded = dict(train.DEFAULTS, **recorded)  # a key added since that run: its default
         skip = ("data", "backend", "split_seed", "members")  # a coursework root has one split
         assert_recorded(member, recorded, skip, folder)
     assert len(members) == 3
