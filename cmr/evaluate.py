@@ -105,15 +105,24 @@ def format_table(result):
     return "\n".join(lines)
 
 
+def figure_title(args, result):
+    """What ``--figure`` shows above its grid: the models (the last two parts of each path),
+    the data, the split, the post-processing flags and the mean Dice."""
+    models = " + ".join("/".join(Path(c).parts[-2:]) for c in args.checkpoint)
+    rules = "".join(f", {flag}" for flag, on in (
+        ("--flip-tta", args.flip_tta), ("--keep-largest", args.keep_largest),
+        (f"--min-confidence {args.min_confidence:g}", args.min_confidence > 0)) if on)
+    return (f"{models} on {args.data} ({args.split} split{rules}): "
+            f"mean Dice {result['dice']['mean']:.3f}")
+
+
 def write_outputs(args, split, preds, result):
     """The files that ``--json``, ``--figure`` and ``--csv`` ask for."""
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     if args.figure:
-        models = " + ".join(Path(c).name for c in args.checkpoint)
         save_figure(args.figure, split, preds, result, args.figure_rows,
-                    f"{models} on {args.data} ({args.split} split): "
-                    f"mean Dice {result['dice']['mean']:.3f}")
+                    figure_title(args, result))
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             writer = csv.writer(f)

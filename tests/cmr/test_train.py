@@ -1,4 +1,5 @@
 """cmr.train / evaluate / predict end to end, on small phantom runs and on real data."""
+import argparse
 import json
 import os
 import subprocess
@@ -157,6 +158,22 @@ def write_split_folder(directory, split, names=None):
     for name, im, m in zip(names or split.names, split.images, split.masks):
         Image.fromarray((im * 255).astype(np.uint8)).save(directory / "image" / f"{name}.png")
         Image.fromarray(m).save(directory / "mask" / f"{name}_mask.png")
+
+
+def test_figure_title_names_the_models_the_split_and_the_rules():
+    from cmr import evaluate
+    parser = argparse.ArgumentParser()
+    evaluate.add_model_arguments(parser)
+    parser.add_argument("--data")
+    parser.add_argument("--split", default="default")
+
+    def title(*argv):
+        return evaluate.figure_title(parser.parse_args(list(argv)), {"dice": {"mean": 0.8524}})
+    assert title("--checkpoint", "runs/a/best.npz", "--data", "D") == \
+        "a/best.npz on D (default split): mean Dice 0.852"
+    assert title("--checkpoint", "runs/a/best.npz", "runs/b", "--data", "D", "--split", "test",
+                 "--min-confidence", "0.75", "--flip-tta") == \
+        "a/best.npz + runs/b on D (test split, --flip-tta, --min-confidence 0.75): mean Dice 0.852"
 
 
 def test_evaluate_and_predict_cli(tmp_path):
