@@ -88,10 +88,19 @@ def test_augment_flag_and_presets_reach_the_config(tmp_path):
     a7 = json.loads((results / "cuda" / "gpu_train_normlong" / "results.json").read_text())
     strong = train.config_from_args(parser.parse_args(["--preset", "gpu64-strong"]))
     assert_recorded(strong, a7["A7"]["config"], ("data", "backend"), "gpu64-strong")
-    long = train.config_from_args(parser.parse_args(["--preset", "cpu16-acdc-strong"]))
-    recorded = results / "cpu" / "cmr_runs" / "v2_inst_acdc_strong_e100" / "config.json"
-    assert_recorded(long, json.loads(recorded.read_text()), ("data", "extra_data"),
-                    "cpu16-acdc-strong")
+    for folder, flags in (("v2_inst_acdc_strong_e100", []),
+                          ("v2_s1_inst_acdc_strong_e100", ["--seed", "1", "--split-seed", "0"]),
+                          ("v2_xval_inst_acdc_strong_e100", ["--extra-val"])):
+        long = train.config_from_args(parser.parse_args(["--preset", "cpu16-acdc-strong"]
+                                                        + flags))
+        recorded = results / "cpu" / "cmr_runs" / folder / "config.json"
+        assert_recorded(long, json.loads(recorded.read_text()), ("data", "extra_data"), folder)
+    # --extra-val changes which epoch is kept, not the training: the two seed-0 runs' losses
+    # agree in every epoch
+    losses = [[json.loads(line)["loss"] for line in (results / "cpu" / "cmr_runs" / folder /
+                                                      "log.jsonl").read_text().splitlines()]
+              for folder in ("v2_inst_acdc_strong_e100", "v2_xval_inst_acdc_strong_e100")]
+    assert losses[0] == losses[1] and len(losses[0]) == 100
     history = train.run(dict(TINY, epochs=1, augment="strong"), tmp_path, say=quiet,
                         progress=False)
     assert np.isfinite(history[0]["loss"])
