@@ -40,7 +40,7 @@ TF32_TOL = 2e-2
 CPU_SWITCH_PAUSE_S = 0.3
 
 
-# =========================================================================== machine
+# =========================================================================== options
 def network_arguments(doc, quick_help):
     """An argument parser with the options both benchmarks share: the device, ``--quick`` and
     the U-Net and batch measured (width, depth, batch, image size). ``quick_apply`` sets what
@@ -63,6 +63,7 @@ def quick_apply(args):
         args.repeats = args.repeats or 2
 
 
+# =========================================================================== machine
 def cpu_count():
     """The cores this process may run on."""
     try:

@@ -128,12 +128,9 @@ def load_data(cfg, say):
         train = data.Split.concatenate([train, extra_train])
         if cfg["extra_val"]:          # choose the best epoch on both validation parts
             val = data.Split.concatenate([val, extra_val])
-    elif cfg["extra_val"]:
-        raise ValueError("--extra-val needs --extra-data")
-    extra = {(False, False): "", (True, False): f" (+ training part of {cfg['extra_data']})",
-             (True, True): f" (+ training and validation parts of {cfg['extra_data']})"}
+    parts = "training and validation parts" if cfg["extra_val"] else "training part"
     say(f"Data: {len(train)} training and {len(val)} validation slices from {cfg['data']}"
-        + extra[bool(cfg["extra_data"]), bool(cfg["extra_val"])])
+        + (f" (+ {parts} of {cfg['extra_data']})" if cfg["extra_data"] else ""))
     return train, val
 
 
@@ -371,6 +368,9 @@ def config_from_args(args):
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
     if cfg["lr"] <= 0:
         raise ValueError(f"--lr must be > 0, got {cfg['lr']}")
+    if cfg["extra_val"] and not cfg["extra_data"]:
+        raise ValueError("--extra-val needs --extra-data (the folder whose validation split "
+                         "it adds)")
     return cfg
 
 
