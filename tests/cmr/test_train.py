@@ -15,6 +15,9 @@ from cmr.predict import keep_largest_component
 TINY = dict(train.DEFAULTS, base=2, depth=2, epochs=2, batch_size=4, phantom_train=8,
             phantom_val=4, lr=1e-2)
 ROOT = Path(__file__).resolve().parents[2]
+# configurations and losses of recorded runs, copied from their folders under
+# benchmarks/results/ so that pruning results never breaks a test
+RECORDED = json.loads((ROOT / "tests" / "fixtures" / "recorded_runs.json").read_text())
 
 
 def quiet(*_):
@@ -84,18 +87,17 @@ def test_augment_flag_and_presets_reach_the_config(tmp_path):
                         extra_transpose=True)          # the recipe of the README's best run
     # each preset is the configuration that its recorded run wrote (gpu64-strong: the GPU run
     # A7; cpu16-acdc-strong: the CPU run on the corrected acdc96 split)
-    results = ROOT / "benchmarks" / "results"
-    a7 = json.loads((results / "cuda" / "gpu_train_normlong" / "results.json").read_text())
     strong = train.config_from_args(parser.parse_args(["--preset", "gpu64-strong"]))
-    assert_recorded(strong, a7["A7"]["config"], ("data", "backend"), "gpu64-strong")
+    assert_recorded(strong, RECORDED["configs"]["gpu_train_normlong/A7"], ("data", "backend"),
+                    "gpu64-strong")
     for folder, flags in (("v2_inst_acdc_strong_e100", []),
                           ("v2_s1_inst_acdc_strong_e100", ["--seed", "1", "--split-seed", "0"]),
                           ("v2_xval_inst_acdc_strong_e100",
                            ["--extra-val", "--extra-data", "acdc96"])):
         long = train.config_from_args(parser.parse_args(["--preset", "cpu16-acdc-strong"]
                                                         + flags))
-        recorded = results / "cpu" / "cmr_runs" / folder / "config.json"
-        assert_recorded(long, json.loads(recorded.read_text()), ("data", "extra_data"), folder)
+        assert_recorded(long, RECORDED["configs"][f"cmr_runs/{folder}"], ("data", "extra_data"),
+                        folder)
     history = train.run(dict(TINY, epochs=1, augment="strong"), tmp_path, say=quiet,
                         progress=False)
     assert np.isfinite(history[0]["loss"])
@@ -408,9 +410,7 @@ def test_extra_val_adds_the_extra_folders_validation_patients(tmp_path):
 def test_extra_val_run_repeats_the_training_of_its_seed():
     """--extra-val changes which epoch is kept, not the training: the recorded seed-0 runs of
     --preset cpu16-acdc-strong with and without it agree in the loss of every epoch."""
-    runs = ROOT / "benchmarks" / "results" / "cpu" / "cmr_runs"
-    losses = [[json.loads(line)["loss"] for line in
-               (runs / folder / "log.jsonl").read_text().splitlines()]
+    losses = [RECORDED["losses"][f"cmr_runs/{folder}"]
               for folder in ("v2_inst_acdc_strong_e100", "v2_xval_inst_acdc_strong_e100")]
     assert losses[0] == losses[1] and len(losses[0]) == 100
 
@@ -487,13 +487,12 @@ def test_a_new_run_in_an_old_folder_starts_a_new_log(tmp_path):
 
 def test_cpu16_strong_x3_is_the_three_recorded_seeds():
     """The preset's members are the configurations that the three recorded runs of the
-    README's width-16 ensemble wrote (benchmarks/results/cpu/cmr_runs/*inst_strong_e200)."""
+    results page's width-16 ensemble wrote (tests/fixtures/recorded_runs.json)."""
     args = train.build_parser().parse_args(["--preset", "cpu16-strong-x3"])
     members = train.member_configs(train.config_from_args(args))
-    runs = ROOT / "benchmarks" / "results" / "cpu" / "cmr_runs"
     for member, folder in zip(members, ("inst_strong_e200", "s1_inst_strong_e200",
                                         "s2_inst_strong_e200")):
-        recorded = json.loads((runs / folder / "config.json").read_text())
+        recorded = RECORDED["configs"][f"cmr_runs/{folder}"]
         skip = ("data", "backend", "split_seed", "members")  # a coursework root has one split
         assert_recorded(member, recorded, skip, folder)
     assert len(members) == 3
@@ -501,14 +500,12 @@ def test_cpu16_strong_x3_is_the_three_recorded_seeds():
 
 def test_gpu64_acdc_x3_is_the_three_recorded_gpu_runs():
     """The preset of the acdc96 result is what ran on the GPU: B4, B5, B6 of
-    benchmarks/gpu_train.sh SET=acdc3 (their configurations are in results.json)."""
+    benchmarks/gpu_train.sh SET=acdc3 (their configurations: tests/fixtures/recorded_runs.json)."""
     args = train.build_parser().parse_args(["--preset", "gpu64-acdc-x3"])
     members = train.member_configs(train.config_from_args(args))
-    results = ROOT / "benchmarks" / "results" / "cuda" / "gpu_train_acdc3" / "results.json"
-    runs = json.loads(results.read_text())
     assert len(members) == 3
     for member, name in zip(members, ("B4", "B5", "B6")):
-        recorded = runs[name]["config"]
+        recorded = RECORDED["configs"][f"gpu_train_acdc3/{name}"]
         skip = ("data", "extra_data", "backend")        # paths of that machine; cuda there
         assert_recorded(member, recorded, skip, name)
         assert recorded["backend"] == "cuda" and recorded["extra_data"].endswith("acdc96")
