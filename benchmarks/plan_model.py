@@ -1,6 +1,6 @@
 """The "tiles" planner's cost model against measured convolution times, and its prediction.
 
-    python benchmarks/plan_model.py benchmarks/results/cuda/h200/ops_fastdiv_prefetch_vec4/bench_ops.json
+    python benchmarks/plan_model.py benchmarks/results/cuda/h200_3777504/ops_fastdiv_prefetch_vec4/bench_ops.json
 
 For every 3x3 convolution row of a ``bench_ops.json`` (our kernels, a build *without* the
 "tiles" feature), it takes the tile that build's planner chose, the model's cost of that tile

@@ -1,6 +1,6 @@
 """Loading cardiac MR slices stored as PNG files, and splitting them.
 
-Two on-disk layouts are understood (see ``/work/shared/data/README.md``):
+Two on-disk layouts are understood:
 
 *coursework*::
 

@@ -114,7 +114,7 @@ def test_variants_table_from_stored_reports(tmp_path):
     """``bench_variants.sh --table`` turns one bench_train report per conv build variant into one
     table, with each variant's step time relative to "plain" (the reports: the H200 run)."""
     import shutil
-    src = os.path.join(BENCH, "results", "cuda", "h200", "variants")
+    src = os.path.join(BENCH, "results", "cuda", "h200_3777504", "variants")
     for name in ("plain", "fastdiv_prefetch_vec4"):
         shutil.copytree(os.path.join(src, name), tmp_path / name)
     proc = subprocess.run(["bash", os.path.join(BENCH, "bench_variants.sh"), "--table",
@@ -184,7 +184,7 @@ def test_planner_overheads_are_the_census_means(tmp_path):
 def test_plan_model_reproduces_the_measured_conv_times():
     """The planner's cost model against the H200 measurements of the default build (NOTES.md
     entry 13): one scale factor, then most rows within 15 %."""
-    report = os.path.join(ROOT, "benchmarks", "results", "cuda", "h200",
+    report = os.path.join(ROOT, "benchmarks", "results", "cuda", "h200_3777504",
                           "ops_fastdiv_prefetch_vec4", "bench_ops.json")
     proc = subprocess.run([sys.executable, os.path.join(BENCH, "plan_model.py"), report],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)

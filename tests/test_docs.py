@@ -123,7 +123,7 @@ def test_every_page_is_there():
     expected = {"index.md", "autograd.md", "ops.md", "optimizers.md", "unet.md", "cuda.md",
                 "layers/conv2d.md", "layers/conv_transpose2d.md", "layers/max_pool2d.md",
                 "layers/relu.md", "layers/cat.md", "losses/cross_entropy.md",
-                "losses/dice_loss.md", "losses/focal_loss.md"}
+                "losses/dice_loss.md", "losses/focal_loss.md", "results.md"}
     assert expected <= set(PAGES)
 
 
@@ -337,14 +337,19 @@ def test_github_slug():
         "--preset-cpu16-acdc-width-16--acdc96-old-split"
 
 
-def test_readme_links_within_itself_resolve():
-    """Every ``](#anchor)`` link of README.md names one of its headings (GitHub's anchors;
-    the pages under docs/ are checked by ``mkdocs build --strict``)."""
+def test_readme_links_resolve():
+    """Every link of README.md resolves: ``](#anchor)`` names one of its headings (GitHub's
+    anchors), and ``](path)`` / ``src="path"`` a file of the repository (the pages under docs/
+    are checked by ``mkdocs build --strict``)."""
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         text = f.read()
     prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)  # not the shell comments
     headings = {github_slug(h) for h in re.findall(r"^#{1,6} (.+)$", prose, re.M)}
-    links = re.findall(r"\]\(#([^)]+)\)", text)
-    assert links, "README.md has no links within itself: the test checks nothing"
-    broken = sorted(set(links) - headings)
+    anchors = re.findall(r"\]\(#([^)]+)\)", prose)
+    files = [p for p in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)|src=\"([^\"]+)\"", prose)
+             for p in p if p and "://" not in p]
+    assert files, "README.md links to no file: the test checks nothing"
+    broken = sorted(set(anchors) - headings)
     assert not broken, f"README.md links to headings it does not have: {broken}"
+    missing = sorted(p for p in files if not os.path.exists(os.path.join(ROOT, p)))
+    assert not missing, f"README.md links to files that do not exist: {missing}"

@@ -612,6 +612,33 @@ def fig_cuda_tiling():
     return fig
 
 
+@figure("results_epochs")
+def fig_results_epochs():
+    """The results page: validation Dice per epoch of two seeds of --preset cpu16-acdc-strong,
+    read from their stored logs (benchmarks/results/cpu/cmr_runs/), best epoch marked."""
+    import json
+    runs = os.path.join(ROOT, "benchmarks", "results", "cpu", "cmr_runs")
+    fig, ax = plt.subplots(figsize=(6.4, 2.8))
+    for folder, label, color in (("v2_inst_acdc_strong_e100", "seed 0", "C0"),
+                                 ("v2_s1_inst_acdc_strong_e100", "seed 1", "C1")):
+        with open(os.path.join(runs, folder, "log.jsonl"), encoding="utf-8") as f:
+            log = [json.loads(line) for line in f]
+        epochs = [r["epoch"] for r in log]
+        dice = [r["val_dice"]["mean"] for r in log]
+        best = int(np.argmax(dice))
+        ax.plot(epochs, dice, color=color, lw=1, label=label)
+        ax.plot(epochs[best], dice[best], "o", color=color, ms=5)
+        ax.annotate(f"best.npz: epoch {epochs[best]}, {dice[best]:.3f}",
+                    (epochs[best], dice[best]), textcoords="offset points",
+                    xytext=(-20, -30 if color == "C1" else 10), fontsize=8, color=color)
+    ax.set_ylim(0.8, 0.93)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cmr/val mean Dice")
+    ax.set_title("--preset cpu16-acdc-strong: the best epoch is chosen on 20 cmr/val slices")
+    ax.legend(loc="lower right", frameon=False)
+    return fig
+
+
 def main(argv):
     names = argv or list(FIGURES)
     unknown = [n for n in names if n not in FIGURES]
