@@ -7,6 +7,11 @@ folder with ``image/`` and ``mask/`` or a coursework root (its ``val`` split is 
 ``--checkpoint C1 C2 ...`` scores an ensemble: the models' class probabilities are averaged.
 ``--checkpoint RUN`` (a ``cmr.train`` output folder) scores its ``best.npz``, or every member
 of a ``--members`` ensemble.
+
+Where the slices are named ``patientPPP_frameFF_sliceSS`` (acdc96, acdc96vol, cmr.prepare's
+output), ACDC's own metric is reported too: Dice per structure over each 3-D volume, the
+mean over volumes, and ED and ES apart (``cmr.metrics.volume_metrics``). It is ACDC's only
+on whole volumes (acdc96vol); on a set of labelled slices only (acdc96) it says so.
 """
 import argparse
 import csv
@@ -43,14 +48,19 @@ def load_split(directory, which="default", seed=0):
 
 
 def evaluate(models, split, device="cpu", batch_size=16, flip_tta=False, return_masks=False,
-             keep_largest=False, min_confidence=0.0):
+             keep_largest=False, min_confidence=0.0, slice_spacing=None):
     """The metrics dictionary of ``cmr.metrics.evaluate_masks`` for ``split`` (and the
     predicted label maps with ``return_masks``) of one model or a list of models (an
     ensemble, see ``cmr.predict.predict_probs``); ``keep_largest`` and ``min_confidence``
-    post-process the predictions first, as in ``cmr.predict.predict_masks``."""
+    post-process the predictions first, as in ``cmr.predict.predict_masks``. Slices named by
+    patient, frame and slice also get ``result["volumes"]`` (``metrics.volume_metrics``; 3-D
+    HD95 with ``slice_spacing``, the distance between slices in pixels)."""
     preds = predict_masks(models, split.images, batch_size, device, flip_tta, keep_largest,
                           min_confidence)
     result = metrics.evaluate_masks(preds, split.masks, split.names)
+    volumes = metrics.volume_metrics(preds, split.masks, split.names, slice_spacing)
+    if volumes is not None:
+        result["volumes"] = volumes
     return (result, preds) if return_masks else result
 
 
@@ -102,6 +112,18 @@ def format_table(result):
             lines.append("of the absent ones, among the first or last two slices of their stack: "
                          + ", ".join(f"{c} {pres[c]['absent_at_ends']} "
                                      f"({pres[c]['invented_at_ends']})" for c in CLASSES))
+    vol = result.get("volumes")
+    if vol:
+        lines.append(f"per 3-D volume (ACDC's metric), mean over {vol['n_volumes']} volumes:")
+        rows = [("Dice 3D", vol["dice"])] + [(f"  {k}", v["dice"])
+                                             for k, v in vol["phases"].items()]
+        if "hd95" in vol:
+            rows.insert(1, ("HD95 3D", vol["hd95"]))
+        for label, values in rows:
+            lines.append(f"{label:8}" + "".join(f"{values[c]:8.3f}" for c in CLASSES + ("mean",)))
+        if not vol["complete"]:
+            lines.append("  (slices are missing inside or at the ends of some volumes: these are"
+                         " not ACDC's figures; score whole volumes, e.g. acdc96vol)")
     return "\n".join(lines)
 
 
@@ -148,9 +170,14 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of the split (as in training)")
     parser.add_argument("--transpose", action="store_true",
                         help="transpose the slices first (acdc96 vs a model trained on cmr)")
+    parser.add_argument("--slice-spacing", type=float, default=None, metavar="PX",
+                        help="distance between slices in pixels: adds the 3-D HD95 to the "
+                        "per-volume scores (not in the PNG data; off by default)")
     args = parser.parse_args(argv)
     if args.figure_rows < 1:
         parser.error("--figure-rows must be >= 1")
+    if args.slice_spacing is not None and not args.slice_spacing > 0:
+        parser.error("--slice-spacing must be > 0")
     try:
         device = "cuda" if args.backend == "cuda" else "cpu"
         minicnn.backend.get(device)
@@ -162,7 +189,8 @@ def main(argv=None):
             split = split.transposed()
         result, preds = evaluate(models, split, device, args.batch_size, args.flip_tta,
                                  return_masks=True, keep_largest=args.keep_largest,
-                                 min_confidence=args.min_confidence)
+                                 min_confidence=args.min_confidence,
+                                 slice_spacing=args.slice_spacing)
     except (data.CMRDataError, checkpoint.CheckpointError, ValueError,
             minicnn.backend.BackendUnavailable) as err:
         parser.exit(2, f"error: {err}\n")

@@ -35,12 +35,12 @@ __all__ = [
     "evaluate_masks",
     "at_stack_ends",
     "stack_positions",
+    "volume_metrics",
 ]
 
 #: The foreground structures that are scored: label -> name.
 STRUCTURES = {1: CLASS_NAMES[1], 2: CLASS_NAMES[2], 3: CLASS_NAMES[3]}
 
-_CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity
 
 
 def _check_pair(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,10 +74,11 @@ def dice_per_class(pred: np.ndarray, target: np.ndarray,
 
 
 def surface(mask: np.ndarray) -> np.ndarray:
-    """Boundary pixels of a binary mask: pixels of the mask with a 4-neighbour
-    outside it (pixels on the image border count as boundary)."""
+    """Boundary pixels (voxels) of a binary mask: those of the mask with a face neighbour
+    outside it (4-neighbours in 2-D, 6 in 3-D; the array's border counts as outside)."""
     mask = np.asarray(mask, dtype=bool)
-    return mask & ~ndimage.binary_erosion(mask, structure=_CROSS, border_value=0)
+    cross = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=cross, border_value=0)
 
 
 def surface_distances(a: np.ndarray, b: np.ndarray,
@@ -247,3 +248,97 @@ def evaluate_masks(preds: np.ndarray, targets: np.ndarray,
         "presence": presence,
         "per_image": per_image,
     }
+
+
+_VOLUME_NAME = re.compile(r"^(?P<patient>.+)_frame(?P<frame>\d+)$")
+
+
+def volume_metrics(preds: np.ndarray, targets: np.ndarray, names: Sequence[str],
+                   slice_spacing: float | None = None) -> dict | None:
+    """ACDC's convention: Dice (and HD95) per structure over each 3-D volume, then the mean
+    over volumes, and the end-diastolic (ED) and end-systolic (ES) volumes apart.
+
+    The slices are grouped into volumes by their names, ``<volume>_slice<NN>``
+    (``stack_positions``; acdc96: ``patientPPP_frameFF_sliceSS``) and stacked in slice order.
+    A volume's Dice of a structure is 2|P∩T| / (|P|+|T|) over all its voxels (1.0 when both
+    are empty). Of a patient's two frames, the one whose ground truth holds more LV voxels is
+    ED, the other ES (the LV is largest at end-diastole); with another number of frames the
+    phase is unknown. HD95 is computed in 3-D only when ``slice_spacing`` (the distance
+    between slices, in pixels) is given: the slices' thickness is not in the PNG data.
+
+    Returns None when a name does not have that form. Otherwise a JSON-friendly dictionary::
+
+        {"n_volumes": V, "complete": bool,
+         "dice": {"RV": .., "Myo": .., "LV": .., "mean": ..},
+         "hd95": {...} (with slice_spacing only),
+         "phases": {"ED": {"n_volumes": k, "dice": {...}}, "ES": {...}},
+         "per_volume": [{"volume": .., "patient": .., "frame": .., "phase": "ED"|"ES"|None,
+                         "n_slices": k, "dice": {...}, "hd95": {...}}, ...]}
+
+    ``complete`` is False when some volume's slice numbers have gaps (a set that keeps only
+    labelled slices, like acdc96): then its volumes miss their end slices and the figures
+    are not ACDC's (score whole volumes, e.g. acdc96vol).
+    """
+    positions = stack_positions(names)
+    if positions is None:
+        return None
+    preds, targets = np.asarray(preds), np.asarray(targets)
+    stacks: dict[str, list[tuple[int, int]]] = {}
+    for i, (stack, index) in enumerate(positions):
+        stacks.setdefault(stack, []).append((index, i))
+    labels = list(STRUCTURES)
+    per_volume, complete = [], True
+    for stack, members in sorted(stacks.items()):
+        members.sort()
+        indices = [index for index, _ in members]
+        complete &= indices == list(range(indices[0], indices[0] + len(indices)))
+        rows = [i for _, i in members]
+        p, t = preds[rows], targets[rows]
+        dice, hd = {}, {}
+        for c in labels:
+            pc, tc = p == c, t == c
+            total = int(pc.sum()) + int(tc.sum())
+            dice[STRUCTURES[c]] = 2.0 * int((pc & tc).sum()) / total if total else 1.0
+            if slice_spacing is not None:
+                if not pc.any() and not tc.any():
+                    hd[STRUCTURES[c]] = 0.0
+                elif pc.any() != tc.any():
+                    hd[STRUCTURES[c]] = float("nan")
+                else:
+                    hd[STRUCTURES[c]] = float(np.percentile(
+                        surface_distances(pc, tc, (slice_spacing, 1.0, 1.0)), 95))
+        m = _VOLUME_NAME.match(stack)
+        per_volume.append({"volume": stack, "patient": m["patient"] if m else stack,
+                           "frame": m["frame"] if m else None, "phase": None,
+                           "n_slices": len(rows), "dice": dice,
+                           "lv_voxels": int((t == 3).sum()), "hd95": hd})
+    by_patient: dict[str, list[dict]] = {}
+    for v in per_volume:
+        if v["frame"] is not None:
+            by_patient.setdefault(v["patient"], []).append(v)
+    for frames in by_patient.values():
+        if len(frames) == 2:
+            ed = max(frames, key=lambda v: v["lv_voxels"])
+            for v in frames:
+                v["phase"] = "ED" if v is ed else "ES"
+
+    def means(volumes, key):
+        out = {STRUCTURES[c]: _nanmean([v[key][STRUCTURES[c]] for v in volumes])
+               for c in labels}
+        out["mean"] = _nanmean([out[STRUCTURES[c]] for c in labels])
+        return out
+    result = {"n_volumes": len(per_volume), "complete": bool(complete),
+              "dice": means(per_volume, "dice"), "phases": {}}
+    if slice_spacing is not None:
+        result["hd95"] = means(per_volume, "hd95")
+        result["slice_spacing"] = slice_spacing
+    for phase in ("ED", "ES"):
+        chosen = [v for v in per_volume if v["phase"] == phase]
+        if chosen:
+            result["phases"][phase] = {"n_volumes": len(chosen), "dice": means(chosen, "dice")}
+    for v in per_volume:
+        del v["lv_voxels"]
+        if slice_spacing is None:
+            del v["hd95"]
+    result["per_volume"] = per_volume
+    return result

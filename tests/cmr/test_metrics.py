@@ -147,3 +147,118 @@ def test_absent_structures_counted_at_the_ends_of_their_stacks():
     assert pres == {"absent": 2, "invented": 2, "missed": 0, "absent_at_ends": 1,
                     "invented_at_ends": 1}
     assert "absent_at_ends" not in evaluate_masks(p, t)["presence"]["RV"]   # names "0", "1", ..
+
+
+# ------------------------------------------------------------------ ACDC's per-volume metric
+def _volume_case():
+    """Patient p1, frames 01 and 02, three slices each; frame 01 has the larger LV (ED)."""
+    names, targets, preds = [], [], []
+    for frame, lv_side in (("01", 8), ("02", 4)):
+        for s in (1, 2, 3):
+            t = np.zeros((16, 16), np.uint8)
+            t[2:2 + lv_side, 2:2 + lv_side] = 3
+            t[12:15, 12:15] = 1 if s != 3 else 0        # no RV on the last slice
+            p = t.copy()
+            if s == 2:
+                p[2:2 + lv_side, 2] = 0                  # one LV column missed on slice 2
+            names.append(f"p1_frame{frame}_slice{s}")
+            targets.append(t)
+            preds.append(p)
+    return names, np.stack(preds), np.stack(targets)
+
+
+def test_volume_dice_is_computed_over_each_volume_then_averaged():
+    from cmr.metrics import volume_metrics
+    names, preds, targets = _volume_case()
+    order = [5, 0, 3, 1, 4, 2]                          # the slices' order must not matter
+    vol = volume_metrics(preds[order], targets[order], [names[i] for i in order])
+    assert vol["n_volumes"] == 2 and vol["complete"]
+    by_name = {v["volume"]: v for v in vol["per_volume"]}
+    for frame, side in (("01", 8), ("02", 4)):
+        v = by_name[f"p1_frame{frame}"]
+        truth, found = 3 * side * side, 3 * side * side - side
+        assert v["dice"]["LV"] == pytest.approx(2 * found / (truth + found))
+        assert v["dice"]["RV"] == 1.0 and v["dice"]["Myo"] == 1.0    # Myo: empty in both
+        assert v["n_slices"] == 3 and v["patient"] == "p1"
+    assert by_name["p1_frame01"]["phase"] == "ED" and by_name["p1_frame02"]["phase"] == "ES"
+    lv = [by_name[f"p1_frame{f}"]["dice"]["LV"] for f in ("01", "02")]
+    assert vol["dice"]["LV"] == pytest.approx(np.mean(lv))
+    assert vol["dice"]["mean"] == pytest.approx((1 + 1 + np.mean(lv)) / 3)
+    assert vol["phases"]["ED"]["dice"]["LV"] == pytest.approx(lv[0])
+    assert vol["phases"]["ES"]["n_volumes"] == 1
+    assert "hd95" not in vol and "hd95" not in vol["per_volume"][0]
+    json.dumps(vol, allow_nan=False)
+
+
+def test_volume_metrics_flag_gaps_and_unnamed_slices():
+    from cmr.metrics import volume_metrics
+    names, preds, targets = _volume_case()
+    keep = [0, 2, 3, 4, 5]                              # frame 01 loses its slice 2
+    vol = volume_metrics(preds[keep], targets[keep], [names[i] for i in keep])
+    assert not vol["complete"]
+    assert volume_metrics(preds, targets, [f"img{i}" for i in range(6)]) is None
+    one = volume_metrics(preds[:3], targets[:3], names[:3])   # one frame: phase unknown
+    assert one["per_volume"][0]["phase"] is None and one["phases"] == {}
+
+
+def test_volume_hd95_against_brute_force():
+    from cmr.metrics import volume_metrics
+    rng = np.random.default_rng(0)
+    t = np.zeros((4, 12, 12), np.uint8)
+    t[1:3, 3:9, 3:8] = 2
+    p = t.copy()
+    p[0, 4:6, 4:6] = 2                                  # an extra blob one slice up
+    p[2, 3:5, 3:9] = 0
+    p = np.where(rng.random(p.shape) < 0.03, 2, p).astype(np.uint8)
+    spacing = 2.5
+    names = [f"q_frame01_slice{s}" for s in range(1, 5)]
+    got = volume_metrics(p, t, names, slice_spacing=spacing)["per_volume"][0]["hd95"]["Myo"]
+
+    def boundary(m):
+        pts = []
+        for z, y, x in zip(*np.nonzero(m)):
+            for dz, dy, dx in ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)):
+                zz, yy, xx = z + dz, y + dy, x + dx
+                inside = 0 <= zz < m.shape[0] and 0 <= yy < m.shape[1] and 0 <= xx < m.shape[2]
+                if not inside or not m[zz, yy, xx]:
+                    pts.append((z * spacing, y, x))
+                    break
+        return np.array(pts, float)
+    a, b = boundary(p == 2), boundary(t == 2)
+    d = np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))
+    expected = np.percentile(np.concatenate([d.min(1), d.min(0)]), 95)
+    assert got == pytest.approx(expected)
+
+
+def test_acdc96vol_volumes_are_whole_and_their_phases_are_acdcs():
+    """On the real acdc96vol, ground truth scored against itself: 140 whole volumes (70
+    patients x ED/ES), Dice 1, and the frame with the larger LV is frame01 (in the ACDC
+    release every patient's ED frame is its first)."""
+    import os
+    from pathlib import Path
+    from cmr import data
+    from cmr.metrics import volume_metrics
+    root = os.environ.get("CMR_DATA")
+    if not root or not (Path(root) / "acdc96vol").is_dir():
+        pytest.skip("CMR_DATA with acdc96vol/ not set: real-data test skipped")
+    split = data.load_manifest_folder(Path(root) / "acdc96vol")
+    vol = volume_metrics(split.masks, split.masks, split.names)
+    assert vol["n_volumes"] == 140 and vol["complete"]
+    assert vol["dice"]["mean"] == 1.0
+    assert vol["phases"]["ED"]["n_volumes"] == vol["phases"]["ES"]["n_volumes"] == 70
+    assert all((v["frame"] == "01") == (v["phase"] == "ED") for v in vol["per_volume"])
+
+
+def test_evaluate_prints_the_volume_scores_and_says_when_volumes_are_incomplete():
+    from cmr.evaluate import format_table
+    names, preds, targets = _volume_case()
+    result = evaluate_masks(preds, targets, names)
+    from cmr.metrics import volume_metrics
+    result["volumes"] = volume_metrics(preds, targets, names, slice_spacing=2.0)
+    text = format_table(result)
+    assert "per 3-D volume (ACDC's metric), mean over 2 volumes" in text
+    assert "Dice 3D" in text and "HD95 3D" in text and "  ED" in text and "  ES" in text
+    assert "not ACDC's figures" not in text
+    keep = [0, 2, 3, 4, 5]
+    result["volumes"] = volume_metrics(preds[keep], targets[keep], [names[i] for i in keep])
+    assert "not ACDC's figures" in format_table(result)
