@@ -354,6 +354,34 @@ def test_site_loads_nothing_from_another_host(built_site):
         "\n".join(found[:20])
 
 
+def test_screenshot_server(tmp_path):
+    """docs/scripts/screenshots.py's server (no browser needed): the page asked for with
+    ``?measure`` gets the measuring script, the same page without it is served unchanged,
+    and every request is logged with its status, so a file the site lacks shows up."""
+    import urllib.error
+    import urllib.request
+    shots = _load_script("screenshots")
+    (tmp_path / "page").mkdir()
+    page = "<html><head></head><body><p>x</p></body></html>"
+    (tmp_path / "page" / "index.html").write_text(page, encoding="utf-8")
+    log = []
+    server = shots.serve(str(tmp_path), log)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        def get(path):
+            with urllib.request.urlopen(base + path, timeout=10) as response:
+                return response.read().decode("utf-8")
+        measured = get("/page/?measure")
+        assert measured == page.replace("</body>", shots.MEASURE + "</body>")
+        assert f'm.name = "{shots.META}"' in measured
+        assert get("/page/") == page
+        with pytest.raises(urllib.error.HTTPError):
+            get("/fonts/missing.woff")
+    finally:
+        server.shutdown()
+    assert log == [("/page/", 200), ("/page/", 200), ("/fonts/missing.woff", 404)]
+
+
 def test_presence_threshold_rules():
     """The two size rules of docs/scripts/presence_threshold.py (docs/unet.md) on a made-up
     stack of five slices: only small structures go, and the stack rule only at the ends; and
