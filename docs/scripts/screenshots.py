@@ -2,7 +2,7 @@
 and take full-page screenshots in a headless Chromium with no network.
 
     python docs/scripts/screenshots.py            # six default pages -> screenshots/*.png
-    python docs/scripts/screenshots.py --out /tmp/shots unet layers/relu --scale 2
+    python docs/scripts/screenshots.py --out screenshots/2x unet layers/relu --scale 2
 
 Needs mkdocs (``pip install ".[docs]"``) and a Chromium (``apt-get install chromium``, or
 ``--chromium PATH``); it is a docs tool, not a dependency of the library.
