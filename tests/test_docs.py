@@ -13,7 +13,8 @@ the whole API, the paths it names exist, and it builds with ``mkdocs build --str
   ``tests/test_ops.py::test_conv2d``) exists, and so does the function after ``::``;
 * every image a page shows is drawn by ``docs/scripts/make_figures.py``;
 * ``mkdocs build --strict`` succeeds (skipped, with the reason, where mkdocs or a plugin the
-  site needs is not installed).
+  site needs is not installed), and the built site loads nothing from another host (it works
+  offline: MathJax and its fonts are served by the site).
 """
 import contextlib
 import importlib.util
@@ -22,6 +23,7 @@ import os
 import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 
 import pytest
 
@@ -253,23 +255,131 @@ def _missing_site_packages():
     return [pkg for module, pkg in needed.items() if importlib.util.find_spec(module) is None]
 
 
-def test_mkdocs_build_strict(tmp_path):
+@pytest.fixture(scope="module")
+def built_site(tmp_path_factory):
+    """The site, built once by ``mkdocs build --strict`` for the tests that read it."""
     missing = _missing_site_packages()
     if missing:
         pytest.skip(f"cannot build the site: {', '.join(missing)} not installed "
                     "(pip install '.[docs]')")
+    site = tmp_path_factory.mktemp("docs") / "site"
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet",
-                             "-f", os.path.join(ROOT, "mkdocs.yml"), "-d", str(tmp_path / "site")],
+                             "-f", os.path.join(ROOT, "mkdocs.yml"), "-d", str(site)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
+    return site
+
+
+def test_mkdocs_build_strict(built_site):
     for page in PAGES:
         if page.startswith("generated/"):
             continue
         html = page[:-3] + "/index.html" if page != "index.md" else "index.html"
-        assert (tmp_path / "site" / html).exists(), f"{page} was not built"
-    unet = (tmp_path / "site" / "unet" / "index.html").read_text(encoding="utf-8")
+        assert (built_site / html).exists(), f"{page} was not built"
+    unet = (built_site / "unet" / "index.html").read_text(encoding="utf-8")
     assert "31,030,788" in unet, "the generated U-Net table is not in the built page"
+
+
+# A URL naming a host: "https://cdn...", "http://...", or protocol-relative "//cdn...".
+OTHER_HOST = re.compile(r"^\s*(?:[a-z][a-z0-9+.-]*:)?//", re.I)
+CSS_URL = re.compile(r"""url\(\s*['"]?\s*((?:https?:)?//[^'")\s]+)""", re.I)
+# What a browser fetches by itself while showing a page (not the links a reader follows).
+LOADED = {"script": ("src",), "link": ("href",), "img": ("src", "srcset"),
+          "source": ("src", "srcset"), "iframe": ("src",), "embed": ("src",),
+          "object": ("data",), "video": ("src", "poster"), "audio": ("src",)}
+
+
+class _LoadedURLs(HTMLParser):
+    """The URLs a page loads by itself: src/href of script, link, img (...) and the url(...)
+    of its inline styles."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls, self._in_style = [], False
+
+    def handle_starttag(self, tag, attrs):
+        self._in_style = tag == "style"
+        for name, value in attrs:
+            if value is None:
+                continue
+            if name in LOADED.get(tag, ()):
+                self.urls += [v.strip().split()[0] for v in value.split(",") if v.strip()] \
+                    if name == "srcset" else [value]
+            elif name == "style":
+                self.urls += CSS_URL.findall(value)
+
+    def handle_endtag(self, tag):
+        self._in_style = False
+
+    def handle_data(self, data):
+        if self._in_style:
+            self.urls += CSS_URL.findall(data)
+
+
+def loaded_from_other_hosts(html):
+    """The URLs of another host that an HTML page loads as it is shown."""
+    parser = _LoadedURLs()
+    parser.feed(html)
+    return [u for u in parser.urls if OTHER_HOST.match(u)]
+
+
+def test_loaded_from_other_hosts():
+    page = ('<link rel="stylesheet" href="//fonts.example.org/a.css"><script src="x.js"></script>'
+            '<script src="https://cdn.example.org/m.js"></script><a href="https://example.org">'
+            '<img src="img/a.png" srcset="a.png 1x, http://b.example.org/a.png 2x"></a>'
+            '<style>p { background: url("https://c.example.org/bg.png") }</style>'
+            '<div style="background: url(data:image/png;base64,AA==)"></div>')
+    assert loaded_from_other_hosts(page) == [
+        "//fonts.example.org/a.css", "https://cdn.example.org/m.js",
+        "http://b.example.org/a.png", "https://c.example.org/bg.png"]
+
+
+def test_site_loads_nothing_from_another_host(built_site):
+    """The site works offline (a classroom, a train): no page loads a script, stylesheet,
+    font or image from another host, and no stylesheet or script of the site names one in a
+    url(...). Links a reader follows (<a href>) may go anywhere."""
+    found = []
+    for path in sorted(built_site.rglob("*")):
+        rel = path.relative_to(built_site).as_posix()
+        if path.suffix == ".html":
+            found += [f"{rel}: {u}" for u in
+                      loaded_from_other_hosts(path.read_text(encoding="utf-8"))]
+        elif path.suffix in (".css", ".js"):
+            found += [f"{rel}: url({u})" for u in
+                      CSS_URL.findall(path.read_text(encoding="utf-8", errors="replace"))]
+    pages = list(built_site.rglob("*.html"))
+    assert len(pages) >= len([p for p in PAGES if not p.startswith("generated/")])
+    assert not found, "the site loads from other hosts (it must work offline):\n" + \
+        "\n".join(found[:20])
+
+
+def test_screenshot_server(tmp_path):
+    """docs/scripts/screenshots.py's server (no browser needed): the page asked for with
+    ``?measure`` gets the measuring script, the same page without it is served unchanged,
+    and every request is logged with its status, so a file the site lacks shows up."""
+    import urllib.error
+    import urllib.request
+    shots = _load_script("screenshots")
+    (tmp_path / "page").mkdir()
+    page = "<html><head></head><body><p>x</p></body></html>"
+    (tmp_path / "page" / "index.html").write_text(page, encoding="utf-8")
+    log = []
+    server = shots.serve(str(tmp_path), log)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        def get(path):
+            with urllib.request.urlopen(base + path, timeout=10) as response:
+                return response.read().decode("utf-8")
+        measured = get("/page/?measure")
+        assert measured == page.replace("</body>", shots.MEASURE + "</body>")
+        assert f'm.name = "{shots.META}"' in measured
+        assert get("/page/") == page
+        with pytest.raises(urllib.error.HTTPError):
+            get("/fonts/missing.woff")
+    finally:
+        server.shutdown()
+    assert log == [("/page/", 200), ("/page/", 200), ("/fonts/missing.woff", 404)]
 
 
 def test_presence_threshold_rules():

@@ -5,8 +5,9 @@
 
 Each figure is computed with minicnn (or read from the code it illustrates: the U-Net trace,
 the CUDA tile table), never drawn from numbers typed in by hand, so re-running this script
-after a change to the library redraws the truth. Figures are small (about 100 dpi) and
-deterministic.
+after a change to the library redraws the truth. Figures are drawn at 200 dpi, twice the
+pixels of the size they are shown at, so that they stay sharp on a laptop's high-density
+screen; they are saved as 256-colour PNGs (small files) and are deterministic.
 """
 import io
 import os
@@ -29,7 +30,7 @@ import minicnn                                         # noqa: E402
 from minicnn import Tensor, functional as F, optim    # noqa: E402
 
 IMG = os.path.join(ROOT, "docs", "img")
-DPI = 100
+DPI = 200
 FIGURES = {}
 
 plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "figure.dpi": DPI,
@@ -184,23 +185,25 @@ def fig_ops_broadcast():
 # =========================================================================== conv2d
 CONV_X = np.arange(1, 10, dtype=np.float32).reshape(1, 1, 3, 3)
 CONV_W = np.array([[[[1, 2], [3, 4]]]], dtype=np.float32)
+CONV_B = np.array([10], dtype=np.float32)         # the bias of the page's worked example
 
 
 @figure("conv2d_im2col")
 def fig_conv2d_im2col():
-    x, w = CONV_X[0, 0], CONV_W[0, 0]
-    y = F.conv2d(Tensor(CONV_X), Tensor(CONV_W)).numpy()[0, 0]
+    x, w, b = CONV_X[0, 0], CONV_W[0, 0], CONV_B[0]
+    y = F.conv2d(Tensor(CONV_X), Tensor(CONV_W), Tensor(CONV_B)).numpy()[0, 0]
     cols = np.array([[x[p + i, q + j] for p in range(2) for q in range(2)]
                      for i in range(2) for j in range(2)])
     fig, axes = plt.subplots(1, 4, figsize=(9.5, 2.6), gridspec_kw={"width_ratios": [3, 2, 4, 2]})
     grid(axes[0], x, "input x (3×3)", highlight=[(0, 1), (0, 2), (1, 1), (1, 2)])
-    grid(axes[1], w, "kernel W (2×2)", cmap="Greens")
+    grid(axes[1], w, "kernel w (2×2)", cmap="Greens")
     grid(axes[2], cols, "im2col: cols (K=4 × 4 windows)", highlight=[(r, 1) for r in range(4)])
     axes[2].set_xlabel("window (p,q) = (0,0) (0,1) (1,0) (1,1)")
     axes[2].tick_params(labelbottom=False)
     axes[2].set_ylabel("(i,j)")
-    grid(axes[3], y, "y = W·cols (2×2)", highlight=[(0, 1)], cmap="Purples")
-    fig.text(0.5, -0.05, "window (0,1) [orange] becomes column 1; y[0,1] = 1·2 + 2·3 + 3·5 + 4·6 "
+    grid(axes[3], y, f"y = w·cols + b, b = {b:g}", highlight=[(0, 1)], cmap="Purples")
+    products = " + ".join(f"{a:g}·{c:g}" for a, c in zip(w.ravel(), cols[:, 1]))
+    fig.text(0.5, -0.05, f"window (0,1) [orange] becomes column 1; y[0,1] = {products} + {b:g} "
              f"= {y[0, 1]:g}", ha="center")
     return fig
 
@@ -217,14 +220,14 @@ def fig_conv2d_backward():
     grid(axes[0], G[0, 0], "G = dL/dy", cmap="Oranges", vmin=-1)
     grid(axes[1], Gpad, "G padded by k−1", cmap="Oranges", vmin=-1,
          highlight=[(0, 0), (0, 1), (1, 0), (1, 1)])
-    grid(axes[2], CONV_W[0, 0, ::-1, ::-1], "W flipped", cmap="Greens")
+    grid(axes[2], CONV_W[0, 0, ::-1, ::-1], "w flipped", cmap="Greens")
     grid(axes[3], x.grad[0, 0], "dL/dx", cmap="Oranges", vmin=-4, highlight=[(0, 0)])
     grid(axes[4], CONV_X[0, 0], "x, G's window at (0,0)", highlight=[(0, 0), (1, 0), (1, 1)])
-    grid(axes[5], w.grad[0, 0], "dL/dW", cmap="Oranges", vmin=-8, highlight=[(0, 0)])
+    grid(axes[5], w.grad[0, 0], "dL/dw", cmap="Oranges", vmin=-8, highlight=[(0, 0)])
     fig.text(0.3, -0.06, "input gradient: full correlation of G with the flipped kernel\n"
              "dL/dx[0,0] = 1·1 (the only non-zero product in the outlined window)", ha="center")
     fig.text(0.8, -0.06, "weight gradient: correlation of x with G\n"
-             "dL/dW[0,0] = 1·1 + 2·4 − 1·5 = 4", ha="center")
+             "dL/dw[0,0] = 1·1 + 2·4 − 1·5 = 4", ha="center")
     return fig
 
 
@@ -237,7 +240,7 @@ def fig_conv_transpose2d():
     fig, axes = plt.subplots(1, 5, figsize=(11, 2.5),
                              gridspec_kw={"width_ratios": [2, 2, 4, 4, 5]})
     grid(axes[0], x[0, 0], "x (2×2)")
-    grid(axes[1], w[0, 0], "W (2×2)", cmap="Greens")
+    grid(axes[1], w[0, 0], "w (2×2)", cmap="Greens")
     grid(axes[2], y, "y, k=2, s=2: 4 stamps", highlight=[(0, 2), (0, 3), (1, 2), (1, 3)])
     for k, ax in zip((3, 4), axes[3:]):
         ones = F.conv_transpose2d(Tensor(np.ones((1, 1, 3, 3), np.float32)),
@@ -338,13 +341,14 @@ def fig_cat():
 # =========================================================================== losses
 @figure("cross_entropy")
 def fig_cross_entropy():
-    logits = Tensor(np.array([[2.0, 1.0, 0.1, -1.0]], np.float32), requires_grad=True)
+    # the page's worked example: three classes, logits (2, 1, 0.1), true class 0
+    logits = Tensor(np.array([[2.0, 1.0, 0.1]], np.float32), requires_grad=True)
     loss = F.cross_entropy(logits, np.array([0]))
     loss.backward()
     p = F.softmax(Tensor(logits.numpy()), dim=1).numpy()[0]
-    y = np.eye(4)[0]
+    y = np.eye(3)[0]
     fig, axes = plt.subplots(1, 2, figsize=(9, 2.7))
-    k = np.arange(4)
+    k = np.arange(3)
     axes[0].bar(k - 0.2, p, 0.4, label="p = softmax(x)")
     axes[0].bar(k + 0.2, y, 0.4, label="y = one-hot(t=0)", color="0.7")
     axes[0].plot(k, logits.grad[0], "o-", color="tab:red", label="dL/dx = p − y")

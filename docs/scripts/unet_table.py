@@ -307,7 +307,10 @@ def _rf(rf):
 
 
 def render_table(records):
+    # md_in_html: the class lets docs/stylesheets/extra.css draw this wide table compactly
     lines = [HEADER,
+             '<div class="layer-table" markdown>',
+             "",
              "| # | layer | operation | input (C×H×W) | output (C×H×W) | parameters | "
              "forward FLOPs | receptive field (px) |",
              "|--:|:--|:--|:--|:--|--:|--:|--:|"]
@@ -321,7 +324,7 @@ def render_table(records):
     conv = sum(r.flops for r in records if r.op.startswith("Conv"))
     lines.append(f"| | **total** | {len(records)} layers | | | **{_num(params)}** | "
                  f"**{_num(flops)}** | |")
-    lines.append("")
+    lines += ["", "</div>", ""]
     lines.append(f"Total: **{_num(params)} parameters** ({params * 4 / 2**20:.1f} MiB in "
                  f"float32) and **{flops / 1e9:.2f} GFLOPs** for the forward pass of one "
                  f"{SIZE}×{SIZE} image, {100 * conv / flops:.2f} % of them in the "
