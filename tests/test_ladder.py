@@ -53,6 +53,32 @@ def test_the_ladder_is_complete():
         assert _kernels(file), f"no kernels found in {file}"
 
 
+def test_launchers_use_the_kernels_tiling():
+    """The grids of launch.py assume the tile sizes that the sources declare."""
+    assert launch.cu_constants("conv_2_smem.cu")["TILE"] == launch.TILE
+    assert launch.cu_constants("conv_2_smem.cu")["RED"] == launch.THREADS
+    regblock = launch.cu_constants("conv_3_regblock.cu")
+    assert (regblock["BM"], regblock["BN"], regblock["THREADS"]) == \
+        (launch.BM, launch.BN, launch.THREADS)
+
+
+NVCC = shutil.which("nvcc")
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH: cannot compile for sm_90")
+def test_register_blocks_stay_in_registers(tmp_path):
+    """Rung 3 by nvcc for sm_90 (ptxas, as the driver compiles NVRTC's PTX):
+    no register spills. Its 4x4 block spilled would live in local memory,
+    slower than the shared memory it is there to save."""
+    file = "conv_3_regblock.cu"
+    cmd = [NVCC, "-std=c++17", "-arch=sm_90", "--cubin", "-Xptxas", "-v",
+           os.path.join(DEV, file), "-o", str(tmp_path / "rung.cubin")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    spills = re.findall(r"(\d+) bytes spill stores", r.stderr)
+    assert len(spills) == len(_kernels(file)) and set(spills) == {"0"}, r.stderr
+
+
 # ------------------------------------------------------------------ NVRTC
 def _nvrtc():
     """libnvrtc from the ``nvidia-cuda-nvrtc`` wheel, or None."""

@@ -15,8 +15,12 @@ emulator's. Every launcher takes and returns C-contiguous float32 arrays:
 ``forward(rt, x, w, b)``, ``input_grad(rt, gy, w)``, ``weight_grad(rt, x, gy)``
 (the signatures of rung 5's ``dev/cuda/winograd.py``, plus the runtime).
 """
+import os
+import re
+
 import numpy as np
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 THREADS = 256          # the 1-D blocks of rungs 1 and 3, and of rung 2's gw
 TILE = 16              # rung 2: a block computes TILE x TILE output pixels
 BM = BN = 64           # rung 3: a block computes BM channels x BN pixels
@@ -52,6 +56,20 @@ def _dims(x=None, w=None, gy=None, b=None):
         raise ValueError(f"{N}x{max(C, O)}x{H}x{W} elements: too many for the "
                          "kernels' 32-bit index arithmetic")
     return N, C, H, W, O
+
+
+def cu_constants(file):
+    """``{NAME: value}`` of the ``constexpr int NAME = value`` lines of the
+    rung ``file`` (with ``A = 1, B = 2`` lists and products of earlier names):
+    the tests and docs/scripts/make_figures.py read the tiling from the source."""
+    with open(os.path.join(HERE, file), encoding="utf-8") as f:
+        text = f.read()
+    found = {}
+    for decl in re.findall(r"constexpr int ([^;]+);", text):
+        for name, expr in re.findall(r"(\w+)\s*=\s*([^,]+)", decl):
+            assert re.fullmatch(r"[\w\s()+*/-]+", expr), expr   # arithmetic only
+            found[name] = int(eval(expr, {"__builtins__": {}}, dict(found)))  # noqa: S307
+    return found
 
 
 def _args(*dims):
