@@ -23,6 +23,7 @@ __device__ __forceinline__ int at(int a, int b, int c, int d,
 }
 
 // y = conv(x, w) + b: one thread per output element (n, o, p, q).
+// --8<-- [start:forward]
 extern "C" __global__ void conv1_forward(
     const float* __restrict__ x, const float* __restrict__ w,
     const float* __restrict__ b, float* __restrict__ y,
@@ -41,6 +42,7 @@ extern "C" __global__ void conv1_forward(
             }
     y[t] = acc;
 }
+// --8<-- [end:forward]
 
 // gx = dL/dx: one thread per *input* pixel (n, c, h, v), which gathers the
 // gradients of every output whose window covered it:
@@ -67,6 +69,7 @@ extern "C" __global__ void conv1_input_grad(
 // gw = dL/dw: one thread per weight (o, c, i, j), summing over the batch:
 //   gw[o, c, i, j] = sum_{n,p,q} gy[n, o, p, q] * x[n, c, p+i-1, q+j-1].
 // Only O*C*9 threads, each a loop of N*H*W terms: few threads, long loops.
+// --8<-- [start:weight_grad]
 extern "C" __global__ void conv1_weight_grad(
     const float* __restrict__ x, const float* __restrict__ gy,
     float* __restrict__ gw, int N, int C, int H, int W, int O)
@@ -84,3 +87,4 @@ extern "C" __global__ void conv1_weight_grad(
             }
     gw[t] = acc;
 }
+// --8<-- [end:weight_grad]

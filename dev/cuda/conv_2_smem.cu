@@ -48,6 +48,7 @@ __device__ void conv2_tiles(const float* __restrict__ x,
     const int co = blockIdx.y, n = blockIdx.z;
     const int ty = threadIdx.y, tx = threadIdx.x, tid = ty * TILE + tx;
     float acc = b ? b[co] : 0.0f;
+    // --8<-- [start:tiles]
     for (int c0 = 0; c0 < Cin; c0 += CB) {
         // 1. all 256 threads copy the patch (zeros outside the image) ...
         for (int e = tid; e < CB * HALO * HALO; e += TILE * TILE) {
@@ -72,6 +73,7 @@ __device__ void conv2_tiles(const float* __restrict__ x,
                     acc += ws[c][i * 3 + j] * xs[c][ty + i][tx + j];
         __syncthreads();                   // 4. before the next copy overwrites
     }
+    // --8<-- [end:tiles]
     const int p = p0 + ty, q = q0 + tx;
     if (p < H && q < W) y[at(n, co, p, q, Cout, H, W)] = acc;
 }
@@ -114,6 +116,7 @@ extern "C" __global__ void conv2_weight_grad(
                 acc[i * 3 + j] += g * x[at(n, c, h, v, C, H, W)];
             }
     }
+    // --8<-- [start:reduce]
     for (int k = 0; k < 9; ++k) part[k][t] = acc[k];
     __syncthreads();
     for (int s = RED / 2; s > 0; s /= 2) {         // 256 -> 128 -> ... -> 1
@@ -122,4 +125,5 @@ extern "C" __global__ void conv2_weight_grad(
         __syncthreads();
     }
     if (t < 9) gw[(o * C + c) * 9 + t] = part[t][0];
+    // --8<-- [end:reduce]
 }

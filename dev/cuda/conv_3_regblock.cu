@@ -34,6 +34,7 @@ __device__ __forceinline__ int at(int a, int b, int c, int d,
     return ((a * B + b) * C + c) * D + d;
 }
 
+// --8<-- [start:im2col]
 // B[k, col] of the GEMM: k = (c, i, j) over Cin*9, col = (n, p, q) over N*H*W.
 __device__ __forceinline__ float im2col(const float* __restrict__ x, int k,
                                         int col, int N, int Cin, int H, int W)
@@ -45,6 +46,7 @@ __device__ __forceinline__ float im2col(const float* __restrict__ x, int k,
     if (h < 0 || h >= H || v < 0 || v >= W) return 0.0f;  // the padding
     return x[at(n, c, h, v, Cin, H, W)];
 }
+// --8<-- [end:im2col]
 
 // A[m, k] of the GEMM: w[m, c, i, j] for k = (c, i, j); FLIP: w is
 // (Cin, Cout, 3, 3) and A[m, (c, i, j)] = w[c, m, 2-i, 2-j].
@@ -68,6 +70,7 @@ __device__ void conv3_gemm(const float* __restrict__ x,
     const int m0 = blockIdx.y * BM, col0 = blockIdx.x * BN;
     const int t = threadIdx.x, tx = t % (BN / TN), ty = t / (BN / TN);
     float acc[TM][TN] = {};
+    // --8<-- [start:loop]
     for (int k0 = 0; k0 < K; k0 += BK) {
         // 1. copy the slices (2 + 2 elements per thread); consecutive threads
         //    take consecutive m / columns: conflict-free stores, and
@@ -94,6 +97,7 @@ __device__ void conv3_gemm(const float* __restrict__ x,
         }
         __syncthreads();
     }
+    // --8<-- [end:loop]
     // 3. the epilogue: Out[m, (n, p, q)] + bias -> y[n, m, p, q]
     for (int i = 0; i < TM; ++i)
         for (int j = 0; j < TN; ++j) {
