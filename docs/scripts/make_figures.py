@@ -616,7 +616,9 @@ def fig_cuda_tiling():
 # =========================================================================== the ladder
 def _rung_constants(file):
     """The ``constexpr int`` tiling constants of a rung of dev/cuda/ (its source)."""
-    sys.path.insert(0, os.path.join(ROOT, "dev", "cuda"))
+    folder = os.path.join(ROOT, "dev", "cuda")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     import launch
     return launch.cu_constants(file)
 
