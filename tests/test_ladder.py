@@ -172,9 +172,9 @@ class EmulatorRuntime:
         def launch_(grid, block, args):
             dims = (ctypes.c_uint * 6)(*(tuple(grid) + (1,) * (3 - len(grid))),
                                        *(tuple(block) + (1,) * (3 - len(block))))
+            assert all(isinstance(a, (np.ndarray, np.int32)) for a in args), args
             keep = [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray)
                     else ctypes.c_int(int(a)) for a in args]
-            assert all(isinstance(a, (np.ndarray, np.int32)) for a in args), args
             argv = (ctypes.c_void_p * len(keep))(*(ctypes.addressof(k) for k in keep))
             call(dims, argv)
         return launch_
@@ -202,8 +202,9 @@ def test_rung_agrees_with_numpy_in_the_emulator(rung, what, tmp_path_factory):
     name, file, fns = launch.RUNGS[rung]
     rng = np.random.default_rng(rung)
     for N, C, H, W, O in SHAPES:
-        x, gy = rng.standard_normal((N, C, H, W)), rng.standard_normal((N, O, H, W))
-        w, b = rng.standard_normal((O, C, 3, 3)), rng.standard_normal(O)
+        # float32 values, the reference in float64 from the same values
+        x, gy, w, b = (rng.standard_normal(s).astype(np.float32).astype(np.float64)
+                       for s in ((N, C, H, W), (N, O, H, W), (O, C, 3, 3), (O,)))
         args = {"forward": (x, w, b), "input_grad": (gy, w), "weight_grad": (x, gy)}[what]
         got = fns[what](rt, *(rt.upload(a) for a in args))
         ref = _reference(what, x, w, b, gy)
