@@ -285,7 +285,9 @@ def main(argv=None):
     if args.bench:
         rows = bench(cupy, table, args)
         if args.out:
-            write_report(args.out, rows, common.machine_info("cuda"))
+            meta = common.machine_info("gpu")   # date, command, versions, git
+            meta.update(device="cuda", gpu=common.gpu_name())
+            write_report(args.out, rows, meta)
         failures += sum(1 for r in rows if r.get("agree") is False)
     return 1 if failures else 0
 
