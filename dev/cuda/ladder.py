@@ -179,7 +179,7 @@ def _line(row):
              f"{row['ms']:9.3f} ms {row['tflops']:6.2f} TFLOP/s"]
     if row.get("speedup_vs_below"):
         cells.append(f"{row['speedup_vs_below']:6.2f}x faster than the rung below")
-    cells += [f"{row[k]:.2f}x {k[3:].replace('_', ' ')}" for k in
+    cells += [f"time / cuDNN {k[-4:]} {row[k]:.2f}" for k in
               ("vs_cudnn_fp32", "vs_cudnn_tf32") if row.get(k)]
     if "rel_err" in row:
         cells.append(f"err {row['rel_err']:.1e}{'' if row['agree'] else ' DISAGREES'}")
