@@ -11,7 +11,8 @@
   poisons the result) and outputs between sentinel zones (a write out of
   bounds is caught);
 * the launchers refuse shapes they cannot run, with a one-line message; the
-  runner ``dev/cuda/ladder.py`` answers ``--help`` without CuPy.
+  runner ``dev/cuda/ladder.py`` answers ``--help`` without CuPy, and its
+  ``--check --bench`` runs end to end on the emulator (CuPy and the GPU replaced).
 """
 import ctypes
 import functools
@@ -262,3 +263,70 @@ def test_ladder_without_cupy_says_why():
     r = _run_ladder(["--check"])
     assert r.returncode != 0
     assert "CuPy" in r.stderr.strip().splitlines()[-1], r.stderr
+
+
+class _Event:
+    """A stand-in for cupy.cuda.Event on the host clock."""
+
+    def record(self):
+        import time
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+def _fake_cupy():
+    """Just enough of CuPy, on NumPy, for ladder.py's check and bench."""
+    import types
+    stream = types.SimpleNamespace(synchronize=lambda: None)
+    cuda = types.SimpleNamespace(Event=_Event, get_current_stream=lambda: stream,
+                                 get_elapsed_time=lambda a, b: (b.t - a.t) * 1e3)
+    return types.SimpleNamespace(asarray=np.asarray, cuda=cuda)
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
+def test_ladder_checks_and_times_on_the_emulator(monkeypatch, tmp_path, tmp_path_factory):
+    """ladder.py's --check and --bench, end to end, with each kernel launch run by
+    the emulator, rung 4 by numpy_backend and cuDNN by PyTorch on the CPU (timings
+    mean nothing here): every rung and pass is checked and timed, the report is
+    written, and a rung that is off by 1 % makes the run fail."""
+    import json
+    import torch
+    import ladder
+    from minicnn import backend
+    fake = _fake_cupy()
+    monkeypatch.setattr(ladder, "_cupy", lambda: fake)
+    monkeypatch.setattr(ladder, "CupyRuntime",
+                        lambda cupy: EmulatorRuntime(str(tmp_path_factory.getbasetemp())))
+    monkeypatch.setattr(backend, "get", lambda device: nb)
+    monkeypatch.setattr(ladder, "LAYERS", {4: 8})
+    monkeypatch.setattr(ladder, "CHECK_SHAPES", [(2, 5, 7, 9, 6)])
+    monkeypatch.setattr(ladder.common, "time_cupy",
+                        lambda fn, n, warmup=3: ladder.common.time_host(fn, n, warmup))
+    monkeypatch.setattr(ladder.common, "time_torch_cuda",
+                        lambda fn, n, warmup=3: ladder.common.time_host(fn, n, warmup))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self: self, raising=False)
+    argv = ["--check", "--bench", "--rungs", "1", "2", "3", "4", "--layers", "4",
+            "--batch", "2", "--repeats", "1", "--warmup", "0", "--budget", "0",
+            "--out", str(tmp_path)]
+    assert ladder.main(argv) == 0
+    rows = json.load(open(tmp_path / "ladder.json"))["rows"]
+    ours = [r for r in rows if r["rung"]]
+    passes = {n: fns for n, (_, _, fns) in launch.RUNGS.items()} | {4: ladder.PASSES}
+    assert sorted((r["pass"], r["rung"]) for r in ours) == \
+        sorted((p, n) for n, fns in passes.items() for p in fns)
+    assert {r["layer"] for r in rows} == {"8->8 @4px"}
+    assert all(r["agree"] and r["rel_err"] < 1e-5 and r["runs"] == 1 for r in ours)
+    assert all((r["speedup_vs_below"] is None) == (r["rung"] == 1) for r in ours)
+    assert all(r["vs_cudnn_fp32"] > 0 and r["vs_cudnn_tf32"] > 0 for r in ours)
+    assert sum(r["name"].startswith("cuDNN") for r in rows) == 3 * 2
+    assert (tmp_path / "ladder.md").read_text().count("| smem |") == 3
+
+    off = dict(launch.RUNGS)
+    name, file, fns = off[2]
+    off[2] = (name, file, dict(fns, forward=lambda rt, *a: fns["forward"](rt, *a) * 1.01))
+    monkeypatch.setattr(launch, "RUNGS", off)
+    assert ladder.main(["--check", "--rungs", "2"]) == 1
+

@@ -167,9 +167,11 @@ def _torch():
 
 def _time(fn, call, opts):
     """Median, min (ms) and runs of ``fn(*call)`` on the GPU: ``opts.warmup``
-    runs, then as many as fit in ``opts.budget`` s (3 to ``opts.repeats``)."""
+    runs, then as many as fit in ``opts.budget`` s (3, or ``opts.repeats`` if
+    fewer, to ``opts.repeats``)."""
     first = common.time_cupy(lambda: fn(*call), 1, warmup=opts.warmup)[0]
-    n = int(max(3, min(opts.repeats, opts.budget * 1e3 / max(first, 1e-3))))
+    fit = opts.budget * 1e3 / max(first, 1e-3)
+    n = int(max(min(3, opts.repeats), min(opts.repeats, fit)))
     return common.summary(common.time_cupy(lambda: fn(*call), n, warmup=0))
 
 
