@@ -20,10 +20,11 @@ one FMA). ``--bench`` times each pass of each rung at the U-Net's 3x3 layers
 (batch 25: 64 channels at 96 px, 128 at 48, 256 at 24, 512 at 12, 1024 at 6;
 docs/generated/unet_table.md) and cuDNN through PyTorch in fp32 and TF32 when
 torch is importable: medians of repeated runs timed with CUDA events after a
-warm-up; each result first compared with cuDNN fp32 (else rung 4) within 1e-3.
-It prints ms, TFLOP/s, the speed-up over the rung below (the nearest lower rung
-with that pass) and the ratio to cuDNN, and writes ladder.json and ladder.md
-into --out. It needs CuPy and a GPU; ``--help`` works without them.
+warm-up; each result first compared with cuDNN fp32 (else the lowest rung run)
+within 1e-3. It prints ms, TFLOP/s, the speed-up over the rung below (the
+nearest lower rung with that pass) and the ratio to cuDNN, and writes
+ladder.json and ladder.md into --out. It needs CuPy and a GPU; ``--help`` works
+without them.
 """
 import argparse
 import functools
@@ -191,9 +192,20 @@ def _line(row):
 def bench(cupy, table, opts):
     """Time every pass of every rung (and cuDNN) at the U-Net's 3x3 layers."""
     torch, cudnn = _torch()
+    if not torch:
+        return _bench(cupy, table, opts, None, {})
+    flags = torch.backends.cudnn
+    saved = flags.benchmark, flags.allow_tf32
+    flags.benchmark = True                # cuDNN picks its fastest algorithm
+    try:
+        return _bench(cupy, table, opts, torch, cudnn)
+    finally:
+        flags.benchmark, flags.allow_tf32 = saved
+
+
+def _bench(cupy, table, opts, torch, cudnn):
+    """bench's rows; ``torch`` None: no cuDNN columns."""
     modes = ("fp32", "tf32") if torch else ()
-    if torch:
-        torch.backends.cudnn.benchmark = True
     rng, rows = np.random.default_rng(0), []
     for H in opts.layers:
         N, C = opts.batch, LAYERS[H]
@@ -211,14 +223,12 @@ def bench(cupy, table, opts):
                     ref = fn(*tdev).cpu().numpy()
                 times[mode] = common.summary(common.time_torch_cuda(
                     lambda: fn(*tdev), opts.repeats, opts.warmup))["median_ms"]
-            if torch:
-                torch.backends.cudnn.allow_tf32 = False
             for n, fns in table.items():
                 if what not in fns:
                     continue
                 call = _args(what, *dev)
                 out = common.to_numpy(fns[what](*call))
-                ref = out if ref is None else ref     # no torch: rung 4 (or the first)
+                ref = out if ref is None else ref     # no PyTorch: the lowest rung
                 err, ok = common.agreement(out, ref, BENCH_TOL)
                 t = _time(fns[what], call, opts)
                 below = [m for m in table if m < n and m in times]
