@@ -311,7 +311,9 @@ def test_ladder_checks_and_times_on_the_emulator(monkeypatch, tmp_path, tmp_path
     argv = ["--check", "--bench", "--rungs", "1", "2", "3", "4", "--layers", "4",
             "--batch", "2", "--repeats", "1", "--warmup", "0", "--budget", "0",
             "--out", str(tmp_path)]
+    flags = torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32
     assert ladder.main(argv) == 0
+    assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32) == flags
     rows = json.load(open(tmp_path / "ladder.json"))["rows"]
     ours = [r for r in rows if r["rung"]]
     passes = {n: fns for n, (_, _, fns) in launch.RUNGS.items()} | {4: ladder.PASSES}
