@@ -523,6 +523,19 @@ else
     skip "compute-sanitizer memcheck (test_ops -k cuda)" "compute-sanitizer not on PATH"
 fi
 
+# ---------------------------------------------------------------- the ladder (dev/cuda)
+# Every rung of the convolution ladder checked against numpy_backend, then (with --bench)
+# timed at the U-Net's 3x3 layers against the rung below and cuDNN fp32 / TF32
+# (dev/cuda/README.md); the tables go to $OUT/ladder. About 1-2 minutes with --bench.
+if [ "$BENCH" = 1 ]; then
+    step "ladder: check and time every rung (dev/cuda/ladder.py)" 240 \
+        "$PYTHON" dev/cuda/ladder.py --check --bench --budget 0.5 ${OUT:+--out "$OUT/ladder"}
+else
+    step "ladder: check every rung (dev/cuda/ladder.py --check)" 60 \
+        "$PYTHON" dev/cuda/ladder.py --check
+fi
+# ---------------------------------------------------------------- end of the ladder
+
 echo
 echo "=================================================================== summary ($((SECONDS - START))s)"
 failed=0

@@ -180,7 +180,7 @@ def test_all_optimizers_are_the_documented_ones():
     assert classes == set(OPTIMIZERS), "a new optimizer needs a section in docs/optimizers.md"
 
 
-PATH = re.compile(r"`((?:minicnn|cmr|kernels|tests|docs|benchmarks)/[\w./*-]+?)(?:::(\w+))?`")
+PATH = re.compile(r"`((?:minicnn|cmr|kernels|tests|docs|benchmarks|dev)/[\w./*-]+?)(?:::(\w+))?`")
 
 
 def test_named_source_paths_exist():

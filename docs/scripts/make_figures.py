@@ -643,6 +643,92 @@ def fig_results_epochs():
     return fig
 
 
+# =========================================================================== the ladder
+def _rung_constants(file):
+    """The ``constexpr int`` tiling constants of a rung of dev/cuda/ (its source)."""
+    folder = os.path.join(ROOT, "dev", "cuda")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    import launch
+    return launch.cu_constants(file)
+
+
+@figure("cuda_ladder_smem")
+def fig_cuda_ladder_smem():
+    """Global loads of each input pixel, per output channel, for a 40x40 image:
+    rung 1 (one per window that covers it) against rung 2 (one per block whose
+    tile plus halo covers it), from the kernels' index arithmetic."""
+    c = _rung_constants("conv_2_smem.cu")
+    TILE, HALO = c["TILE"], c["HALO"]
+    H = W = 40
+    naive = np.zeros((H, W), int)
+    for p in range(H):                    # conv1_forward: output (p, q), taps (i, j)
+        for q in range(W):
+            for i in range(3):
+                for j in range(3):
+                    h, v = p + i - 1, q + j - 1
+                    if 0 <= h < H and 0 <= v < W:
+                        naive[h, v] += 1
+    smem = np.zeros((H, W), int)
+    tiles_w = -(-W // TILE)
+    for block in range(-(-H // TILE) * tiles_w):   # conv2_tiles: its patch copy
+        p0, q0 = block // tiles_w * TILE, block % tiles_w * TILE
+        for r in range(HALO):
+            for s_ in range(HALO):
+                h, v = p0 + r - 1, q0 + s_ - 1
+                if 0 <= h < H and 0 <= v < W:
+                    smem[h, v] += 1
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+    for ax, counts, title in (
+            (axes[0], naive, "rung 1: one global load\nper window over the pixel"),
+            (axes[1], smem, f"rung 2: one per block whose\n{HALO}x{HALO} patch "
+                            "holds the pixel")):
+        im = ax.imshow(counts, cmap="Oranges", vmin=0, vmax=9)
+        ax.set_title(f"{title}\n{counts.sum():,} loads for {H * W:,} pixels "
+                     f"({counts.sum() / (H * W):.2f} each)", fontsize=9)
+        ax.set_xlabel("input column")
+        ax.set_ylabel("input row")
+        for k in range(0, W + 1, TILE):
+            ax.axvline(k - 0.5, color="tab:blue", lw=0.8)
+            ax.axhline(k - 0.5, color="tab:blue", lw=0.8)
+    fig.colorbar(im, ax=axes, shrink=0.8, label="global loads per output channel")
+    fig.suptitle(f"Reads of a {H}x{W} input channel (blue: the {TILE}x{TILE} output "
+                 "tiles of rung 2's blocks)", fontsize=10)
+    return fig
+
+
+@figure("cuda_ladder_loads")
+def fig_cuda_ladder_loads():
+    """Loads per multiply-add in the forward pass's inner loop, rungs 1-3, from
+    the tiling constants of the sources."""
+    c2, c3 = _rung_constants("conv_2_smem.cu"), _rung_constants("conv_3_regblock.cu")
+    TILE, HALO, CB = c2["TILE"], c2["HALO"], c2["CB"]
+    BM, BN, BK, TM, TN = (c3[k] for k in ("BM", "BN", "BK", "TM", "TN"))
+    fmas2 = TILE * TILE * CB * 9          # per staged chunk of rung 2
+    rows = [("rung 1\nnaive", 2.0, 0.0),
+            ("rung 2\nshared tiles", (CB * HALO * HALO + CB * 9) / fmas2, 2.0),
+            ("rung 3\nregister blocks", (BM + BN) * BK / (BM * BN * BK),
+             (TM + TN) / (TM * TN))]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    x = np.arange(len(rows))
+    for dx, k, label, color in ((-0.2, 1, "from global memory", "tab:red"),
+                                (0.2, 2, "from shared memory", "tab:blue")):
+        vals = [r[k] for r in rows]
+        ax.bar(x + dx, vals, 0.4, label=label, color=color)
+        for xi, v in zip(x, vals):
+            ax.text(xi + dx, v * 1.05 + 0.01, f"{v:.3g}", ha="center", fontsize=8)
+    ax.set_xticks(x)
+    ax.set_xticklabels([r[0] for r in rows])
+    ax.set_ylabel("loads per multiply-add")
+    ax.set_title(f"Forward pass, inner loop (rung 2: {TILE}x{TILE} pixels, {CB} channels "
+                 f"a step;\nrung 3: {BM}x{BN} tile, {TM}x{TN} outputs per thread)",
+                 fontsize=9)
+    ax.set_ylim(0, 2.6)
+    ax.legend(frameon=False, loc="upper center")
+    return fig
+
+
+
 def main(argv):
     names = argv or list(FIGURES)
     unknown = [n for n in names if n not in FIGURES]
