@@ -374,7 +374,8 @@ def parent(args):
         f"load average (1/5/15 min) at the start {meta['load_average_1_5_15min']}, at the end "
         f"{meta['load_average_end']}; ours ran from load {o['load_start']} to {o['load_end']}, "
         f"torch from {t['load_start']} to {t['load_end']} (other processes on the machine "
-        "distort the timings; NumPy's OpenBLAS suffers more from them than PyTorch)",
+        "distort the timings, and the load changes between the two workers: "
+        "bench_step_ab.py interleaves the libraries' steps in one process)",
     ]
     print()
     print(common.text_table(COLUMNS, rows))
