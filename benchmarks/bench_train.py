@@ -22,7 +22,8 @@ torch's reserved bytes) is reported too.
 ``--quick`` is a smoke test (it keeps the scripts from rotting; its timings mean nothing) and
 runs each library on one thread, which keeps it fast on a loaded machine.
 
-Targets: CPU step <= 1.5x PyTorch, forward <= 1.5x, peak memory <= 2x; CUDA step <= 1.5x.
+Targets: CPU step <= 1.2x PyTorch, forward <= 1.2x, peak memory <= 1.5x (issue 28); CUDA step
+<= 1.5x.
 Exit status 1 when the first loss or the logits disagree, or a worker fails.
 """
 import argparse
@@ -99,6 +100,9 @@ def worker_ours(args):
         sync = cupy.cuda.get_current_stream().synchronize
         info["gpu"] = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     else:
+        from minicnn.backend import blas_threads, numpy_backend
+        info.update(blas_threads=blas_threads.get(), minicnn_threads=numpy_backend._THREADS)
+
         def sync():
             pass
 
@@ -226,10 +230,12 @@ def _worker_cmd(args, lib, weights, result):
 
 
 def _worker_env(args):
-    """Both libraries get the same number of threads (NumPy's OpenBLAS reads these at import)."""
+    """Both libraries get the same number of threads (NumPy's OpenBLAS reads these at import,
+    the NumPy backend its pool's size at minicnn's import)."""
     env = dict(os.environ)
     if args.device == "cpu":
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "MINICNN_NUM_THREADS"):
             env[var] = str(args.threads)
     return env
 
@@ -296,6 +302,9 @@ def parent(args):
     if cuda:
         meta["gpu"] = t.get("gpu") or o.get("gpu")
     meta["torch_threads"] = t.get("torch_threads")
+    if not cuda:
+        meta["blas_threads"] = o.get("blas_threads")
+        meta["minicnn_threads"] = o.get("minicnn_threads")
     meta["load_average_end"] = common.load_average()
 
     loss_o, loss_t = o["losses"][0], t["losses"][0]
@@ -311,15 +320,15 @@ def parent(args):
          "target_met": None},
         {"metric": "training step", "unit": "ms", "ours": step_o, "theirs": step_t,
          "ratio": step_o / step_t, "ours_img_s": img / step_o, "theirs_img_s": img / step_t,
-         **_best(o["step_ms"], t["step_ms"]), "target": 1.5},
+         **_best(o["step_ms"], t["step_ms"]), "target": 1.5 if cuda else 1.2},
         {"metric": "forward, no_grad", "unit": "ms", "ours": fwd_o, "theirs": fwd_t,
          "ratio": fwd_o / fwd_t, "ours_img_s": img / fwd_o, "theirs_img_s": img / fwd_t,
          **_best(o["forward_ms"], t["forward_ms"]), "rel_err": logit_err, "agree": logit_ok,
-         "target": None if cuda else 1.5},
+         "target": None if cuda else 1.2},
         {"metric": "peak RSS, training (ru_maxrss)", "unit": "MB",
          "ours": o["peak_rss_train_mb"], "theirs": t["peak_rss_train_mb"],
          "ratio": o["peak_rss_train_mb"] / t["peak_rss_train_mb"],
-         "target": None if cuda else 2.0},
+         "target": None if cuda else 1.5},
         {"metric": "peak RSS growth over setup", "unit": "MB",
          "ours": o["peak_rss_train_mb"] - o["rss_setup_mb"],
          "theirs": t["peak_rss_train_mb"] - t["rss_setup_mb"],
@@ -340,15 +349,20 @@ def parent(args):
     all_agree = loss_ok and logit_ok
     with_target = [r for r in rows if r.get("target") is not None]
     missed = [r["metric"] for r in with_target if not r["target_met"]]
-    summary = [
+    summary = [] if cuda else [
+        f"CPU {meta['cpu']} ({meta['cores']} cores); BLAS {meta.get('blas')}, kernels "
+        f"{meta.get('openblas_core')}; threads: ours {meta['minicnn_threads']} (BLAS "
+        f"{meta['blas_threads']} outside the convolutions, 1 inside each of their tasks), "
+        f"torch {meta['torch_threads']}"]
+    summary += [
         f"first-step loss ours {loss_o:.7f} vs torch {loss_t:.7f} (rel err {loss_err:.1e}, "
         f"tol {LOSS_RTOL:g}): {'agrees' if loss_ok else 'DISAGREES'}; initial logits rel err "
         f"{logit_err:.1e}: {'agree' if logit_ok else 'DISAGREE'}",
         f"losses of the following steps: ours {', '.join(f'{v:.6f}' for v in o['losses'][1:])}"
         f"; torch {', '.join(f'{v:.6f}' for v in t['losses'][1:])}",
         f"step: ours {step_o:.1f} ms ({img / step_o:.1f} img/s), torch {step_t:.1f} ms "
-        f"({img / step_t:.1f} img/s), ratio {step_o / step_t:.2f} (target 1.5); fastest runs: "
-        f"ours {min(o['step_ms']):.1f} ms, torch {min(t['step_ms']):.1f} ms, ratio "
+        f"({img / step_t:.1f} img/s), ratio {step_o / step_t:.2f} (target {rows[1]['target']});"
+        f" fastest runs: ours {min(o['step_ms']):.1f} ms, torch {min(t['step_ms']):.1f} ms, ratio "
         f"{min(o['step_ms']) / min(t['step_ms']):.2f}",
         f"forward (no_grad): ours {fwd_o:.1f} ms, torch {fwd_t:.1f} ms, ratio {fwd_o / fwd_t:.2f};"
         f" fastest runs ratio {min(o['forward_ms']) / min(t['forward_ms']):.2f}",
@@ -360,7 +374,8 @@ def parent(args):
         f"load average (1/5/15 min) at the start {meta['load_average_1_5_15min']}, at the end "
         f"{meta['load_average_end']}; ours ran from load {o['load_start']} to {o['load_end']}, "
         f"torch from {t['load_start']} to {t['load_end']} (other processes on the machine "
-        "distort the timings; NumPy's OpenBLAS suffers more from them than PyTorch)",
+        "distort the timings, and the load changes between the two workers: "
+        "bench_step_ab.py interleaves the libraries' steps in one process)",
     ]
     print()
     print(common.text_table(COLUMNS, rows))

@@ -88,21 +88,8 @@ def openblas_core():
     from the library NumPy loaded, or None when NumPy's BLAS is not an OpenBLAS found here.
     OpenBLAS picks it from the CPU when it is loaded, unless OPENBLAS_CORETYPE names one: some
     machines set that variable for old OpenBLAS builds, which costs a current one speed."""
-    import ctypes
-    import glob
-    site = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
-    for path in sorted(glob.glob(os.path.join(site, "numpy.libs", "*openblas*"))):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
-                     "openblas_get_corename64_", "openblas_get_corename"):
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn.restype = ctypes.c_char_p
-                return fn().decode()
-    return None
+    from minicnn.backend import blas_threads
+    return blas_threads.corename()
 
 
 def _version(module_name):
@@ -176,8 +163,11 @@ def machine_info(device, query_gpu=True):
         "git": _git_commit(),
     }
     if device == "cpu":
+        from minicnn.backend import blas_threads
         info["openblas_core"] = openblas_core()
         info["openblas_coretype_env"] = os.environ.get("OPENBLAS_CORETYPE")
+        info["blas"] = blas_threads.config()           # library, version, threading, kernels
+        info["blas_threads"] = blas_threads.get()
     if device == "cuda":
         from minicnn.backend import cuda_backend      # importable without CuPy
         info["conv_variant"] = cuda_backend.conv_variant()   # as built (refuses a bad name)

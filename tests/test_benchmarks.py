@@ -63,6 +63,29 @@ def test_quick_run_writes_agreeing_reports(script, device, tmp_path):
 
     md = (tmp_path / f"{script}.md").read_text()
     assert md.startswith(f"# {script}") and "--quick" in md and "| ratio ours/theirs |" in md
+    if script == "bench_train" and device == "cpu":
+        # the reader's facts: CPU, BLAS and its kernels, the threads of each (--quick: one)
+        assert meta["minicnn_threads"] == 1 and meta["torch_threads"] == 1
+        assert f"CPU {meta['cpu']}" in md and "threads: ours 1" in md and "torch 1" in md
+        if meta.get("openblas_core"):
+            assert meta["blas_threads"] == 1 and f"kernels {meta['openblas_core']}" in md
+
+
+@pytest.mark.parametrize("script", ["bench_step_ab", "profile_step"])
+def test_cpu_step_scripts_run(script):
+    """The interleaved step comparison and the step's profile run (``--quick``) and print
+    what they promise."""
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, f"{script}.py"), "--quick"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    if script == "bench_step_ab":
+        for name in ("ours ", "ours-blas ", "torch "):
+            assert f"\n{name}" in proc.stdout
+        assert proc.stdout.count("rel diff to torch") == 3
+    else:
+        for text in ("conv2d_forward", "outside the primitives", "matrix products:",
+                     "the step without its products"):
+            assert text in proc.stdout
 
 
 def test_agreement_measure():

@@ -316,6 +316,56 @@ def test_large_batches_split_over_threads(monkeypatch, threads):
              lambda a: TF.cross_entropy(a, torch.from_numpy(target), torch.from_numpy(w)), [logits])
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_convolutions_split_over_threads(monkeypatch, threads):
+    """The NumPy backend's convolutions split into tasks over its threads (``_over_parts``:
+    images for the forward and input gradient, input channels for the weight gradient, BLAS on
+    one thread meanwhile): against PyTorch, and against the plain path (one call, BLAS's own
+    threads), forward and every gradient, on the U-Net's layer kinds. BLAS's thread count is
+    the same afterwards."""
+    from minicnn.backend import blas_threads, numpy_backend
+    rng = np.random.default_rng(threads)
+    x = rand(rng, (7, 6, 10, 10), np.float32)
+    cases = [(lambda a, w, b: F.conv2d_relu(a, w, b, padding=1),
+              lambda a, w, b: torch.relu(TF.conv2d(a, w, b, padding=1)), (9, 6, 3, 3), 9),
+             (F.conv2d, TF.conv2d, (4, 6, 1, 1), 4),
+             (lambda a, w, b: F.conv_transpose2d(a, w, b, stride=2),
+              lambda a, w, b: TF.conv_transpose2d(a, w, b, stride=2), (6, 5, 2, 2), 5)]
+    blas_before = blas_threads.get()
+    original = numpy_backend._over_parts
+    for ours, theirs, w_shape, outputs in cases:
+        inputs = [x, rand(rng, w_shape, np.float32), rand(rng, (outputs,), np.float32)]
+        results = {}
+        for split in (False, True):
+            monkeypatch.setattr(numpy_backend, "_THREADS", threads if split else 1)
+            monkeypatch.setattr(numpy_backend, "_pool", None)
+            if split:
+                calls = []
+                monkeypatch.setattr(numpy_backend, "_over_parts",
+                                    lambda fn, n: (calls.append(n), original(fn, n))[1])
+            ts = [minicnn.Tensor(a, requires_grad=True) for a in inputs]
+            y = ours(*ts)
+            y.backward(np.random.default_rng(0).standard_normal(y.shape).astype(np.float32))
+            results[split] = [y.numpy()] + [t.grad for t in ts]
+            if split:
+                assert calls, "the convolution did not go through _over_parts"
+                check_op(ours, theirs, inputs)
+        for plain, fast in zip(results[False], results[True]):
+            np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-5 * np.abs(plain).max())
+    assert blas_threads.get() == blas_before
+
+
+def test_blas_threads_limit_restores_the_count():
+    from minicnn.backend import blas_threads
+    if not blas_threads.available():
+        pytest.skip("NumPy's BLAS is not an OpenBLAS found by minicnn.backend.blas_threads")
+    before = blas_threads.get()
+    with blas_threads.limit(1):
+        assert blas_threads.get() == 1
+    assert blas_threads.get() == before
+    assert blas_threads.corename() and "OpenBLAS" in blas_threads.config()
+
+
 def test_max_pool_offsets_on_ties_and_nan_match_argmax():
     """The non-overlapping fast path keeps argmax's rules: the first max in row-major order
     wins a tie, and a NaN counts as the max (the first NaN wins)."""

@@ -15,19 +15,27 @@ multiply-adds::
     cols[n, (c, i, j), (p, q)] = x_pad[n, c, p*sH + i, q*sW + j]
     y[n, o, (p, q)]            = sum_k W[o, k] * cols[n, k, (p, q)]        (+ b[o])
 
-The matrix products use every core through BLAS. The memory-bound elementwise primitives
-(ReLU, max-pool, the loss) would run on one core, since a NumPy ufunc is single-threaded; on
-large batches they split the batch over a few threads instead (``_over_batch``: NumPy releases
-the GIL inside its loops), which brings the large ones to PyTorch's speed (small tensors stay
-on one thread: waking a thread costs more than it saves). Set ``MINICNN_NUM_THREADS`` to choose
-how many (default: the cores this process may use, at most 8).
+Threads. The memory-bound elementwise primitives (ReLU, max-pool, the loss) would run on one
+core, since a NumPy ufunc is single-threaded; on large batches they split the batch over a few
+threads instead (``_over_batch``: NumPy releases the GIL inside its loops), which brings the
+large ones to PyTorch's speed (small tensors stay on one thread: waking a thread costs more
+than it saves). The convolutions split their work too (``_over_parts``): a few images (or
+input channels) per task, each task's im2col copy and matrix product on one thread, with BLAS
+itself limited to one thread meanwhile. Letting BLAS thread each product instead loses badly
+when another process wants the same cores: its threads meet at a barrier after every block,
+so one thread that loses its core stalls the others (benchmarks/NOTES.md, entry 25). Set
+``MINICNN_NUM_THREADS`` to choose how many threads (default: the cores this process may use,
+at most 8); it is read once, at import.
 """
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+
+from . import blas_threads
 
 name = "numpy"
 device = "cpu"
@@ -37,7 +45,15 @@ xp = np
 _THREADS = max(1, int(os.environ.get("MINICNN_NUM_THREADS", 0)) or min(8, len(
     getattr(os, "sched_getaffinity", lambda _: range(os.cpu_count() or 1))(0))))
 _PARALLEL_MIN_ELEMENTS = 1 << 19    # below ~0.5 M elements, threads cost more than they save
+_PARTS_PER_THREAD = 4               # a convolution's tasks per thread (see _over_parts)
 _pool = None
+
+
+def _thread_pool():
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="minicnn")
+    return _pool
 
 
 def _over_batch(fn, a):
@@ -52,14 +68,31 @@ def _over_batch(fn, a):
     if parts <= 1:
         fn(slice(0, n))
         return
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="minicnn")
     bounds = [n * k // parts for k in range(parts + 1)]
-    futures = [_pool.submit(fn, slice(lo, hi)) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    futures = [_thread_pool().submit(fn, slice(lo, hi))
+               for lo, hi in zip(bounds[1:-1], bounds[2:])]
     fn(slice(bounds[0], bounds[1]))             # the calling thread does the first part
     for f in futures:
         f.result()
+
+
+def _over_parts(fn, n):
+    """Call ``fn(rows)`` on consecutive slices of ``range(n)`` that together cover it: a
+    convolution's tasks, each an im2col copy and a matrix product on one thread (BLAS limited to
+    one thread meanwhile). There are ``_PARTS_PER_THREAD`` times more tasks than threads and
+    each thread takes the next one when it is done, so a thread that loses its core to another
+    process simply does fewer of them. ``fn`` writes its part of preallocated outputs. One
+    thread, or a BLAS whose threads are out of reach, gives one call ``fn(slice(0, n))``."""
+    parts = min(n, _THREADS * _PARTS_PER_THREAD)
+    if _THREADS == 1 or parts <= 1 or not blas_threads.available():
+        fn(slice(0, n))
+        return
+    bounds = [n * k // parts for k in range(parts + 1)]
+    with blas_threads.limit(1):
+        futures = [_thread_pool().submit(fn, slice(lo, hi))
+                   for lo, hi in zip(bounds[:-1], bounds[1:])]
+        for f in futures:
+            f.result()
 
 
 def asarray(a, dtype=None):
@@ -89,18 +122,19 @@ def _windows(xp_, kernel, stride, out_hw):
                       strides=(sn, sc, sh, sw, sh * sH, sw * sW), writeable=False)
 
 
-# The column matrix is the largest temporary of a convolution (kH*kW times the input). A fresh
-# array of that size costs more in page faults than the copy itself, so it lives in one scratch
-# buffer that is reused by every call (the backend is therefore not thread-safe).
-_scratch = {"buffer": np.empty(0, np.uint8)}
+# The column matrix is the largest temporary of a convolution (kH*kW times the input part). A
+# fresh array of that size costs more in page faults than the copy itself, so it lives in a
+# scratch buffer that is reused by every call: one per thread (a task of _over_parts writes
+# its own), so the backend as a whole is still not thread-safe.
+_scratch = threading.local()
 
 
 def _scratch_array(shape, dtype):
-    """A scratch array of ``shape`` (contents undefined, valid until the next call)."""
+    """A scratch array of ``shape`` (contents undefined, valid until this thread's next call)."""
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if _scratch["buffer"].nbytes < nbytes:
-        _scratch["buffer"] = np.empty(nbytes, np.uint8)
-    return _scratch["buffer"][:nbytes].view(dtype).reshape(shape)
+    if getattr(_scratch, "buffer", None) is None or _scratch.buffer.nbytes < nbytes:
+        _scratch.buffer = np.empty(nbytes, np.uint8)
+    return _scratch.buffer[:nbytes].view(dtype).reshape(shape)
 
 
 def _im2col(x, kernel, stride, padding, out_hw, channels_first=False):
@@ -124,12 +158,17 @@ def conv2d_forward(x, w, b, stride, padding, relu=False):
     O, _, kH, kW = w.shape
     Ho = (H + 2 * padding[0] - kH) // stride[0] + 1
     Wo = (W + 2 * padding[1] - kW) // stride[1] + 1
-    cols = _im2col(x, (kH, kW), stride, padding, (Ho, Wo))
-    y = np.matmul(w.reshape(O, -1), cols)                     # (N, O, Ho*Wo), contiguous NCHW
-    if b is not None:
-        y += b.reshape(1, O, 1)
-    if relu:
-        np.maximum(y, 0, out=y)
+    y = np.empty((N, O, Ho * Wo), x.dtype)                   # contiguous NCHW
+    w_mat = w.reshape(O, -1)
+
+    def part(n):        # images n: their columns, one product, bias and ReLU while warm
+        cols = _im2col(x[n], (kH, kW), stride, padding, (Ho, Wo))
+        yn = np.matmul(w_mat, cols, out=y[n])
+        if b is not None:
+            yn += b.reshape(1, O, 1)
+        if relu:
+            np.maximum(yn, 0, out=yn)
+    _over_parts(part, N)
     return y.reshape(N, O, Ho, Wo)
 
 
@@ -153,12 +192,16 @@ def conv2d_backward_input(gy, w, x_shape, stride, padding, bias=None):
     if (sH, sW) == (1, 1) and pH < kH and pW < kW:
         w_flip = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         return conv2d_forward(gy, w_flip, bias, (1, 1), (kH - 1 - pH, kW - 1 - pW))
-    gcols = np.matmul(w.reshape(O, -1).T, gy.reshape(N, O, Ho * Wo))  # (N, C*kH*kW, Ho*Wo)
-    gcols = gcols.reshape(N, C, kH, kW, Ho, Wo)
     gx = np.zeros((N, C, H + 2 * pH, W + 2 * pW), dtype=gy.dtype)
-    for i in range(kH):
-        for j in range(kW):
-            gx[:, :, i:i + sH * Ho:sH, j:j + sW * Wo:sW] += gcols[:, :, i, j]
+    w_t = w.reshape(O, -1).T
+
+    def part(n):        # images n
+        gcols = np.matmul(w_t, gy[n].reshape(-1, O, Ho * Wo))      # (n, C*kH*kW, Ho*Wo)
+        gcols = gcols.reshape(-1, C, kH, kW, Ho, Wo)
+        for i in range(kH):
+            for j in range(kW):
+                gx[n, :, i:i + sH * Ho:sH, j:j + sW * Wo:sW] += gcols[:, :, i, j]
+    _over_parts(part, N)
     gx = gx[:, :, pH:pH + H, pW:pW + W]
     return gx if bias is None else gx + bias.reshape(1, C, 1, 1)
 
@@ -167,13 +210,20 @@ def conv2d_backward_weight(gy, x, w_shape, stride, padding):
     """``dL/dW[o, c, i, j] = sum_{n,p,q} gy[n, o, p, q] * x_pad[n, c, p*sH + i, q*sW + j]``.
 
     One matrix product over all images and pixels at once: ``gy`` as ``(O, N*Ho*Wo)`` times
-    the columns laid out as ``(C*kH*kW, N*Ho*Wo)``, transposed.
+    the columns laid out as ``(C*kH*kW, N*Ho*Wo)``, transposed; one per group of input
+    channels ``c`` (its columns, its slice ``dW[:, c]``), so the parts never add up and the
+    sum over the images is BLAS's, in one order, as with one product.
     """
     O, C, kH, kW = w_shape
     N, _, Ho, Wo = gy.shape
-    cols = _im2col(x, (kH, kW), stride, padding, (Ho, Wo), channels_first=True)
     gy_t = gy.reshape(N, O, Ho * Wo).transpose(1, 0, 2).reshape(O, N * Ho * Wo)
-    return (gy_t @ cols.T).reshape(w_shape)
+    gw = np.empty((O, C, kH * kW), gy.dtype)
+
+    def part(c):        # input channels c
+        cols = _im2col(x[:, c], (kH, kW), stride, padding, (Ho, Wo), channels_first=True)
+        np.matmul(gy_t, cols.T, out=gw[:, c].reshape(O, -1))
+    _over_parts(part, C)
+    return gw.reshape(w_shape)
 
 
 # --------------------------------------------------------------------------- pooling
