@@ -22,7 +22,7 @@ PRIMITIVES = (
     "adam_update", "sgd_update", "adagrad_update",
 )
 
-DEVICES = {"cpu": "minicnn.backend.numpy_backend", "cuda": "minicnn.backend.cuda_backend"}
+DEVICES = {"cpu": "minicnn.backend.numpy_backend", "cuda": "minicnn.backend.cuda"}
 
 
 class BackendUnavailable(RuntimeError):
