@@ -122,7 +122,7 @@ def _conv(op, src, w, b, out, sfx, flip, relu, tile):
     R = out.shape[1]                  # R: the channels computed
     O, C = w.shape[:2]
     desc = f"{src.shape} with weight {w.shape}"
-    checks.conv_sizes(op, desc, N, max(C, O), H, W, max(C, O), 3, 3, 1, 1, 1, 1, H, W)
+    checks.conv_sizes(op, desc, N, C, H, W, O, 3, 3, 1, 1, 1, 1, H, W)   # the forward's x, w, y
     name, points, P = _tiling(N, H, W, tile)
     plan = _plan(op, desc, R, P, K, sfx, points, winograd_input=points * K * P,
                  winograd_filters=points * R * K)
@@ -179,8 +179,10 @@ def weight_grad(x, gy, tile=4):
     desc = f"input {x.shape} with output gradient {gy.shape}"
     checks.conv_sizes(op, desc, N, C, H, W, O, 3, 3, 1, 1, 1, 1, H, W)
     gw = runtime.cupy.empty((O, C, 3, 3), dtype=x.dtype)
-    if gw.size == 0 or x.size == 0:
-        return gw if x.size else runtime.cupy.zeros((O, C, 3, 3), dtype=x.dtype)
+    if gw.size == 0:
+        return gw
+    if x.size == 0:                   # no image: nothing summed
+        return runtime.cupy.zeros((O, C, 3, 3), dtype=x.dtype)
     name, points, P = _tiling(N, H, W, tile)
     plan = _plan(op, desc, O, C, P, sfx, points, winograd_input=points * P * C,
                  winograd_output_gradient=points * O * P)
