@@ -188,16 +188,8 @@ int main()
     {#NAME, BM, BN, BK, THREADS, conv2d_forward_##NAME##_##DT,                              \
      conv2d_backward_input_##NAME##_##DT, conv2d_backward_weight_##NAME##_##DT,             \
      conv2d_backward_input_partition_##NAME##_##DT}
-    const Tile<float> f32_tiles[] = {TILE(m32n128, 32, 128, 16, 256, f32),
-                                     TILE(m64n64, 64, 64, 16, 256, f32),
-                                     TILE(m128n128, 128, 128, 8, 256, f32),
-#if MINICNN_CONV_TILES
-                                     TILE(m128n64, 128, 64, 8, 128, f32),
-                                     TILE(m64n128, 64, 128, 8, 128, f32),
-#endif
-    };
-    const Tile<double> f64_tiles[] = {TILE(m32n128, 32, 128, 16, 256, f64),
-                                      TILE(m64n64, 64, 64, 16, 256, f64)};
+    const Tile<float> f32_tiles[] = {TILES_F32(TILE)};
+    const Tile<double> f64_tiles[] = {TILES_F64(TILE)};
 #undef TILE
     for (const Shape& s : SHAPES) {
         for (const auto& tile : f32_tiles) check_shape<float>(tile, s, splitk_reduce_f32, "f32");

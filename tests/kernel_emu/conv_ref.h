@@ -138,6 +138,18 @@ struct Problem3 {
     }
 };
 
+// The tile configurations of kernels/conv.cu (name, BM, BN, BK, threads), for the checks'
+// tables: TILES_F32(TILE) and TILES_F64(TILE) expand TILE(...) once per tile, each followed by
+// a comma (the 8x8 tiles m128n64 and m64n128 only in MINICNN_CONV_TILES builds).
+#if MINICNN_CONV_TILES
+#define TILES_F32_EXTRA(TILE) TILE(m128n64, 128, 64, 8, 128, f32), TILE(m64n128, 64, 128, 8, 128, f32),
+#else
+#define TILES_F32_EXTRA(TILE)
+#endif
+#define TILES_F32(TILE) TILE(m32n128, 32, 128, 16, 256, f32), TILE(m64n64, 64, 64, 16, 256, f32), \
+                        TILE(m128n128, 128, 128, 8, 256, f32), TILES_F32_EXTRA(TILE)
+#define TILES_F64(TILE) TILE(m32n128, 32, 128, 16, 256, f64), TILE(m64n64, 64, 64, 16, 256, f64),
+
 inline int cdiv(long long a, long long c) { return (int)((a + c - 1) / c); }
 
 inline int report()
