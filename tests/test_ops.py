@@ -80,8 +80,8 @@ def test_conv_transpose2d_non_overlapping(device, N, C, O, H, W, k, bias, dtype,
 def test_conv2d_3x3_same_on_even_sizes(device, N, C, O, H, W, step, wide, bias, dtype, seed):
     """3x3, stride 1, padding 1 on sizes that 2 (``step`` 2) or 4 divide: every 3x3 layer of
     the U-Net, drawn more often here than by ``conv_case``. With ``wide`` (16-21 channels on
-    both sides) the GEMMs of the input gradient get more than one row of the smallest tiles
-    (and the shapes are those that rung 5 of the ladder, Winograd, would take)."""
+    both sides) the GEMMs run many K tiles (K = 9 C), as in the U-Net; these are also the
+    shapes that rung 5 of the ladder (Winograd, dev/cuda/winograd.py) takes."""
     C, O = (C + 15, O + 15) if wide else (C, O)
     rng = np.random.default_rng(seed)
     inputs = [rand(rng, (N, C, step * H, step * W), dtype), rand(rng, (O, C, 3, 3), dtype)]
