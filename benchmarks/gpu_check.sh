@@ -43,6 +43,7 @@
 # its archive inside an outer time limit: set it some 20 s below that limit),
 # CONV_BENCH_VARIANTS (step 10).
 set -u
+# shellcheck disable=SC2329  # the step functions run in a child bash (bash -c, export -f)
 
 BENCH=1
 case "${1:-}" in
@@ -134,7 +135,7 @@ EOF
     rc=$?
     command -v nvcc >/dev/null && nvcc --version | tail -2
     command -v compute-sanitizer >/dev/null && compute-sanitizer --version | head -2
-    return $rc      # fails when CuPy or the GPU is not usable
+    return "$rc"    # fails when CuPy or the GPU is not usable
 }
 
 selfcheck() {
