@@ -18,7 +18,6 @@ DIR/bench_winograd.{json,md,png}. Exit status 1 when a Winograd result disagrees
 The decision this informs (benchmarks/NOTES.md entries 19 and 24): per pass, Winograd joins
 the shipped path if its sum per step beats the shipped kernels', 4x4 tiles if they beat 2x2.
 """
-import argparse
 import os
 import sys
 
