@@ -39,7 +39,7 @@ def test_winograd_kernels_in_the_emulator(variant, tmp_path):
     (forward with bias and ReLU, input gradient) and F(3x3, 2x2), F(3x3, 4x4) (weight
     gradient), 1 and 2-3 K slices (entries 18, 19, 24: a sign in B^T, a constant of G, the
     last term of A^T, a dropped slice were each caught)."""
-    count, _ = emu.run_check("winograd_check", variant, tmp_path, minimum=300)
+    count, _ = emu.run_check("winograd_check", variant, tmp_path, minimum=250)
     assert count == (392 if variant == DEFAULT else 280)
 
 
