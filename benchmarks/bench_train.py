@@ -17,7 +17,9 @@ libraries), one untimed training step (its loss is the "first step loss", compar
 1e-4), ``--repeats`` timed steps, peak RSS of the process, then ``--repeats`` timed no-grad
 forward passes (inference). On CUDA the steps are synchronised before the clock is read, and
 PyTorch runs with cudnn.benchmark and without TF32; the GPU memory of each (CuPy's pool /
-torch's reserved bytes) is reported too.
+torch's reserved bytes) is reported too. ``--tf32`` (CUDA) adds a third worker, PyTorch with
+TF32 on (``torch.backends.cudnn.allow_tf32`` and ``torch.backends.cuda.matmul.allow_tf32``),
+and two informational rows against it (no target; the fp32 rows are unchanged).
 
 ``--quick`` is a smoke test (it keeps the scripts from rotting; its timings mean nothing) and
 runs each library on one thread, which keeps it fast on a loaded machine.
@@ -136,9 +138,10 @@ def worker_torch(args):
     dev = torch.device("cuda" if cuda else "cpu")
     info = {}
     if cuda:
+        tf32 = args.worker == "torch_tf32"      # fp32 unless the TF32 worker
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
         info["gpu"] = torch.cuda.get_device_name(0)
     else:
         torch.set_num_threads(args.threads)
@@ -283,7 +286,7 @@ def parent(args):
         weights = os.path.join(tmp, "weights.npz")
         np.savez(weights, **model.state_dict())
         del model
-        for lib in ("ours", "torch"):
+        for lib in ("ours", "torch") + (("torch_tf32",) if cuda and args.tf32 else ()):
             result = os.path.join(tmp, f"{lib}.json")
             print(f"-- worker {lib}", flush=True)
             rc = subprocess.run(_worker_cmd(args, lib, weights, result),
@@ -339,6 +342,16 @@ def parent(args):
         rows.append({"metric": "GPU memory (CuPy pool / torch max reserved)", "unit": "MB",
                      "ours": o["gpu_pool_bytes"] / 2 ** 20, "theirs": t["gpu_pool_bytes"] / 2 ** 20,
                      "ratio": o["gpu_pool_bytes"] / t["gpu_pool_bytes"], "target": None})
+    if "torch_tf32" in results:       # informational: PyTorch with TF32 tensor cores
+        t32 = results["torch_tf32"]
+        meta["theirs_tf32"] = "PyTorch CUDA (cudnn.benchmark, TF32 on)"
+        for metric, key in (("training step vs PyTorch TF32", "step_ms"),
+                            ("forward, no_grad vs PyTorch TF32", "forward_ms")):
+            ours, theirs = _median(o[key]), _median(t32[key])
+            rows.append({"metric": metric, "unit": "ms", "ours": ours, "theirs": theirs,
+                         "ratio": ours / theirs, "ours_img_s": img / ours,
+                         "theirs_img_s": img / theirs, **_best(o[key], t32[key]),
+                         "target": None})
     for r in rows:
         if r.get("target") is not None:
             r["target_met"] = bool(r["ratio"] <= r["target"])
@@ -410,8 +423,10 @@ def parse_args(argv=None):
                    help="CPU threads of each library (OMP/OPENBLAS/MKL_NUM_THREADS and "
                         "torch.set_num_threads; default: the number of cores, 1 with --quick)")
     p.add_argument("--out", default=None, help="write OUT/bench_train.{json,md,png}")
+    p.add_argument("--tf32", action="store_true",
+                   help="CUDA: also time PyTorch with TF32 on (a third worker, extra rows)")
     # internal: one library's measurement in its own process
-    p.add_argument("--worker", choices=("ours", "torch"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("ours", "torch", "torch_tf32"), help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench_variants.sh -- the U-Net training step with each build variant of kernels/conv.cu
-# (cuda_backend.CONV_VARIANTS: plain, each feature alone, the default and the combinations
-# listed there), one after the other on
+# (minicnn.backend.cuda.config.VARIANTS: plain, each feature alone, entry 11's default and
+# the shipped default), one after the other on
 # the same GPU, each in its own processes (bench_train.py: ours, then PyTorch), then one table:
 # step and inference times, the ratio to PyTorch, and the speed-up over "plain".
 #
@@ -10,7 +10,7 @@
 #
 # Writes $OUT/variants/<variant>/bench_train.{json,md,png} and $OUT/variants/variants.md.
 # Environment: PYTHON (default python3), OUT (default runs/variants), VARIANTS (default: all of
-# cuda_backend.CONV_VARIANTS, "+" written "_" in folder names).
+# config.VARIANTS, "+" written "_" in folder names).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
@@ -20,10 +20,10 @@ table() {   # DIR: the table of DIR/<variant>/bench_train.json, printed and writ
     "$PYTHON" - "$1" <<'PY'
 import json, sys
 from pathlib import Path
-from minicnn.backend import cuda_backend as cb
+from minicnn.backend.cuda import config
 folder = Path(sys.argv[1])
 rows = []
-for name in cb.CONV_VARIANTS:
+for name in config.VARIANTS:
     f = folder / name.replace("+", "_") / "bench_train.json"
     if not f.exists():
         continue
@@ -60,7 +60,7 @@ fi
 OUT="${OUT:-runs/variants}"
 DIR="$OUT/variants"
 mkdir -p "$DIR"
-VARIANTS="${VARIANTS:-$("$PYTHON" -c 'from minicnn.backend import cuda_backend as cb; print(*cb.CONV_VARIANTS)')}"
+VARIANTS="${VARIANTS:-$("$PYTHON" -c 'from minicnn.backend.cuda import config; print(*config.VARIANTS)')}"
 failed=0
 for v in $VARIANTS; do
     MINICNN_CONV_VARIANT="$v" timeout 60 "$PYTHON" benchmarks/bench_train.py --device cuda \

@@ -169,12 +169,8 @@ def machine_info(device, query_gpu=True):
         info["blas"] = blas_threads.config()           # library, version, threading, kernels
         info["blas_threads"] = blas_threads.get()
     if device == "cuda":
-        from minicnn.backend import cuda_backend      # importable without CuPy
-        info["conv_variant"] = cuda_backend.conv_variant()   # as built (refuses a bad name)
-        if "winograd" in info["conv_variant"].split("+"):     # the passes it computes so
-            info["winograd_passes"] = "+".join(p for p in cuda_backend.WINOGRAD_PASSES
-                                               if p in cuda_backend.winograd_passes()) or "none"
-            info["winograd_tile"] = cuda_backend.winograd_tile_setting()   # 4: where it divides
+        from minicnn.backend.cuda import config   # importable without CuPy
+        info["conv_variant"] = config.current().variant   # the build in force (read once)
         if query_gpu:
             info["gpu"] = gpu_name()
     return info
@@ -182,10 +178,7 @@ def machine_info(device, query_gpu=True):
 
 def machine_line(meta):
     """One line naming the machine, for table headers."""
-    passes = (f" (Winograd: {meta['winograd_passes']}, tiles up to "
-              f"{meta.get('winograd_tile', 2)}x{meta.get('winograd_tile', 2)})"
-              if "winograd_passes" in meta else "")
-    where = f"{meta.get('gpu')}, conv kernels '{meta.get('conv_variant', 'plain')}'{passes}" \
+    where = f"{meta.get('gpu')}, conv kernels '{meta.get('conv_variant', 'plain')}'" \
         if meta.get("device") == "cuda" else f"{meta['cpu']} ({meta['cores']} cores)" + (
             f", OpenBLAS kernels {meta['openblas_core']}" if meta.get("openblas_core") else "")
     load = meta.get("load_average_1_5_15min")

@@ -1,51 +1,58 @@
 #!/usr/bin/env bash
-# gpu_check.sh -- the checks to run on a machine with an NVIDIA GPU, in one go: about 2 minutes,
-# about 5.5 with --bench (an H200, 2026-11-27: 387 s with --bench and three other conv build
-# variants, each adding about 45-60 s; the default list now has two builds, about 50-80 s
-# each, and two Winograd settings of the first, about 20 s each). Each step has its own time
-# limit (together 340 s; with --bench 1050 s for the default variant list), so a hanging
-# step cannot eat the session.
+# gpu_check.sh -- the one prepared call for a machine with an NVIDIA GPU: every check and
+# benchmark of HEAD in one go, sized for about 5 minutes on an H100/H200 (entry 15's run of
+# the same steps took 387 s with more builds) and cut to BUDGET_S (default 460 s) in any case.
+# Each step has its own time limit, cut to what is left of the budget, so a hanging step
+# cannot eat the session, and a failing step does not stop the others.
 #
-#   bash benchmarks/gpu_check.sh            (from the repository root)
-#   bash benchmarks/gpu_check.sh --bench    (adds the benchmarks and the variants: ~3 min more)
+#   bash benchmarks/gpu_check.sh                  (from the repository root: everything)
+#   bash benchmarks/gpu_check.sh --checks-only    (steps 1-5, the ladder check and 9: no benchmarks)
+#   CMR_DATA=.devdata OUT=$OUT BUDGET_S=460 timeout -k 5 480 bash benchmarks/gpu_check.sh
 #
-# Steps (each bounded by `timeout`; a failing step does not stop the others):
+# Steps, in order of value (what the budget cuts first comes last):
 #   1. versions: nvidia-smi, python, numpy, cupy (+ its CUDA runtime), torch, nvcc
-#   2. a direct self-check of every kernel against numpy_backend (all conv tile shapes,
-#      split-K, U-Net-sized layers, pool / relu / loss / optimizers bit for bit), and timings
+#   2. a direct self-check of every shipped kernel against numpy_backend (all conv tile
+#      shapes, split-K, U-Net-sized layers, pool / relu / loss / optimizers bit for bit)
 #   3. the CUDA tests against PyTorch (ops, optimizers, the U-Net, the first training steps
 #      against the NumPy backend):  MINICNN_TEST_CUDA=1 pytest -q tests -k "cuda and not emulator"
 #      (the CPU emulator of the kernels is for machines without a GPU)
-#   4. a short training on real data with --backend cuda, then cmr.evaluate and cmr.predict
-#      on the GPU (skipped when the data is not there)
-#   5. with --bench: bench_ops.py and bench_train.py at full size (reports in $OUT/ops, $OUT/train),
-#      then for each other build variant of kernels/conv.cu in CONV_BENCH_VARIANTS (default:
-#      the default build plus winograd, all three passes, 4x4 tiles where they fit (NOTES.md
-#      entries 18, 19 and 24), then the same build with 2x2 tiles only, then with the weight
-#      gradient's Winograd only, then plus kmajor, the one feature not timed on its own yet;
-#      "plain" was timed in entry 11, ktable and the previous default in entry 15) the
-#      self-check, the conv op tests against PyTorch (forward and every gradient), and
-#      bench_train ($OUT/train_<variant>); for the first of them the conv rows of bench_ops
-#      too ($OUT/ops_<variant>). An entry VARIANT:PASSES or VARIANT:PASSES:TILE runs
-#      bench_train only, with MINICNN_WINOGRAD=PASSES (and MINICNN_WINOGRAD_TILE=TILE)
-#      ($OUT/train_<variant>_<passes>[_tile<TILE>])
-#   6. the op tests under compute-sanitizer memcheck (CuPy's memory pool switched off, so that
+#   4. the op tests under compute-sanitizer memcheck (CuPy's memory pool switched off, so that
 #      an out-of-bounds access is outside any allocation and gets reported), with the bounded
-#      hypothesis profile HYPOTHESIS_PROFILE=ci; with --bench for the first variant of step 5
-#      too
+#      hypothesis profile HYPOTHESIS_PROFILE=ci
+#   5. rung 5 of the ladder (dev/cuda/winograd.py, Winograd) against numpy_backend on the GPU,
+#      also under memcheck when the sanitizer runs here
+#   6. bench_train.py --tf32: the U-Net's training step against PyTorch/cuDNN fp32 (the
+#      target) and PyTorch with TF32 (informational rows)                    ($OUT/train)
+#   6b. dev/cuda/ladder.py --check --bench: every rung of the ladder checked, then timed
+#      against the rung below and cuDNN fp32 / TF32 (--checks-only: checked only)  ($OUT/ladder)
+#   7. bench_ops.py --tf32: every op of a step against cuDNN fp32, the 3x3 convolutions also
+#      against cuDNN with TF32                                               ($OUT/ops)
+#   8. bench_winograd.py: rung 5 against the shipped kernels and cuDNN fp32 / TF32, at the
+#      U-Net's 3x3 layers, all three passes                                  ($OUT/winograd)
+#   9. a short training on real data with --backend cuda (3 epochs of the cpu16 preset),
+#      scored on cmr/val by cmr.evaluate, then cmr.predict on the test images (skipped when
+#      the data is not there)                                                 ($OUT/eval_val.json)
+#  10. CONV_BENCH_VARIANTS (default: none): bench_train for other builds of kernels/conv.cu
+#      ("plain" or features joined by "+": minicnn.backend.cuda.CudaConfig), each in its own
+#      processes (MINICNN_CONV_VARIANT, read once at start-up)      ($OUT/train_<variant>)
 # A summary with each step's status ends the output. Everything is also written to
 # $OUT/gpu_check.log when $OUT is set, and the reports are then packed into
 # $OUT/reports.tar.gz. Exit status: 0 if no step failed, else 1.
 #
 # Environment: PYTHON (default: python3, else python), CMR_DATA (folder holding cmr/;
-# default: shared/data), OUT (optional), CONV_BENCH_VARIANTS (see step 5), BUDGET_S (optional:
-# seconds for the whole script; each step's limit is cut to what is left of them, and a step
-# with less than 10 s left is skipped, so that the script still writes its summary and its
-# archive inside an outer time limit; set it some 20 s below that limit).
+# default: shared/data), OUT (optional), BUDGET_S (seconds for the whole script, default 460;
+# a step with less than 10 s left is skipped, so that the script still writes its summary and
+# its archive inside an outer time limit: set it some 20 s below that limit),
+# CONV_BENCH_VARIANTS (step 10).
 set -u
+# shellcheck disable=SC2329  # the step functions run in a child bash (bash -c, export -f)
 
-BENCH=0
-[ "${1:-}" = "--bench" ] && BENCH=1
+BENCH=1
+case "${1:-}" in
+    --checks-only) BENCH=0 ;;
+    ""|--bench) ;;                      # --bench: the old spelling of the default
+    *) echo "usage: bash benchmarks/gpu_check.sh [--checks-only]" >&2; exit 2 ;;
+esac
 
 cd "$(dirname "$0")/.." || exit 1
 
@@ -56,32 +63,28 @@ fi
 
 PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
 CMR_DATA="${CMR_DATA:-shared/data}"
+BUDGET_S="${BUDGET_S:-460}"
+CONV_BENCH_VARIANTS="${CONV_BENCH_VARIANTS:-}"
 export PYTHON
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-
-# conv build variants that --bench times after the default one (MINICNN_CONV_VARIANT values;
-# the default build is cuda_backend.DEFAULT_CONV_VARIANT)
-W=fastdiv+prefetch+tiles+vec4+winograd
-CONV_BENCH_VARIANTS="${CONV_BENCH_VARIANTS:-$W $W:forward+input+weight:2 $W:weight fastdiv+kmajor+prefetch+tiles+vec4}"
 
 STEPS=()
 STATUS=()
 START=$SECONDS
 
 # step NAME TIMEOUT_S CMD...: run CMD with a time limit (cut to what is left of BUDGET_S),
-# record PASS / FAIL (rc) / TIMEOUT (or SKIP when less than 10 s of BUDGET_S are left).
+# record PASS / FAIL (rc) / TIMEOUT, SKIP when less than 10 s of BUDGET_S are left, or SKIP
+# when CMD exits with 77 (a tool that refuses this machine, e.g. compute-sanitizer on gVisor).
 step() {
     local name="$1" limit="$2"
     shift 2
-    if [ -n "${BUDGET_S:-}" ]; then
-        local left=$((BUDGET_S - (SECONDS - START)))
-        if [ "$left" -lt 10 ]; then
-            skip "$name" "BUDGET_S=${BUDGET_S}s spent"
-            return
-        fi
-        [ "$left" -lt "$limit" ] && limit=$left
+    local left=$((BUDGET_S - (SECONDS - START)))
+    if [ "$left" -lt 10 ]; then
+        skip "$name" "BUDGET_S=${BUDGET_S}s spent"
+        return
     fi
+    [ "$left" -lt "$limit" ] && limit=$left
     echo
     echo "=================================================================== $name"
     echo "+ $*"
@@ -92,6 +95,8 @@ step() {
     STEPS+=("$name")
     if [ $rc -eq 0 ]; then
         STATUS+=("PASS (${took}s)")
+    elif [ $rc -eq 77 ]; then
+        STATUS+=("SKIP (refused on this machine, ${took}s)")
     elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
         STATUS+=("TIMEOUT after ${limit}s")
     else
@@ -132,7 +137,7 @@ EOF
     rc=$?
     command -v nvcc >/dev/null && nvcc --version | tail -2
     command -v compute-sanitizer >/dev/null && compute-sanitizer --version | head -2
-    return $rc      # fails when CuPy or the GPU is not usable
+    return "$rc"    # fails when CuPy or the GPU is not usable
 }
 
 selfcheck() {
@@ -145,7 +150,9 @@ import numpy as np
 import cupy
 from minicnn import backend
 from minicnn.backend import numpy_backend as nb
+from minicnn.backend.cuda import planner, runtime
 cb = backend.get("cuda")
+print("conv build:", cb.current_config().variant, flush=True)
 FAKE = cupy.__version__ == "fake"     # a CPU stand-in used to test this script itself
 TOL = {np.float32: 3e-4, np.float64: 1e-10}
 fails, checks = [], [0]
@@ -187,12 +194,12 @@ def conv_all(tag, rng, dtype, N, C, O, H, W, k, s, p, bias):
     close(f"{tag} backward_weight", cb.conv2d_backward_weight(gyd, xd, w.shape, s, p),
           nb.conv2d_backward_weight(gy, x, w.shape, s, p), dtype)
 
-orig_plan = cb.plan_gemm
+orig_plan = planner.plan_gemm
 def cdiv(a, b):
     return -(-a // b)
 def forced(tile, max_splits):
     def plan(M, Ncols, K, suffix, sm_count, split_k=False, tiles=False):
-        BM, BN, BK = cb.TILES[tile][:3]
+        BM, BN, BK = planner.TILES[tile][:3]
         k_chunk, splits = K, 1
         if split_k and K > 0:
             splits = max(1, min(max_splits, cdiv(K, BK)))
@@ -205,13 +212,13 @@ t0 = time.time()
 rng = np.random.default_rng(0)
 cases = 0
 for dtype in (np.float32, np.float64):
-    for tile in cb.TILES:
+    for tile in planner.TILES:
         if dtype == np.float64 and tile not in ("m32n128", "m64n64"):
             continue                           # the 8x8 register blocks are float32 only
-        if tile in ("m128n64", "m64n128") and not cb._conv_feature("tiles"):
+        if tile in ("m128n64", "m64n128") and not cb.current_config().has("tiles"):
             continue                           # built with the "tiles" feature only
         for i in range(2 if FAKE else 8):
-            cb.plan_gemm = forced(tile, int(rng.integers(1, 8)))
+            planner.plan_gemm = forced(tile, int(rng.integers(1, 8)))
             N, C, O = int(rng.integers(1, 4)), int(rng.integers(1, 41)), int(rng.integers(1, 141))
             H, W = int(rng.integers(1, 21)), int(rng.integers(1, 21))
             k = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
@@ -222,14 +229,14 @@ for dtype in (np.float32, np.float64):
                      rng, dtype, N, C, O, H, W, k, s, p, bias=bool(i % 2))
             cases += 1
         for i in range(1 if FAKE else 3):      # windows that partition the input (up-convolution)
-            cb.plan_gemm = forced(tile, 1)
+            planner.plan_gemm = forced(tile, 1)
             N, C, O = int(rng.integers(1, 4)), int(rng.integers(1, 41)), int(rng.integers(1, 141))
             k = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
             H, W = k[0] * int(rng.integers(1, 9)), k[1] * int(rng.integers(1, 9))
             conv_all(f"{tile} {np.dtype(dtype).name} N{N} C{C} O{O} {H}x{W} k{k} s{k} p(0, 0)",
                      rng, dtype, N, C, O, H, W, k, k, (0, 0), bias=False)
             cases += 1
-cb.plan_gemm = orig_plan
+planner.plan_gemm = orig_plan
 for dtype in (np.float32, np.float64):   # the U-Net's up-convolutions, default plan
     for N, C, O, H, W in ([(4, 512, 1024, 12, 12), (4, 64, 128, 96, 96)] if not FAKE
                           else [(1, 3, 5, 4, 6)]):
@@ -379,7 +386,7 @@ if not FAKE:   # timings (float32, CUDA events), for information
         """ms per call of each kernel that fn launches (CUDA events around every launch)."""
         fn()
         cupy.cuda.Device().synchronize()
-        marks, kernel_of = [], cb._kernel
+        marks, kernel_of = [], runtime.kernel
         def timed(module, kname):
             k = kernel_of(module, kname)
             def launch(grid, block, args):
@@ -389,158 +396,202 @@ if not FAKE:   # timings (float32, CUDA events), for information
                 e.record()
                 marks.append((kname, s, e))
             return launch
-        cb._kernel = timed
+        runtime.kernel = timed
         try:
             for _ in range(reps):
                 fn()
         finally:
-            cb._kernel = kernel_of
+            runtime.kernel = kernel_of
         cupy.cuda.Device().synchronize()
         out = {}
         for kname, s, e in marks:
             out[kname] = out.get(kname, 0.0) + cupy.cuda.get_elapsed_time(s, e) / reps
         return out
 
-    # where the time of each 3x3 pass goes, kernel by kernel (the U-Net's layers at batch 25;
-    # in "winograd" builds: the transforms against the GEMMs, with 4x4 and with 2x2 tiles),
-    # for information
-    import os
-    tiles = ("4", "2") if cb._conv_feature("winograd") else (None,)
+    # where the time of each 3x3 pass goes, kernel by kernel (the U-Net's layers at batch
+    # 25), for information
     try:
-        for tile in tiles:
-            if tile:
-                os.environ["MINICNN_WINOGRAD_TILE"] = tile
-                print(f"MINICNN_WINOGRAD_TILE={tile}", flush=True)
-            for C, O, H in [(64, 64, 96), (128, 128, 48), (256, 256, 24), (512, 512, 12),
-                            (1024, 1024, 6)]:
-                x = cupy.random.standard_normal((25, C, H, H), dtype=np.float32)
-                w = cupy.random.standard_normal((O, C, 3, 3), dtype=np.float32) * 0.05
-                b = cupy.zeros(O, dtype=np.float32)
-                y = cb.conv2d_forward(x, w, b, (1, 1), (1, 1))
-                for name, fn in [
-                        ("fwd", lambda: cb.conv2d_forward(x, w, b, (1, 1), (1, 1), relu=True)),
-                        ("bwd_input", lambda: cb.conv2d_backward_input(y, w, x.shape, (1, 1),
-                                                                       (1, 1))),
-                        ("bwd_weight", lambda: cb.conv2d_backward_weight(y, x, w.shape,
-                                                                         (1, 1), (1, 1)))]:
-                    parts = by_kernel(fn)
-                    print(f"by kernel, conv3x3 N25 C{C} O{O} {H}x{H} {name:10s} "
-                          f"{sum(parts.values()):7.3f} ms: " +
-                          ", ".join(f"{k} {v:.3f}" for k, v in parts.items()), flush=True)
-                del x, w, b, y
+        for C, O, H in [(64, 64, 96), (128, 128, 48), (256, 256, 24), (512, 512, 12),
+                        (1024, 1024, 6)]:
+            x = cupy.random.standard_normal((25, C, H, H), dtype=np.float32)
+            w = cupy.random.standard_normal((O, C, 3, 3), dtype=np.float32) * 0.05
+            b = cupy.zeros(O, dtype=np.float32)
+            y = cb.conv2d_forward(x, w, b, (1, 1), (1, 1))
+            for name, fn in [
+                    ("fwd", lambda: cb.conv2d_forward(x, w, b, (1, 1), (1, 1), relu=True)),
+                    ("bwd_input", lambda: cb.conv2d_backward_input(y, w, x.shape, (1, 1),
+                                                                   (1, 1))),
+                    ("bwd_weight", lambda: cb.conv2d_backward_weight(y, x, w.shape,
+                                                                     (1, 1), (1, 1)))]:
+                parts = by_kernel(fn)
+                print(f"by kernel, conv3x3 N25 C{C} O{O} {H}x{H} {name:10s} "
+                      f"{sum(parts.values()):7.3f} ms: " +
+                      ", ".join(f"{k} {v:.3f}" for k, v in parts.items()), flush=True)
+            del x, w, b, y
     except Exception as err:          # informational only: never fails the check
         print("by-kernel timings failed:", repr(err))
 sys.exit(1 if fails else 0)
 EOF
 }
 
+winograd_check() {
+    # rung 5 (dev/cuda/winograd.py) against numpy_backend on the GPU: forward (bias, ReLU),
+    # input gradient, weight gradient, both tile sizes, both dtypes, split K, a U-Net layer
+    "$PYTHON" - <<'EOF'
+import os, sys, time
+import numpy as np
+sys.path.insert(0, os.path.join(os.getcwd(), "dev", "cuda"))
+import winograd
+from minicnn.backend import numpy_backend as nb
+import cupy
+FAKE = cupy.__version__ == "fake"     # a CPU stand-in used to test this script itself
+t0, fails, checks = time.time(), [], 0
+rng = np.random.default_rng(0)
+shapes = [(2, 16, 6, 10, 17), (2, 16, 8, 12, 17), (1, 1100, 4, 4, 16), (1, 16, 4, 4, 1100)]
+if not FAKE:
+    shapes += [(4, 64, 48, 48, 128), (4, 256, 12, 12, 256), (2, 1024, 6, 6, 1024)]
+for dtype, tol in ((np.float32, 1e-4), (np.float64, 1e-10)):
+    for N, C, H, W, O in shapes:
+        x = rng.standard_normal((N, C, H, W)).astype(dtype)
+        w = (rng.standard_normal((O, C, 3, 3)) / np.sqrt(9 * C)).astype(dtype)
+        b = rng.standard_normal(O).astype(dtype)
+        gy = rng.standard_normal((N, O, H, W)).astype(dtype)
+        xd, wd, bd, gyd = (cupy.asarray(a) for a in (x, w, b, gy))
+        for tile in (4, 2):
+            for what, got, ref in [
+                    ("forward", winograd.forward(xd, wd, bd, tile=tile),
+                     nb.conv2d_forward(x, w, b, (1, 1), (1, 1))),
+                    ("forward + ReLU", winograd.forward(xd, wd, bd, relu=True, tile=tile),
+                     nb.conv2d_forward(x, w, b, (1, 1), (1, 1), relu=True)),
+                    ("input grad", winograd.input_grad(gyd, wd, tile=tile),
+                     nb.conv2d_backward_input(gy, w, x.shape, (1, 1), (1, 1))),
+                    ("weight grad", winograd.weight_grad(xd, gyd, tile=tile),
+                     nb.conv2d_backward_weight(gy, x, w.shape, (1, 1), (1, 1)))]:
+                checks += 1
+                got = cupy.asnumpy(got)
+                err = float(np.abs(got - ref).max()) / max(1.0, float(np.abs(ref).max()))
+                ok = got.shape == ref.shape and got.dtype == ref.dtype and err <= tol
+                if not ok:
+                    fails.append(f"{what} tile {tile} {np.dtype(dtype).name} {(N, C, H, W, O)}: "
+                                 f"rel err {err:.2e}")
+                    print("FAIL", fails[-1], flush=True)
+print(f"winograd rung: {checks} checks, {len(fails)} failures, {time.time() - t0:.1f}s")
+sys.exit(1 if fails else 0)
+EOF
+}
+
+sanitized() {
+    # CMD... under compute-sanitizer memcheck, CuPy allocating each array by cudaMalloc (no
+    # pool); exit 77 when the sanitizer refuses this machine (gVisor: "Device not supported")
+    local log=/tmp/gpu_check_sanitizer.log rc
+    compute-sanitizer --tool memcheck --error-exitcode 99 "$@" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    if [ "$rc" -ne 0 ] && grep -q "Device not supported" "$log"; then
+        return 77
+    fi
+    return "$rc"
+}
+
 sanitized_ops() {
-    # pytest in-process, with CuPy allocating each array by cudaMalloc (no pool), under memcheck
-    compute-sanitizer --tool memcheck --error-exitcode 99 \
-        "$PYTHON" -c '
+    sanitized "$PYTHON" -c '
 import sys, cupy, pytest
 cupy.cuda.set_allocator(None)
 sys.exit(pytest.main(["-q", "tests/test_ops.py", "-k", "cuda", "-x", "-p", "no:cacheprovider"]))
 '
 }
 
+sanitized_winograd() {
+    sanitized "$PYTHON" -c '
+import os, sys, cupy
+cupy.cuda.set_allocator(None)
+sys.path.insert(0, os.path.join(os.getcwd(), "dev", "cuda"))
+import numpy as np, winograd
+for N, C, H, O in [(2, 16, 8, 17), (2, 16, 6, 17), (1, 1100, 4, 16)]:
+    x = cupy.random.standard_normal((N, C, H, H), dtype=np.float32)
+    w = cupy.random.standard_normal((O, C, 3, 3), dtype=np.float32)
+    for tile in (4, 2):
+        y = winograd.forward(x, w, cupy.zeros(O, np.float32), relu=True, tile=tile)
+        winograd.input_grad(y, w, tile=tile)
+        winograd.weight_grad(x, y, tile=tile)
+cupy.cuda.Device().synchronize()
+print("winograd rung under memcheck: done")
+'
+}
+
 train_eval_predict() {
-    # a short training on real data with --backend cuda, then evaluate and predict on the GPU
+    # a short training on real data with --backend cuda, scored on cmr/val, then predict
     local run=/tmp/gpu_check_run
     rm -rf "$run"
     "$PYTHON" -m cmr.train --backend cuda --preset cpu16 --epochs 3 --data "$CMR_DATA/cmr" \
         --out "$run" --no-progress || return 1
     "$PYTHON" -m cmr.evaluate --backend cuda --checkpoint "$run/best.npz" \
-        --data "$CMR_DATA/cmr" || return 1
+        --data "$CMR_DATA/cmr" --split val --json "$run/eval_val.json" || return 1
     "$PYTHON" -m cmr.predict --backend cuda --checkpoint "$run/best.npz" \
         --input "$CMR_DATA/cmr/test/image" --out "$run/pred" || return 1
     ls "$run/pred" | head -3
-    [ -n "${OUT:-}" ] && cp "$run/log.jsonl" "$OUT/train_log.jsonl"
+    if [ -n "${OUT:-}" ]; then
+        cp "$run/log.jsonl" "$OUT/train_log.jsonl"
+        cp "$run/eval_val.json" "$OUT/eval_val.json"
+    fi
     return 0
 }
 
 # (functions run under `timeout` through a child bash, hence export -f)
-export -f versions selfcheck sanitized_ops train_eval_predict
+export -f versions selfcheck winograd_check sanitized sanitized_ops sanitized_winograd \
+    train_eval_predict
 export MINICNN_TEST_CUDA=1                              # a CUDA test fails, not skips, without GPU
 export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}"   # bounded example counts
 export CMR_DATA
 
 step "versions" 30 bash -c versions
 step "kernel self-check vs numpy_backend" 60 bash -c selfcheck
-step "pytest -k cuda" 120 "$PYTHON" -m pytest -q -p no:cacheprovider tests -k "cuda and not emulator" -rs --tb=short
-if [ -d "$CMR_DATA/cmr" ]; then
-    step "train 3 epochs, evaluate, predict on cuda" 60 bash -c train_eval_predict
-else
-    skip "train 3 epochs, evaluate, predict on cuda" "no data at $CMR_DATA/cmr (set CMR_DATA)"
-fi
-if [ "$BENCH" = 1 ]; then
-    # full-size benchmarks (U-Net base 64, batch 25, 96x96): reports under $OUT/ops, $OUT/train
-    step "bench_ops --device cuda --tf32" 90 \
-        "$PYTHON" benchmarks/bench_ops.py --device cuda --tf32 ${OUT:+--out "$OUT/ops"}
-    step "bench_train --device cuda" 75 \
-        "$PYTHON" benchmarks/bench_train.py --device cuda ${OUT:+--out "$OUT/train"}
-    # the other build variants of kernels/conv.cu (cuda_backend.CONV_FEATURES), each in its
-    # own processes: self-check, then the training step; the conv table for the first one
-    first=1
-    for variant in $CONV_BENCH_VARIANTS; do
-        if [[ $variant == *:* ]]; then       # VARIANT:PASSES[:TILE]: the step time with these
-            IFS=: read -r variant passes tile <<< "$variant"          # passes (and tile)
-            tile=${tile:-4}
-            tag=${variant//+/_}_${passes//+/_}
-            [ "$tile" != 4 ] && tag=${tag}_tile$tile
-            step "bench_train, conv variant $variant, MINICNN_WINOGRAD=$passes, tile $tile" 50 \
-                env MINICNN_CONV_VARIANT="$variant" MINICNN_WINOGRAD="$passes" \
-                MINICNN_WINOGRAD_TILE="$tile" \
-                "$PYTHON" benchmarks/bench_train.py --device cuda ${OUT:+--out "$OUT/train_$tag"}
-            continue
-        fi
-        tag=${variant//+/_}
-        step "self-check, conv variant $variant" 40 \
-            env MINICNN_CONV_VARIANT="$variant" bash -c selfcheck
-        step "pytest conv ops vs PyTorch, variant $variant" 60 \
-            env MINICNN_CONV_VARIANT="$variant" "$PYTHON" -m pytest -q -p no:cacheprovider \
-            tests/test_ops.py -k "cuda and conv" --tb=short
-        if [ $first = 1 ]; then
-            step "bench_ops --filter conv, variant $variant" 70 \
-                env MINICNN_CONV_VARIANT="$variant" "$PYTHON" benchmarks/bench_ops.py \
-                --device cuda --filter conv ${OUT:+--out "$OUT/ops_$tag"}
-            first=0
-        fi
-        step "bench_train, conv variant $variant" 50 \
-            env MINICNN_CONV_VARIANT="$variant" "$PYTHON" benchmarks/bench_train.py \
-            --device cuda ${OUT:+--out "$OUT/train_$tag"}
-    done
-fi
+step "pytest -k cuda" 150 "$PYTHON" -m pytest -q -p no:cacheprovider tests -k "cuda and not emulator" -rs --tb=short
 if command -v compute-sanitizer >/dev/null; then
-    step "compute-sanitizer memcheck (test_ops -k cuda)" 70 bash -c sanitized_ops
-    if [ "$BENCH" = 1 ] && [ -n "$CONV_BENCH_VARIANTS" ]; then   # the first variant too
-        variant=${CONV_BENCH_VARIANTS%% *}
-        variant=${variant%%:*}
-        step "compute-sanitizer memcheck, conv variant $variant" 70 \
-            env MINICNN_CONV_VARIANT="$variant" bash -c sanitized_ops
-    fi
+    step "compute-sanitizer memcheck (test_ops -k cuda)" 90 bash -c sanitized_ops
 else
     skip "compute-sanitizer memcheck (test_ops -k cuda)" "compute-sanitizer not on PATH"
 fi
-
-# ---------------------------------------------------------------- the ladder (dev/cuda)
-# Every rung of the convolution ladder checked against numpy_backend, then (with --bench)
-# timed at the U-Net's 3x3 layers against the rung below and cuDNN fp32 / TF32
-# (dev/cuda/README.md); the tables go to $OUT/ladder. About 1-2 minutes with --bench.
-if [ "$BENCH" = 1 ]; then
-    step "ladder: check and time every rung (dev/cuda/ladder.py)" 240 \
-        "$PYTHON" dev/cuda/ladder.py --check --bench --budget 0.5 ${OUT:+--out "$OUT/ladder"}
-else
+step "Winograd rung (dev/cuda) vs numpy_backend" 60 bash -c winograd_check
+if command -v compute-sanitizer >/dev/null; then
+    step "compute-sanitizer memcheck (Winograd rung)" 45 bash -c sanitized_winograd
+fi
+if [ "$BENCH" = 0 ]; then
     step "ladder: check every rung (dev/cuda/ladder.py --check)" 60 \
         "$PYTHON" dev/cuda/ladder.py --check
 fi
-# ---------------------------------------------------------------- end of the ladder
+if [ "$BENCH" = 1 ]; then
+    # full-size benchmarks (U-Net base 64, batch 25, 96x96), fp32 against cuDNN fp32, TF32 rows
+    step "bench_train --device cuda --tf32" 100 \
+        "$PYTHON" benchmarks/bench_train.py --device cuda --tf32 ${OUT:+--out "$OUT/train"}
+    # the ladder (dev/cuda): every rung checked against numpy_backend, then timed at the
+    # U-Net's 3x3 layers against the rung below and cuDNN fp32 / TF32   ($OUT/ladder)
+    step "ladder: check and time every rung (dev/cuda/ladder.py)" 150 \
+        "$PYTHON" dev/cuda/ladder.py --check --bench --budget 0.5 ${OUT:+--out "$OUT/ladder"}
+    step "bench_ops --device cuda --tf32" 100 \
+        "$PYTHON" benchmarks/bench_ops.py --device cuda --tf32 ${OUT:+--out "$OUT/ops"}
+    step "bench_winograd (rung 5 vs shipped vs cuDNN)" 100 \
+        "$PYTHON" benchmarks/bench_winograd.py ${OUT:+--out "$OUT/winograd"}
+fi
+if [ -d "$CMR_DATA/cmr" ]; then
+    step "train 3 epochs on cuda, evaluate on cmr/val, predict" 75 bash -c train_eval_predict
+else
+    skip "train 3 epochs on cuda, evaluate on cmr/val, predict" "no data at $CMR_DATA/cmr (set CMR_DATA)"
+fi
+if [ "$BENCH" = 1 ]; then
+    for variant in $CONV_BENCH_VARIANTS; do      # other builds of kernels/conv.cu, step time
+        step "bench_train, conv build $variant" 50 \
+            env MINICNN_CONV_VARIANT="$variant" "$PYTHON" benchmarks/bench_train.py \
+            --device cuda ${OUT:+--out "$OUT/train_${variant//+/_}"}
+    done
+fi
+
 
 echo
 echo "=================================================================== summary ($((SECONDS - START))s)"
+git log -1 --format='HEAD %h %cd %s' 2>/dev/null || true
 failed=0
 for i in "${!STEPS[@]}"; do
-    printf '%-50s %s\n' "${STEPS[$i]}" "${STATUS[$i]}"
+    printf '%-55s %s\n' "${STEPS[$i]}" "${STATUS[$i]}"
     case "${STATUS[$i]}" in PASS*|SKIP*) ;; *) failed=1 ;; esac
 done
 if [ -n "${OUT:-}" ]; then

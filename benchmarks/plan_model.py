@@ -4,7 +4,7 @@
 
 For every 3x3 convolution row of a ``bench_ops.json`` (our kernels, a build *without* the
 "tiles" feature), it takes the tile that build's planner chose, the model's cost of that tile
-(``cuda_backend.tile_cost``) and one scale factor (the median of measured / model), and prints
+(``minicnn.backend.cuda.planner.tile_cost``) and one scale factor (the median of measured / model), and prints
 how well the model reproduces the measured times (the check), then what it predicts with the
 tile that the "tiles" planner would choose (the prediction, rows weighted by how often a
 training step runs them). Pure Python: no GPU, no CuPy.
@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minicnn.backend import cuda_backend as cb  # noqa: E402
+from minicnn.backend.cuda import planner  # noqa: E402
 
 LAYER = re.compile(r"conv3x3 (\d+)->(\d+) @(\d+)px")
 
@@ -50,10 +50,10 @@ def main(argv=None):
         if g is None:
             continue
         M, Ncols, K, split_k = g
-        old = cb.plan_gemm(M, Ncols, K, "f32", args.sms, split_k)[0]
-        new = cb.plan_gemm(M, Ncols, K, "f32", args.sms, split_k, tiles=True)[0]
-        items.append((r, old, new, cb.tile_cost(old, M, Ncols, K, args.sms, split_k),
-                      cb.tile_cost(new, M, Ncols, K, args.sms, split_k)))
+        old = planner.plan_gemm(M, Ncols, K, "f32", args.sms, split_k)[0]
+        new = planner.plan_gemm(M, Ncols, K, "f32", args.sms, split_k, tiles=True)[0]
+        items.append((r, old, new, planner.tile_cost(old, M, Ncols, K, args.sms, split_k),
+                      planner.tile_cost(new, M, Ncols, K, args.sms, split_k)))
     scale = statistics.median(r["ours_ms"] / c for r, _, _, c, _ in items)
     errors = [r["ours_ms"] / (scale * c) - 1 for r, _, _, c, _ in items]
     print(f"check: {len(items)} rows of {args.bench_ops_json}; model x {scale:.3g} ms\n")

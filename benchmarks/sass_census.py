@@ -14,7 +14,7 @@ problems (forward, input gradient, weight gradient), and writes ``sass_census.js
 
 A *static* count: both sides of every branch inside the loop are counted once, and nothing
 says how long each instruction waits. It needs no GPU, and it compares tiles and build
-features by how much work besides the FMAs each K step issues; `cuda_backend.TILE_OVERHEAD`
+features by how much work besides the FMAs each K step issues; `minicnn.backend.cuda.planner.TILE_OVERHEAD`
 (the "tiles" planner's model) holds these means.
 """
 import argparse
@@ -31,7 +31,8 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from minicnn.backend import cuda_backend as cb  # noqa: E402  (importable without CuPy)
+from minicnn.backend.cuda import planner  # noqa: E402  (importable without CuPy)
+from minicnn.backend.cuda.config import CudaConfig  # noqa: E402
 
 PROBLEMS = ("forward", "backward_input", "backward_weight")   # the three 3x3 GEMMs
 _INSTR = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
@@ -88,7 +89,7 @@ def census(sass):
 def tile_means(rows):
     """Mean other-instructions-per-FFMA of each tile over the three 3x3 problems."""
     means = {}
-    for tile in cb.TILES:
+    for tile in planner.TILES:
         vals = [rows[f"conv2d_{p}_{tile}_f32"]["other_per_ffma"] for p in PROBLEMS
                 if f"conv2d_{p}_{tile}_f32" in rows]
         if len(vals) == len(PROBLEMS):
@@ -112,7 +113,7 @@ def disassemble(variant, arch):
         cubin = os.path.join(tmp, "conv.cubin")
         kernels = os.path.join(ROOT, "kernels")
         subprocess.run([nvcc, "-std=c++17", f"-arch={arch}", "--cubin",
-                        *cb.conv_variant_options(variant), "-I", kernels,
+                        *CudaConfig.from_variant(variant).conv_options(), "-I", kernels,
                         os.path.join(kernels, "conv.cu"), "-o", cubin], check=True)
         sass = subprocess.run([cuobjdump, "-sass", cubin], check=True, capture_output=True,
                               text=True).stdout
@@ -135,12 +136,12 @@ def markdown(rows, means, variant, arch, meta):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variant", default=cb.DEFAULT_CONV_VARIANT,
+    ap.add_argument("--variant", default=CudaConfig().variant,
                     help="MINICNN_CONV_VARIANT of the build (default: the default build)")
     ap.add_argument("--arch", default="sm_90")
     ap.add_argument("--out", help="write sass_census.json and sass_census.md here")
     args = ap.parse_args(argv)
-    variant = "+".join(sorted(args.variant.split("+"))) if args.variant != "plain" else "plain"
+    variant = CudaConfig.from_variant(args.variant).variant     # refuses a bad name
     sass, meta = disassemble(variant, args.arch)
     meta["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     rows = census(sass)

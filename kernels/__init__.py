@@ -2,7 +2,7 @@
 
 This folder ships as the package ``minicnn.kernels`` (setup.py maps it there with
 ``package_dir``; it is never a top-level ``kernels`` package). It holds no logic beyond
-finding and compiling the sources: the launch code is ``minicnn/backend/cuda_backend.py``.
+finding and compiling the sources: the launch code is ``minicnn/backend/cuda/``.
 
 ``source(name)`` is the text of ``NAME.cu``; ``module(name, options)`` compiles it with NVRTC
 through ``cupy.RawModule`` (once per process and option set; CuPy also caches the binary on

@@ -11,7 +11,7 @@
 //     `extern "C"` wrappers named `foo_f32` / `foo_f64` (plain C names, no C++ mangling, so
 //     that Python finds them with RawModule.get_function("foo_f32"));
 //   * tensor index arithmetic is done in 32-bit `int`: the Python side refuses shapes whose
-//     element counts (plus a tile of overhang) do not fit (see cuda_backend._check_int32).
+//     element counts (plus a tile of overhang) do not fit (see minicnn/backend/cuda/checks.py).
 //     Element-wise grid-stride loops use 64-bit counters so that `i += stride` can never
 //     overflow even on the last lap.
 #pragma once

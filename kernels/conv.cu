@@ -63,7 +63,7 @@
 //   m32n128   32  128   16   4   4   256     M <= 32 (the first U-Net layers have 16..32 channels)
 //   m64n64    64   64   16   4   4   256     the general case (always for float64)
 //   m128n128 128  128    8   8   8   256     float32 with M >= 128 when the grid is still large
-//   m128n64  128   64    8   8   8   128     float32, MINICNN_CONV_TILES builds (the launcher's
+//   m128n64  128   64    8   8   8   128     float32 (MINICNN_CONV_TILES; the launcher's
 //   m64n128   64  128    8   8   8   128       planner models which tile is fastest)
 //
 // Thread -> output mapping inside the tile: thread t has tx = t % (BN/TN), ty = t / (BN/TN)
@@ -79,62 +79,36 @@
 // dimension plus one tile of overhang, fits).
 #include "common.cuh"
 
-// The three build features below are off unless defined; the backend compiles this file with
-// all three by default (cuda_backend.DEFAULT_CONV_VARIANT; MINICNN_CONV_VARIANT=plain for none).
-// MINICNN_CONV_PREFETCH=1 (an NVRTC option, see cuda_backend.CONV_VARIANTS) builds the GEMM
-// engine's software-pipelined K loop instead of the plain one; the results are the same sums
-// in the same order.
+// Build features. Each is a compile-time switch, on unless the NVRTC options set it to 0,
+// and each is in the shipped build because a GPU run measured it faster (benchmarks/NOTES.md:
+// entry 11 timed prefetch, vec4 and fastdiv, alone and together, against the build without
+// any, 93.5 -> 53.9 ms per U-Net training step on an H200; entry 15 timed tiles, 54.3 ->
+// 50.4 ms). The switches stay so that the benchmarks can time the build without a feature
+// (minicnn.backend.cuda.CudaConfig(features=...); "plain" turns all four off). Every feature
+// computes the same sums in the same order, except that `tiles` may cut a weight gradient's
+// K into other split-K slices. Features that no GPU run measured faster are not here: the
+// `ktable` and `kmajor` lessons are in NOTES (entries 12-15), Winograd's kernels are rung 5
+// of the ladder (dev/cuda/conv_5_winograd.cu).
+//
+// MINICNN_CONV_PREFETCH: the GEMM engine's software-pipelined K loop instead of the plain one.
 #ifndef MINICNN_CONV_PREFETCH
-#define MINICNN_CONV_PREFETCH 0
+#define MINICNN_CONV_PREFETCH 1
 #endif
-// MINICNN_CONV_VEC4=1 gives each thread *contiguous* groups of 4 rows and 4 columns of the
-// tile (instead of rows/columns strided by RS/CS), so that the inner loop reads its TM + TN
+// MINICNN_CONV_VEC4: each thread owns *contiguous* groups of 4 rows and 4 columns of the tile
+// (instead of rows/columns strided by RS/CS), so that the inner loop reads its TM + TN
 // shared-memory values as TM/4 + TN/4 16-byte loads instead of TM + TN 4-byte loads.
-// Same sums in the same order.
 #ifndef MINICNN_CONV_VEC4
-#define MINICNN_CONV_VEC4 0
+#define MINICNN_CONV_VEC4 1
 #endif
-
-// MINICNN_CONV_FASTDIV=1 replaces the integer divisions of the index arithmetic (by kH*kW,
-// kW, Ho*Wo, ...: divisors fixed for the whole launch) by a multiply-high and a shift; see
-// `Div` below. Same results (the quotients are exact).
+// MINICNN_CONV_FASTDIV: the integer divisions of the index arithmetic (by kH*kW, kW, Ho*Wo,
+// ...: divisors fixed for the whole launch) become a multiply-high and a shift; see `Div`.
 #ifndef MINICNN_CONV_FASTDIV
-#define MINICNN_CONV_FASTDIV 0
+#define MINICNN_CONV_FASTDIV 1
 #endif
-
-// MINICNN_CONV_KMAJOR=1 changes how the threads of a block share the B-tile loads of the
-// problems that ask for it (K_MAJOR_B below: the weight gradient): consecutive threads load
-// consecutive k of one column instead of consecutive columns of one k. In the weight gradient
-// k is the pixel (n, p, q) and a column the tap (c, i, j), so the loads of a warp become
-// contiguous runs of x, and each thread decomposes its k once per tile instead of once per
-// load. Same sums in the same order.
-#ifndef MINICNN_CONV_KMAJOR
-#define MINICNN_CONV_KMAJOR 0
-#endif
-
-// MINICNN_CONV_KTABLE=1: the B-tile loads of the forward and of the input gradient read what
-// they need of k -- the tap (i, j) and the k part of the address -- from a table that the
-// launcher builds once per shape (`ktab`, one int2 per k, see tap_i below), instead of
-// computing it with two divisions and their multiplies per element. Without the feature the
-// kernels ignore ktab (the launcher passes a null pointer). Same sums in the same order.
-#ifndef MINICNN_CONV_KTABLE
-#define MINICNN_CONV_KTABLE 0
-#endif
-
-// MINICNN_CONV_TILES=1 adds two float32 tile configurations, m128n64 and m64n128 (below), and
-// tells the launcher's planner (cuda_backend.plan_gemm) that it may use them.
+// MINICNN_CONV_TILES: two more float32 tile configurations, m128n64 and m64n128 (below); the
+// launcher's planner (minicnn/backend/cuda/planner.py) may then use them.
 #ifndef MINICNN_CONV_TILES
-#define MINICNN_CONV_TILES 0
-#endif
-
-// MINICNN_CONV_WINOGRAD=1 adds the kernels of a second algorithm for the weight gradient of a
-// 3x3 convolution with stride 1, padding 1 and even H, W (every 3x3 layer of the U-Net):
-// Winograd's F(3x3, 2x2), 16 multiplications per 2x2 output tile and channel pair instead of
-// 36 (docs/cuda.md, "Fewer multiplications for the weight gradient"). Two transforms, 16
-// GEMMs on the engine below, an output transform; see "Winograd weight gradient" at the end.
-// Different sums (the transforms regroup them): float rounding differs from the direct one.
-#ifndef MINICNN_CONV_WINOGRAD
-#define MINICNN_CONV_WINOGRAD 0
+#define MINICNN_CONV_TILES 1
 #endif
 
 // ================================================================== shapes
@@ -187,33 +161,18 @@ typedef int Div;        // without the feature a Div is the divisor itself
 //   T a(int m, int k)               A[m, k]          (0 <= m < M, 0 <= k < K guaranteed)
 //   T b(int k, const Column& cl)    B[k, col]        (0 <= k < K, 0 <= col < Ncols)
 //   void store(int m, int col, T v) write Out[m, col] = v (+ epilogue)
-//   K_MAJOR_B                       true if B is contiguous along k (see MINICNN_CONV_KMAJOR);
-//                                   such a problem also provides
-//   KRow krow(int k)                per-k values, computed once per K tile by a thread
-//   T b(const KRow& kr, const Column& cl)  B[k, col] from them (the value of b(k, cl))
 // Every quotient in them is quot(n, d) of a non-negative n by a constant of the launch (a Div
 // where it is in the K loop); the remainder is then n - q*d.
 
 // ---------------------------------------------------------------- forward
-// The k table of MINICNN_CONV_KTABLE: for each k, the part of B's address that depends on k
-// only (.x) and the tap (i, j), packed as .y = i << 16 | j (kH, kW < 2^15). Forward, k =
-// (c, i, j): .x = c*H*W + i*W + j, so that the element is x[column base + .x] with column
-// base = n*C*H*W + h0*W + w0 for the window origin (h0, w0), and the tap decides whether it
-// is in the padding (two unsigned comparisons). Input gradient, k = (o, i, j): .x = o*Ho*Wo;
-// the tap gives the output pixel (p, q) as before.
-__device__ __forceinline__ int tap_i(int packed) { return packed >> 16; }
-__device__ __forceinline__ int tap_j(int packed) { return packed & 0xffff; }
-
 template <typename T>
 struct ConvForward {
-    static constexpr bool K_MAJOR_B = false;
     const T* x; const T* w; const T* bias; T* y;
     int has_bias, relu;     // epilogue: + bias[o], then max(., 0) (relu1, as relu_forward)
     ConvShape s;
     int K;                  // C*kH*kW
     Div kHW, kW;            // kH*kW, kW: the divisors of every B load
     int HoWo, Wo, HW;       // Ho*Wo, Wo, H*W: once per block and in the epilogue
-    const int2* ktab;       // MINICNN_CONV_KTABLE: the k table (else unused)
 
     struct Column { int xbase, h0, w0; };   // x offset of image n; top-left of the window
     __device__ Column column(int col) const {
@@ -226,18 +185,11 @@ struct ConvForward {
     // column of output (p, q) = (0, 4) with stride 2, padding 1: h0 = -1, w0 = 7, so the
     // entry is x[n, 1, 0, 9] (or 0 if W <= 9).
     __device__ T b(int k, const Column& cl) const {
-#if MINICNN_CONV_KTABLE
-        const int2 t = ldg(ktab + k);
-        if ((unsigned)(cl.h0 + tap_i(t.y)) >= (unsigned)s.H ||
-            (unsigned)(cl.w0 + tap_j(t.y)) >= (unsigned)s.W) return T(0);   // in the padding
-        return ldg(x + (cl.xbase + cl.h0 * s.W + cl.w0 + t.x));
-#else
         const int c = quot(k, kHW), r = k - c * kHW;            // k = (c, i, j)
         const int i = quot(r, kW), j = r - i * kW;
         const int h = cl.h0 + i, v = cl.w0 + j;                 // x row/col (unpadded)
         if (h < 0 || h >= s.H || v < 0 || v >= s.W) return T(0);  // in the zero padding
         return ldg(x + cl.xbase + (c * s.H + h) * s.W + v);
-#endif
     }
     __device__ void store(int m, int col, T v) const {
         const int n = quot(col, HoWo), pq = col - n * HoWo;
@@ -248,17 +200,13 @@ struct ConvForward {
 };
 
 // ---------------------------------------------------------------- backward input
-// UNIT (MINICNN_CONV_KTABLE builds, kernels conv2d_backward_input_unit_*): stride 1, so that
-// the output pixel of tap (i, j) is simply (hp - i, wp - j), without the stride's divisions.
-template <typename T, bool UNIT = false>
+template <typename T>
 struct ConvBackwardInput {
-    static constexpr bool K_MAJOR_B = false;
     const T* gy; const T* w; T* gx;
     const T* bias; int has_bias;   // + bias[c] (the transposed convolution's forward)
     ConvShape s;
     Div kHW, kW, sH, sW;    // the divisors of every B load
     int HW, W, HoWo;
-    const int2* ktab;       // MINICNN_CONV_KTABLE: the k table (else unused)
 
     struct Column { int gybase, hp, wp; };  // gy offset of image n; (h + pH, v + pW)
     __device__ Column column(int col) const {
@@ -271,18 +219,8 @@ struct ConvBackwardInput {
         return ldg(w + (o * s.C + m) * kHW + r);                // w[o, m, i, j]
     }
     __device__ T b(int k, const Column& cl) const {
-#if MINICNN_CONV_KTABLE
-        const int2 t = ldg(ktab + k);                           // .x = o*Ho*Wo
-        const int i = tap_i(t.y), j = tap_j(t.y), obase = t.x;
-        if constexpr (UNIT) {
-            const int p = cl.hp - i, q = cl.wp - j;
-            if ((unsigned)p >= (unsigned)s.Ho || (unsigned)q >= (unsigned)s.Wo) return T(0);
-            return ldg(gy + cl.gybase + obase + p * s.Wo + q);
-        }
-#else
-        const int o = quot(k, kHW), r = k - o * kHW;
+        const int o = quot(k, kHW), r = k - o * kHW;            // k = (o, i, j)
         const int i = quot(r, kW), j = r - i * kW;
-#endif
         // x_pad row hp is tap i of output row p iff hp = p*sH + i. Example: stride 2, hp = 5:
         // tap i = 1 gives ph = 4 -> p = 2 (hit); tap i = 0 gives ph = 5, odd -> no output.
         const int ph = cl.hp - i, pw = cl.wp - j;
@@ -290,11 +228,7 @@ struct ConvBackwardInput {
         const int p = quot(ph, sH), q = quot(pw, sW);
         if (p * sH != ph || q * sW != pw) return T(0);          // not on the stride grid
         if (p >= s.Ho || q >= s.Wo) return T(0);                // past the last output
-#if MINICNN_CONV_KTABLE
-        return ldg(gy + cl.gybase + obase + p * s.Wo + q);
-#else
         return ldg(gy + cl.gybase + (o * s.Ho + p) * s.Wo + q);
-#endif
     }
     __device__ void store(int m, int col, T v) const {
         const int n = quot(col, HW), hv = col - n * HW;
@@ -306,7 +240,6 @@ struct ConvBackwardInput {
 // ---------------------------------------------------------------- backward input, partition
 template <typename T>
 struct ConvBackwardInputPartition {
-    static constexpr bool K_MAJOR_B = false;
     const T* gy; const T* w; T* gx;
     const T* bias; int has_bias;   // + bias[c] (the up-convolution's forward)
     ConvShape s;
@@ -333,7 +266,6 @@ struct ConvBackwardInputPartition {
 // ---------------------------------------------------------------- backward weight
 template <typename T>
 struct ConvBackwardWeight {
-    static constexpr bool K_MAJOR_B = true;     // k = (n, p, q): contiguous in x along q
     const T* gy; const T* x; T* ws;
     ConvShape s;
     Div HoWo, Wo;       // the divisors of every A and B load
@@ -351,18 +283,13 @@ struct ConvBackwardWeight {
         const int n = quot(k, HoWo), pq = k - n * HoWo;
         return ldg(gy + (n * s.O + m) * HoWo + pq);
     }
-    struct KRow { int xbase, hp, vq; };     // x offset of image n; (p*sH, q*sW)
-    __device__ KRow krow(int k) const {
+    __device__ T b(int k, const Column& cl) const {
         const int n = quot(k, HoWo), pq = k - n * HoWo;         // k = (n, p, q)
         const int p = quot(pq, Wo), q = pq - p * Wo;
-        return {n * s.C * HW, p * s.sH, q * s.sW};
-    }
-    __device__ T b(const KRow& kr, const Column& cl) const {
-        const int h = kr.hp + cl.i0, v = kr.vq + cl.j0;         // x row/col (unpadded)
+        const int h = p * s.sH + cl.i0, v = q * s.sW + cl.j0;   // x row/col (unpadded)
         if (h < 0 || h >= s.H || v < 0 || v >= s.W) return T(0);
-        return ldg(x + kr.xbase + cl.cbase + h * s.W + v);
+        return ldg(x + n * s.C * HW + cl.cbase + h * s.W + v);
     }
-    __device__ T b(int k, const Column& cl) const { return b(krow(k), cl); }
     __device__ void store(int m, int col, T v) const {
         ws[blockIdx.z * slab + m * Ncols + col] = v;            // this split's slab
     }
@@ -401,28 +328,22 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
     // a multiple of 16 bytes, which costs a 2-way bank conflict on the stores where BK = 16.)
     constexpr int VEC = 16 / int(sizeof(T));     // elements per 16-byte load
     constexpr int A_PAD = MINICNN_CONV_VEC4 ? (32 / BK + VEC - 1) / VEC * VEC : 32 / BK;
-    // K-major B loads (MINICNN_CONV_KMAJOR, for a problem whose B is contiguous along k): a
-    // warp's stores Bs[k][n] then cover BK rows x 32/BK columns, the pattern of the A stores,
-    // so the B rows get the same pad.
-    constexpr bool KM = MINICNN_CONV_KMAJOR && Problem::K_MAJOR_B;
-    constexpr int B_PAD = KM ? A_PAD : 0;
-    constexpr int B_N_STEP = THREADS / BK;       // (k-major) B columns covered by one pass
     static_assert(BM % TM == 0 && BN % TN == 0, "tile must split into register blocks");
     static_assert((BM * BK) % THREADS == 0 && (BK * BN) % THREADS == 0, "loads must divide");
     static_assert(THREADS % BK == 0 && THREADS % BN == 0, "each thread keeps one k / one column");
     static_assert(32 % BK == 0, "A_PAD assumes BK divides 32");
     static_assert(!MINICNN_CONV_VEC4 || (TM % 4 == 0 && TN % 4 == 0 &&
-                  (BM + A_PAD) % VEC == 0 && (BN + B_PAD) % VEC == 0),
+                  (BM + A_PAD) % VEC == 0 && BN % VEC == 0),
                   "16-byte reads: whole groups of 4, shared-memory rows on 16 bytes");
 
     // A is stored transposed (As[k][m]) so that the inner loop reads a thread's TM values of
     // A for one k from one shared-memory row, like its TN values of B.
 #if !MINICNN_CONV_PREFETCH
     __shared__ __align__(16) T As[BK][BM + A_PAD];
-    __shared__ __align__(16) T Bs[BK][BN + B_PAD];
+    __shared__ __align__(16) T Bs[BK][BN];
 #else
     __shared__ __align__(16) T As[2][BK][BM + A_PAD];  // two buffers: fill one, read the other
-    __shared__ __align__(16) T Bs[2][BK][BN + B_PAD];
+    __shared__ __align__(16) T Bs[2][BK][BN];
 #endif
 
     T acc[TM][TN];
@@ -443,7 +364,7 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
     auto column = [&](int j) { return (j / 4) * (4 * CS) + 4 * tx + j % 4; };
 #endif
     // The products of one K tile held in shared memory (as, bs: its A and B buffers).
-    auto multiply = [&](const T (*as)[BM + A_PAD], const T (*bs)[BN + B_PAD]) {
+    auto multiply = [&](const T (*as)[BM + A_PAD], const T (*bs)[BN]) {
 #pragma unroll
         for (int kk = 0; kk < BK; ++kk) {
             T av[TM], bv[TN];
@@ -466,7 +387,8 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
     };
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     // This block's K slice (k_chunk = K and gridDim.z = 1 when K is not split; `split`, when
-    // given, replaces blockIdx.z: the Winograd GEMMs spend z on their 16 problems too). The
+    // given, replaces blockIdx.z: the Winograd GEMMs of dev/cuda/conv_5_winograd.cu spend z
+    // on their 16 or 36 problems too). The
     // launcher guarantees gridDim.z * k_chunk < 2^31. An empty slice just stores zeros.
     const int k_begin = (split < 0 ? (int)blockIdx.z : split) * k_chunk;
     const int k_end = min(K, k_begin + k_chunk);
@@ -477,58 +399,31 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
     const int a_k = tid % BK, a_m = tid / BK;
     // B tile (BK x BN): element e has k = e / BN and column e % BN: each thread keeps one
     // column b_n for the whole K loop, so the column's decomposition is done once, here.
-    // K-major (KM): element e has k = e % BK and column e / BK instead: each thread keeps one
-    // k (b_k) and loads the columns b_n + r*B_N_STEP; it decomposes its k once per tile, and
-    // reads the columns' decompositions from shared memory, where the block puts all BN of
-    // them once (in registers they would cost 3 x B_LOADS per thread, and spills). Columns past
-    // Ncols are copies of the last one instead of zeros: they only reach products that are
-    // never stored.
-    const int b_n = KM ? tid / BK : tid % BN, b_k = KM ? tid % BK : tid / BN;
-    const int col = n0 + b_n;                  // (column-major: the thread's one column)
+    const int b_n = tid % BN, b_k = tid / BN;
+    const int col = n0 + b_n;
     const bool col_ok = col < Ncols;
     const typename Problem::Column cl = prob.column(col_ok ? col : 0);
-    __shared__ typename Problem::Column col_table[KM ? BN : 1];
-    if constexpr (KM) {
-        for (int c = tid; c < BN; c += THREADS)
-            col_table[c] = prob.column(min(n0 + c, Ncols - 1));
-        __syncthreads();
-    }
-    // where this thread's B load r lands in the tile: Bs[b_kk(r)][b_nn(r)]
-    auto b_kk = [&](int r) { return KM ? b_k : b_k + r * B_K_STEP; };
-    auto b_nn = [&](int r) { return KM ? b_n + r * B_N_STEP : b_n; };
-    // this thread's B loads of the tile that starts at k0, put(r, value) for r < B_LOADS:
-    // zeros past the K slice, and past Ncols (column-major) or copies of the last column (KM)
+    // this thread's B loads of the tile that starts at k0, put(r, value) for r < B_LOADS, the
+    // value of Bs[b_k + r*B_K_STEP][b_n]: zeros past the K slice and past Ncols
     auto load_b = [&](int k0, auto&& put) {
-        if constexpr (KM) {
-            const int gk = k0 + b_k;
-            if (gk < k_end) {
-                const typename Problem::KRow kr = prob.krow(gk);
 #pragma unroll
-                for (int r = 0; r < B_LOADS; ++r) put(r, prob.b(kr, col_table[b_nn(r)]));
-            } else {
-#pragma unroll
-                for (int r = 0; r < B_LOADS; ++r) put(r, T(0));
-            }
-        } else {
-#pragma unroll
-            for (int r = 0; r < B_LOADS; ++r) {
-                const int gk = k0 + b_k + r * B_K_STEP;
-                put(r, (col_ok && gk < k_end) ? prob.b(gk, cl) : T(0));
-            }
+        for (int r = 0; r < B_LOADS; ++r) {
+            const int gk = k0 + b_k + r * B_K_STEP;
+            put(r, (col_ok && gk < k_end) ? prob.b(gk, cl) : T(0));
         }
     };
 
 #if !MINICNN_CONV_PREFETCH
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
         // ---- global -> shared. Out-of-range entries (past M, Ncols or the K slice) are 0,
-        // so they add nothing and never touch memory (KM: see load_b for columns past Ncols).
+        // so they add nothing and never touch memory.
 #pragma unroll
         for (int r = 0; r < A_LOADS; ++r) {
             const int m = a_m + r * A_ROW_STEP;
             const int gm = m0 + m, gk = k0 + a_k;
             As[a_k][m] = (gm < M && gk < k_end) ? prob.a(gm, gk) : T(0);
         }
-        load_b(k0, [&](int r, T v) { Bs[b_kk(r)][b_nn(r)] = v; });
+        load_b(k0, [&](int r, T v) { Bs[b_k + r * B_K_STEP][b_n] = v; });
         __syncthreads();   // the tile is complete
         multiply(As, Bs);  // the register-block product over this K tile
         __syncthreads();   // everyone is done reading before the next tile overwrites it
@@ -555,7 +450,7 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
 #pragma unroll
         for (int r = 0; r < A_LOADS; ++r) As[buf][a_k][a_m + r * A_ROW_STEP] = a_next[r];
 #pragma unroll
-        for (int r = 0; r < B_LOADS; ++r) Bs[buf][b_kk(r)][b_nn(r)] = b_next[r];
+        for (int r = 0; r < B_LOADS; ++r) Bs[buf][b_k + r * B_K_STEP][b_n] = b_next[r];
         __syncthreads();   // tile k0 is complete in buffer buf
         fetch(k0 + BK);    // in flight while this tile's products run
         multiply(As[buf], Bs[buf]);
@@ -582,10 +477,9 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
     int Ho, int Wo
 #define CONV_SHAPE_INIT {N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo}
 
-// conv2d_forward_<cfg>_<dt>(x, w, bias, y, has_bias, relu, ktab, shape...)
+// conv2d_forward_<cfg>_<dt>(x, w, bias, y, has_bias, relu, shape...)
 //   grid (ceil(N*Ho*Wo / BN), ceil(O / BM), 1)
-// conv2d_backward_input_<cfg>_<dt>(gy, w, gx, bias, has_bias, ktab, shape...)
-//   (and conv2d_backward_input_unit_<cfg>_<dt>, the same for stride 1, in KTABLE builds)
+// conv2d_backward_input_<cfg>_<dt>(gy, w, gx, bias, has_bias, shape...)
 //   grid (ceil(N*H*W / BN), ceil(C / BM), 1)
 // conv2d_backward_input_partition_<cfg>_<dt>(gy, w, gx, bias, has_bias, shape...)
 //   (stride = kernel, no padding, H = Ho*kH, W = Wo*kW only)
@@ -593,46 +487,27 @@ __device__ __forceinline__ void implicit_gemm(const Problem& prob, int M, int Nc
 // (bias, has_bias: + bias[c] in the store, for the transposed convolution's forward)
 // conv2d_backward_weight_<cfg>_<dt>(gy, x, ws, k_chunk, shape...)
 //   grid (ceil(C*kH*kW / BN), ceil(O / BM), splits); ws holds `splits` slabs of O*C*kH*kW
-#if MINICNN_CONV_KTABLE
-// conv2d_backward_input_unit_<cfg>_<dt>: the input gradient for stride 1 (same arguments)
-#define CONV_UNIT_KERNEL(CFG, BM, BN, BK, TM, TN, MINB, T, DT)                                \
-extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
-conv2d_backward_input_unit_##CFG##_##DT(const T* __restrict__ gy, const T* __restrict__ w, \
-                                        T* __restrict__ gx, const T* __restrict__ bias,    \
-                                        int has_bias, const int2* __restrict__ ktab,       \
-                                        CONV_SHAPE_PARAMS)                                 \
-{                                                                                          \
-    ConvBackwardInput<T, true> prob{gy, w, gx, bias, has_bias, CONV_SHAPE_INIT, kH * kW,  \
-                                    kW, sH, sW, H * W, W, Ho * Wo, ktab};                  \
-    const int K = O * kH * kW;                                                             \
-    implicit_gemm<T, BM, BN, BK, TM, TN>(prob, C, N * H * W, K, K);                       \
-}
-#else
-#define CONV_UNIT_KERNEL(CFG, BM, BN, BK, TM, TN, MINB, T, DT)
-#endif
 #define CONV_KERNELS(CFG, BM, BN, BK, TM, TN, MINB, T, DT)                                    \
 extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
 conv2d_forward_##CFG##_##DT(const T* __restrict__ x, const T* __restrict__ w,              \
                             const T* __restrict__ bias, T* __restrict__ y, int has_bias,   \
-                            int relu, const int2* __restrict__ ktab, CONV_SHAPE_PARAMS)    \
+                            int relu, CONV_SHAPE_PARAMS)                                   \
 {                                                                                          \
     ConvForward<T> prob{x, w, bias, y, has_bias, relu, CONV_SHAPE_INIT, C * kH * kW,       \
-                        kH * kW, kW, Ho * Wo, Wo, H * W, ktab};                            \
+                        kH * kW, kW, Ho * Wo, Wo, H * W};                                  \
     const int K = C * kH * kW;                                                             \
     implicit_gemm<T, BM, BN, BK, TM, TN>(prob, O, N * Ho * Wo, K, K);                     \
 }                                                                                          \
 extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
 conv2d_backward_input_##CFG##_##DT(const T* __restrict__ gy, const T* __restrict__ w,      \
                                    T* __restrict__ gx, const T* __restrict__ bias,         \
-                                   int has_bias, const int2* __restrict__ ktab,            \
-                                   CONV_SHAPE_PARAMS)                                      \
+                                   int has_bias, CONV_SHAPE_PARAMS)                        \
 {                                                                                          \
     ConvBackwardInput<T> prob{gy, w, gx, bias, has_bias, CONV_SHAPE_INIT, kH * kW, kW, sH, \
-                              sW, H * W, W, Ho * Wo, ktab};                                \
+                              sW, H * W, W, Ho * Wo};                                      \
     const int K = O * kH * kW;                                                             \
     implicit_gemm<T, BM, BN, BK, TM, TN>(prob, C, N * H * W, K, K);                       \
 }                                                                                          \
-CONV_UNIT_KERNEL(CFG, BM, BN, BK, TM, TN, MINB, T, DT)                                    \
 extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
 conv2d_backward_input_partition_##CFG##_##DT(const T* __restrict__ gy, const T* __restrict__ w, \
                                          T* __restrict__ gx, const T* __restrict__ bias,   \
@@ -656,7 +531,7 @@ conv2d_backward_weight_##CFG##_##DT(const T* __restrict__ gy, const T* __restric
 // the prefetch+vec4 build would pass otherwise. (A 1 for the small tiles is not "no
 // constraint": ptxas then allocates 72 registers instead of 40-48, 3 blocks per SM instead of 5.)
 // CONV_TILE_CONFIGS(M) applies M to every tile configuration (cfg, BM, BN, BK, TM, TN, MINB,
-// type, dtype suffix) of this build: the conv kernels below, the Winograd GEMMs at the end.
+// type, dtype suffix) of this build: the conv kernels below (and rung 5's Winograd GEMMs).
 // (No m128n128 for double: 64 double accumulators per thread would spill registers.)
 #if MINICNN_CONV_TILES
 // Half of the 128x128 tile, either way, with the same 8x8 register blocks: 128 threads, at
@@ -825,377 +700,3 @@ conv1x1_backward_weight_##DT(const T* gy, const T* x, T* ws, int N, int C, int O
                              int len)                                                       \
 { conv1x1_backward_weight<T>(gy, x, ws, N, C, O, S, len); }
 INSTANTIATE_F32_F64(NARROW_KERNELS)
-
-#if MINICNN_CONV_WINOGRAD
-// ================================================================== Winograd weight gradient
-// dW[o, c] (3x3) = G^T [ sum over images n and 2x2 tiles of dy:  (A dy_tile A^T) (.)
-//                        (B^T x_patch B) ] G,
-// x_patch the 4x4 patch of the zero-padded x under the tile, with the matrices of F(2x2, 3x3)
-//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
-//   A^T = [1 1 1 0; 0 1 -1 -1].
-// P = N * (H/2) * (W/2) tiles, p = (n, a, b); xy = 4x + y indexes the 4x4 transformed domain.
-//   winograd_x:    V[xy, p, c] = (B^T x_patch B)[x, y]      one thread per (p, c), c fastest
-//   winograd_dy:   U[xy, o, p] = (A dy_tile A^T)[x, y]      one thread per (o, p), p fastest
-//   winograd_gemm: ws[split, xy, o, c] = sum_{p in slice} U[xy, o, p] V[xy, p, c]
-//                  (the engine above; grid z = 16 * splits, z = xy * splits + split)
-//   winograd_out:  dW[o, c, i, j] = sum_xy G[x, i] (sum_split ws[split, xy, o, c]) G[y, j]
-// (the layouts make the GEMM's A loads run along k = p and its B loads along the columns c).
-// With 4x4 tiles of dy where 4 divides H and W (winograd4_x, winograd4_dy, winograd4_out):
-// F(3x3, 4x4), the 6x6 patches of x and the matrices of F(4x4, 3x3) below, 36 points, P =
-// N * (H/4) * (W/4): 2.25 multiplications per dy pixel and tap pair instead of 4 (direct: 9).
-
-// tile p of the grid of m x m tiles over (N, H, W), Wt tiles a row and HWt a plane: image n,
-// tile row a, tile column b
-struct WinogradTile { int n, a, b; };
-__device__ __forceinline__ WinogradTile tile_of(int p, int HWt, int Wt) {
-    const int n = p / HWt, ab = p - n * HWt, a = ab / Wt;
-    return {n, a, ab - a * Wt};
-}
-
-// The transforms of F(m x m, 3x3), m = 2 or 4 output pixels a side from alpha = m + 2
-// input pixels (Lavin and Gray 2016): bt (B^T v of an alpha-vector), g (G v of a 3-vector,
-// alpha values) and at (A^T v of an alpha-vector, m values), and for the weight gradient's
-// F(3x3, m x m), the same matrices transposed: a (A g of an m-vector, alpha values) and gt
-// (G^T v of an alpha-vector, 3 values). F(2x2, 3x3) has the matrices above; F(4x4, 3x3)
-// interpolates at 0, 1, -1, 2, -2 and infinity:
-//   B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0;
-//          0 4 0 -5 0 1],
-//   G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1],
-//   A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
-template <int m> struct WinogradF;
-template <> struct WinogradF<2> {
-    static constexpr int ALPHA = 4;
-    template <typename T> static __device__ __forceinline__ void bt(const T* v, T* out) {
-        out[0] = v[0] - v[2]; out[1] = v[1] + v[2]; out[2] = v[2] - v[1]; out[3] = v[1] - v[3];
-    }
-    template <typename T> static __device__ __forceinline__ void g(T v0, T v1, T v2, T* out) {
-        out[0] = v0; out[1] = T(0.5) * (v0 + v1 + v2); out[2] = T(0.5) * (v0 - v1 + v2);
-        out[3] = v2;
-    }
-    template <typename T> static __device__ __forceinline__ void at(const T* v, T* out) {
-        out[0] = v[0] + v[1] + v[2]; out[1] = v[1] - v[2] - v[3];
-    }
-    template <typename T> static __device__ __forceinline__ void a(const T* g, T* out) {
-        out[0] = g[0]; out[1] = g[0] + g[1]; out[2] = g[0] - g[1]; out[3] = -g[1];
-    }
-    template <typename T> static __device__ __forceinline__ void gt(const T* v, T* out) {
-        out[0] = v[0] + T(0.5) * v[1] + T(0.5) * v[2];
-        out[1] = T(0.5) * v[1] - T(0.5) * v[2];
-        out[2] = T(0.5) * v[1] + T(0.5) * v[2] + v[3];
-    }
-};
-template <> struct WinogradF<4> {
-    static constexpr int ALPHA = 6;
-    template <typename T> static __device__ __forceinline__ void bt(const T* v, T* out) {
-        out[0] = T(4) * v[0] - T(5) * v[2] + v[4];
-        out[1] = (v[3] + v[4]) - T(4) * (v[1] + v[2]);
-        out[2] = T(4) * (v[1] - v[2]) + (v[4] - v[3]);
-        out[3] = T(2) * (v[3] - v[1]) + (v[4] - v[2]);
-        out[4] = T(2) * (v[1] - v[3]) + (v[4] - v[2]);
-        out[5] = T(4) * v[1] - T(5) * v[3] + v[5];
-    }
-    template <typename T> static __device__ __forceinline__ void g(T v0, T v1, T v2, T* out) {
-        const T s = v0 + v2, s4 = T(0.25) * v0 + v2;   // s4: the even part at +-2, over 4
-        out[0] = T(0.25) * v0;
-        out[1] = T(-1.0 / 6) * (s + v1); out[2] = T(-1.0 / 6) * (s - v1);
-        out[3] = T(1.0 / 6) * (s4 + T(0.5) * v1); out[4] = T(1.0 / 6) * (s4 - T(0.5) * v1);
-        out[5] = v2;
-    }
-    template <typename T> static __device__ __forceinline__ void at(const T* v, T* out) {
-        const T p1 = v[1] + v[2], m1 = v[1] - v[2], p2 = v[3] + v[4], m2 = v[3] - v[4];
-        out[0] = v[0] + p1 + p2;
-        out[1] = m1 + T(2) * m2;
-        out[2] = p1 + T(4) * p2;
-        out[3] = m1 + T(8) * m2 + v[5];
-    }
-    template <typename T> static __device__ __forceinline__ void a(const T* g, T* out) {
-        const T e = g[0] + g[2], o = g[1] + g[3];           // even and odd parts at +-1
-        const T e2 = g[0] + T(4) * g[2], o2 = T(2) * g[1] + T(8) * g[3];   // at +-2
-        out[0] = g[0]; out[1] = e + o; out[2] = e - o; out[3] = e2 + o2; out[4] = e2 - o2;
-        out[5] = g[3];
-    }
-    template <typename T> static __device__ __forceinline__ void gt(const T* v, T* out) {
-        const T p1 = v[1] + v[2], m1 = v[1] - v[2], p2 = v[3] + v[4], m2 = v[3] - v[4];
-        out[0] = T(0.25) * v[0] - T(1.0 / 6) * p1 + T(1.0 / 24) * p2;
-        out[1] = T(1.0 / 12) * m2 - T(1.0 / 6) * m1;
-        out[2] = T(1.0 / 6) * (p2 - p1) + v[5];
-    }
-};
-
-// B^T d B of the alpha x alpha patch d of the zero-padded plane xc (H x W) under the m x m
-// output tile (a, b): rows m*a-1 .. m*a+m, columns m*b-1 .. m*b+m of xc (for m = 2 the same
-// patch for the weight gradient's x and for the input of the forward / input gradient)
-template <typename T, int m = 2>
-__device__ __forceinline__ void patch_transform(const T* __restrict__ xc, int H, int W, int a,
-                                                int b,
-                                                T (&v)[WinogradF<m>::ALPHA][WinogradF<m>::ALPHA])
-{
-    constexpr int AL = WinogradF<m>::ALPHA;
-    T d[AL][AL], t[AL][AL];                          // t = B^T d, column by column of d
-#pragma unroll
-    for (int i = 0; i < AL; ++i)
-#pragma unroll
-        for (int j = 0; j < AL; ++j) {
-            const int h = m * a - 1 + i, u = m * b - 1 + j;
-            d[i][j] = (h >= 0 && h < H && u >= 0 && u < W) ? ldg(xc + h * W + u) : T(0);
-        }
-#pragma unroll
-    for (int j = 0; j < AL; ++j) {
-        T col[AL], out[AL];
-#pragma unroll
-        for (int i = 0; i < AL; ++i) col[i] = d[i][j];
-        WinogradF<m>::bt(col, out);
-#pragma unroll
-        for (int i = 0; i < AL; ++i) t[i][j] = out[i];
-    }
-#pragma unroll
-    for (int i = 0; i < AL; ++i) WinogradF<m>::bt(t[i], v[i]);   // (B^T d) B
-}
-
-// V[xy] = B^T patch B for every patch p = (n, a, b) of the m x m tiles and channel c of x
-// (N, C, H, W), one thread per (p, c): stored (alpha^2, P, C) with c fastest (TILE_FASTEST =
-// false: winograd_x, the weight gradient's B operand, m = 2) or (alpha^2, C, P) with p
-// fastest (true: winograd_in / winograd4_in, the forward's and input gradient's). Either way
-// the thread's e is its offset within one xy plane.
-template <typename T, bool TILE_FASTEST, int m = 2>
-__device__ __forceinline__ void patches_transform(const T* __restrict__ x, T* __restrict__ V,
-                                                  int N, int C, int H, int W)
-{
-    constexpr int AL = WinogradF<m>::ALPHA;
-    const int Wt = W / m, HWt = (H / m) * Wt, P = N * HWt;
-    GRID_STRIDE_LOOP(e, (long long)P * C) {
-        const int ei = (int)e;
-        const int p = TILE_FASTEST ? ei % P : ei / C, c = TILE_FASTEST ? ei / P : ei % C;
-        const WinogradTile tl = tile_of(p, HWt, Wt);
-        T v[AL][AL];
-        patch_transform<T, m>(x + (tl.n * C + c) * H * W, H, W, tl.a, tl.b, v);
-#pragma unroll
-        for (int xy = 0; xy < AL * AL; ++xy) V[xy * P * C + ei] = v[xy / AL][xy % AL];
-    }
-}
-
-// U[xy] = A g A^T of every m x m tile g of dy (N, O, H, W): stored (alpha^2, O, P), p fastest
-template <typename T, int m = 2>
-__device__ __forceinline__ void winograd_dy(const T* __restrict__ gy, T* __restrict__ U, int N,
-                                            int O, int H, int W)
-{
-    constexpr int AL = WinogradF<m>::ALPHA;
-    const int Wt = W / m, HWt = (H / m) * Wt, P = N * HWt;
-    GRID_STRIDE_LOOP(e, (long long)O * P) {
-        const int ei = (int)e, o = ei / P, p = ei - o * P;
-        const WinogradTile tl = tile_of(p, HWt, Wt);
-        const T* g = gy + (tl.n * O + o) * H * W + m * tl.a * W + m * tl.b;
-        T c[m][AL];                                  // A g, column by column of g
-#pragma unroll
-        for (int j = 0; j < m; ++j) {
-            T col[m];
-#pragma unroll
-            for (int i = 0; i < m; ++i) col[i] = ldg(g + i * W + j);
-            WinogradF<m>::a(col, c[j]);
-        }
-#pragma unroll
-        for (int i = 0; i < AL; ++i) {
-            T row[m], out[AL];
-#pragma unroll
-            for (int j = 0; j < m; ++j) row[j] = c[j][i];
-            WinogradF<m>::a(row, out);               // (A g) A^T
-#pragma unroll
-            for (int j = 0; j < AL; ++j) U[((i * AL + j) * O + o) * P + p] = out[j];
-        }
-    }
-}
-
-// The GEMMs of every Winograd pass, one per point xy of the transformed domain (16 for the
-// 4x4 domain of the 2x2 tiles, F(2x2, 3x3) and F(3x3, 2x2); 36 for the 6x6 one of the 4x4
-// tiles, F(4x4, 3x3) and F(3x3, 4x4)), dense and row-major: ws[split, xy] (M x Ncols) =
-// U[xy] (M x K) V[xy] (K x Ncols) over the split's K slice. The weight gradient: M = O,
-// Ncols = C, K = P; the forward and the input gradient: M = R, Ncols = P, K = K (below). A
-// loads run along k, B loads along the columns.
-template <typename T>
-struct WinogradGemm {
-    static constexpr bool K_MAJOR_B = false;
-    const T* U; const T* V; T* ws;
-    int M, Ncols, K, xy, split, points;
-    struct Column { int c; };
-    __device__ Column column(int col) const { return {col}; }
-    __device__ T a(int m, int k) const { return ldg(U + (xy * M + m) * K + k); }
-    __device__ T b(int k, const Column& cl) const { return ldg(V + (xy * K + k) * Ncols + cl.c); }
-    __device__ void store(int m, int col, T v) const {
-        ws[((split * points + xy) * M + m) * Ncols + col] = v;
-    }
-};
-
-// sum_split ws[split, xy, e] over the slices of a split Winograd GEMM, in order (pts points
-// per slice, plane elements per point)
-template <typename T>
-__device__ __forceinline__ T slices_sum(const T* __restrict__ ws, int splits, int pts, int xy,
-                                        int plane, int e)
-{
-    T s = ws[xy * plane + e];
-    for (int z = 1; z < splits; ++z) s += ws[(z * pts + xy) * plane + e];
-    return s;
-}
-
-// dW[o, c] = G^T M G, M[xy] = sum_split ws[split, xy, o, c] (in order)
-template <typename T, int m = 2>
-__device__ __forceinline__ void winograd_out(const T* __restrict__ ws, T* __restrict__ gw,
-                                             int splits, int O, int C)
-{
-    constexpr int AL = WinogradF<m>::ALPHA, PTS = AL * AL;
-    const int OC = O * C;
-    GRID_STRIDE_LOOP(e, (long long)OC) {
-        const int oc = (int)e;
-        T t[3][AL];                                  // G^T M, column by column of M
-#pragma unroll
-        for (int y = 0; y < AL; ++y) {
-            T col[AL], out[3];
-#pragma unroll
-            for (int x = 0; x < AL; ++x) col[x] = slices_sum(ws, splits, PTS, AL * x + y, OC, oc);
-            WinogradF<m>::gt(col, out);
-#pragma unroll
-            for (int i = 0; i < 3; ++i) t[i][y] = out[i];
-        }
-#pragma unroll
-        for (int i = 0; i < 3; ++i) WinogradF<m>::gt(t[i], gw + oc * 9 + i * 3);   // (G^T M) G
-    }
-}
-
-// winograd_x_<dt>(x, V, N, C, H, W)          winograd_dy_<dt>(gy, U, N, O, H, W)
-// winograd_out_<dt>(ws, gw, splits, O, C)
-// (and winograd4_x_<dt>, winograd4_dy_<dt>, winograd4_out_<dt>: F(3x3, 4x4), 36 points)
-// winograd_gemm_<cfg>_<dt>(U, V, ws, M, Ncols, K, k_chunk, splits, points)   (WinogradGemm;
-//   weight gradient: M = O, Ncols = C, K = P, points = 16)
-//   grid (ceil(Ncols / BN), ceil(M / BM), points * splits)
-#define WINOGRAD_KERNELS_M(T, DT, NAME, M)                                                  \
-extern "C" __global__ void NAME##_x_##DT(const T* x, T* V, int N, int C, int H, int W)     \
-{ patches_transform<T, false, M>(x, V, N, C, H, W); }                                       \
-extern "C" __global__ void NAME##_dy_##DT(const T* gy, T* U, int N, int O, int H, int W)   \
-{ winograd_dy<T, M>(gy, U, N, O, H, W); }                                                   \
-extern "C" __global__ void NAME##_out_##DT(const T* ws, T* gw, int splits, int O, int C)   \
-{ winograd_out<T, M>(ws, gw, splits, O, C); }
-#define WINOGRAD_KERNELS(T, DT)                                                             \
-    WINOGRAD_KERNELS_M(T, DT, winograd, 2)                                                  \
-    WINOGRAD_KERNELS_M(T, DT, winograd4, 4)
-INSTANTIATE_F32_F64(WINOGRAD_KERNELS)
-
-#define WINOGRAD_GEMM(CFG, BM, BN, BK, TM, TN, MINB, T, DT)                                 \
-extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)                \
-winograd_gemm_##CFG##_##DT(const T* __restrict__ U, const T* __restrict__ V,               \
-                           T* __restrict__ ws, int M, int Ncols, int K, int k_chunk,       \
-                           int splits, int points)                                         \
-{                                                                                          \
-    const int xy = blockIdx.z / splits, split = blockIdx.z - xy * splits;                 \
-    WinogradGemm<T> prob{U, V, ws, M, Ncols, K, xy, split, points};                        \
-    implicit_gemm<T, BM, BN, BK, TM, TN>(prob, M, Ncols, K, k_chunk, split);               \
-}
-CONV_TILE_CONFIGS(WINOGRAD_GEMM)
-
-// ================================================================== Winograd convolution
-// The forward of a 3x3, stride 1, padding 1 convolution by F(m x m, 3x3) (m = 2 on even H, W;
-// m = 4 where 4 divides H and W), with the matrices of WinogradF<m>: each m x m output tile
-// of y[n, o] is
-//   y_tile = A^T [ sum_c (G w[o, c] G^T) (.) (B^T x_patch[n, c] B) ] A  (+ b[o]),
-// x_patch the alpha x alpha patch of the zero-padded x under the tile (alpha = m + 2; for
-// m = 2 the patch of the weight gradient). The input gradient is the same computation on dy:
-// dx = conv3x3(dy, w') with padding 1 and the filters w'[c, o, i, j] = w[o, c, 2-i, 2-j]
-// (transposed and turned by 180 degrees).
-// R output channels (O, or C for the input gradient) from K channels summed (C, or O), P
-// tiles p = (n, a, b), alpha^2 points xy = alpha x + y:
-//   winograd_in:       V[xy, k, p] = (B^T patch B)[x, y]   one thread per (k, p), p fastest
-//   winograd_filter:   U[xy, r, k] = (G g G^T)[x, y]       one thread per (r, k), k fastest;
-//                      g = w[r, k] (flip = 0) or w[k, r] turned by 180 degrees (flip = 1)
-//   winograd_gemm:     ws[split, xy, r, p] = sum_{k in slice} U[xy, r, k] V[xy, k, p]
-//                      (WinogradGemm with M = R, Ncols = P, K = K, points = alpha^2)
-//   winograd_conv_out: y[n, r, m*a+i, m*b+j] = (A^T M A)[i, j] (+ b[r]),
-//                      M[xy] = sum_split ws[split, xy, r, p] (in order), p = (n, a, b)
-// (the GEMM's A loads run along k, its B loads along p, both contiguous). The kernels of
-// m = 4 are named winograd4_in, winograd4_filter and winograd4_conv_out.
-// (winograd_in: patches_transform with TILE_FASTEST, above)
-
-template <typename T, int m>
-__device__ __forceinline__ void winograd_filter(const T* __restrict__ w, T* __restrict__ U,
-                                                int O, int C, int flip)
-{
-    constexpr int AL = WinogradF<m>::ALPHA;
-    const int OC = O * C;
-    GRID_STRIDE_LOOP(e, (long long)OC) {
-        const int ei = (int)e;                       // = r * K + k in both layouts
-        int o, c;
-        if (flip) { c = ei / O; o = ei - c * O; }    // r = c, k = o
-        else      { o = ei / C; c = ei - o * C; }    // r = o, k = c
-        const T* g = w + (o * C + c) * 9;
-        T t[AL][3];                                  // G g, column by column of g
-#pragma unroll
-        for (int j = 0; j < 3; ++j) {
-            T col[AL];
-            if (flip) WinogradF<m>::g(ldg(g + 8 - j), ldg(g + 5 - j), ldg(g + 2 - j), col);
-            else      WinogradF<m>::g(ldg(g + j), ldg(g + 3 + j), ldg(g + 6 + j), col);
-#pragma unroll
-            for (int i = 0; i < AL; ++i) t[i][j] = col[i];
-        }
-#pragma unroll
-        for (int i = 0; i < AL; ++i) {
-            T row[AL];
-            WinogradF<m>::g(t[i][0], t[i][1], t[i][2], row);      // (G g) G^T
-#pragma unroll
-            for (int j = 0; j < AL; ++j) U[(i * AL + j) * OC + ei] = row[j];
-        }
-    }
-}
-
-template <typename T, int m>
-__device__ __forceinline__ void winograd_conv_out(const T* __restrict__ ws,
-                                                  const T* __restrict__ bias, int has_bias,
-                                                  int relu, T* __restrict__ y, int splits,
-                                                  int N, int R, int H, int W)
-{
-    constexpr int AL = WinogradF<m>::ALPHA, PTS = AL * AL;
-    const int Wt = W / m, HWt = (H / m) * Wt, P = N * HWt, RP = R * P;
-    GRID_STRIDE_LOOP(e, (long long)RP) {
-        const int ei = (int)e, r = ei / P, p = ei - r * P;
-        T t[m][AL];                                  // A^T M, column by column of M
-#pragma unroll
-        for (int yy = 0; yy < AL; ++yy) {
-            T col[AL], out[m];
-#pragma unroll
-            for (int x = 0; x < AL; ++x) col[x] = slices_sum(ws, splits, PTS, AL * x + yy, RP, ei);
-            WinogradF<m>::at(col, out);
-#pragma unroll
-            for (int i = 0; i < m; ++i) t[i][yy] = out[i];
-        }
-        const T b = has_bias ? ldg(bias + r) : T(0);
-        const WinogradTile tl = tile_of(p, HWt, Wt);
-        T* dst = y + ((tl.n * R + r) * H + m * tl.a) * W + m * tl.b;
-#pragma unroll
-        for (int i = 0; i < m; ++i) {                // (A^T M) A, + b, then the fused ReLU
-            T row[m];
-            WinogradF<m>::at(t[i], row);
-#pragma unroll
-            for (int j = 0; j < m; ++j) {
-                const T v = row[j] + b;
-                dst[i * W + j] = relu ? relu1(v) : v;
-            }
-        }
-    }
-}
-
-// winograd_in_<dt>(x, V, N, K, H, W)       winograd_filter_<dt>(w, U, O, C, flip)
-// winograd_conv_out_<dt>(ws, bias, has_bias, relu, y, splits, N, R, H, W)
-// (and winograd4_in_<dt>, winograd4_filter_<dt>, winograd4_conv_out_<dt>: the same for m = 4)
-// and the GEMMs: winograd_gemm_<cfg>_<dt>(U, V, ws, R, P, K, k_chunk, splits, points)
-//   grid (ceil(P / BN), ceil(R / BM), points * splits)
-#define WINOGRAD_CONV_KERNELS_M(T, DT, NAME, M)                                             \
-extern "C" __global__ void NAME##_in_##DT(const T* x, T* V, int N, int K, int H, int W)    \
-{ patches_transform<T, true, M>(x, V, N, K, H, W); }                                        \
-extern "C" __global__ void NAME##_filter_##DT(const T* w, T* U, int O, int C, int flip)    \
-{ winograd_filter<T, M>(w, U, O, C, flip); }                                               \
-extern "C" __global__ void NAME##_conv_out_##DT(const T* ws, const T* bias, int has_bias,  \
-                                                int relu, T* y, int splits, int N, int R,   \
-                                                int H, int W)                              \
-{ winograd_conv_out<T, M>(ws, bias, has_bias, relu, y, splits, N, R, H, W); }
-#define WINOGRAD_CONV_KERNELS(T, DT)                                                        \
-    WINOGRAD_CONV_KERNELS_M(T, DT, winograd, 2)                                             \
-    WINOGRAD_CONV_KERNELS_M(T, DT, winograd4, 4)
-INSTANTIATE_F32_F64(WINOGRAD_CONV_KERNELS)
-
-#endif  // MINICNN_CONV_WINOGRAD

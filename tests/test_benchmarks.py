@@ -106,31 +106,24 @@ def test_agreement_measure():
     assert common.agreement(np.array([5e-4]), np.array([0.0]))[1]
 
 
-def test_machine_line_names_the_conv_build_and_its_winograd_passes(monkeypatch):
-    """A CUDA report names the conv build it timed, and in "winograd" builds the passes that
-    MINICNN_WINOGRAD sent to Winograd's kernels (gpu_check.sh times subsets of them)."""
+def test_machine_line_names_the_conv_build(monkeypatch):
+    """A CUDA report names the conv build it timed: the configuration in force, made from
+    MINICNN_CONV_VARIANT once (gpu_check.sh times each build in its own process)."""
     sys.path.insert(0, BENCH)
     try:
         import common
     finally:
         sys.path.remove(BENCH)
-    monkeypatch.setenv("MINICNN_CONV_VARIANT", "winograd+fastdiv")
-    monkeypatch.setenv("MINICNN_WINOGRAD", "weight+forward")
-    monkeypatch.delenv("MINICNN_WINOGRAD_TILE", raising=False)
+    from minicnn.backend.cuda import config
+    monkeypatch.setattr(config, "_current", None)
+    monkeypatch.setenv("MINICNN_CONV_VARIANT", "vec4+fastdiv")
     meta = common.machine_info("cuda", query_gpu=False)
-    assert meta["conv_variant"] == "fastdiv+winograd"
-    assert meta["winograd_passes"] == "forward+weight"
-    assert meta["winograd_tile"] == 4
-    assert "conv kernels 'fastdiv+winograd' (Winograd: forward+weight, tiles up to 4x4)" in \
-        common.machine_line(meta)
-    monkeypatch.setenv("MINICNN_WINOGRAD_TILE", "2")
-    assert "(Winograd: forward+weight, tiles up to 2x2)" in \
-        common.machine_line(common.machine_info("cuda", query_gpu=False))
-    monkeypatch.setenv("MINICNN_WINOGRAD", "none")
-    assert common.machine_info("cuda", query_gpu=False)["winograd_passes"] == "none"
-    monkeypatch.setenv("MINICNN_CONV_VARIANT", "fastdiv")
-    meta = common.machine_info("cuda", query_gpu=False)
-    assert "winograd_passes" not in meta and "Winograd" not in common.machine_line(meta)
+    assert meta["conv_variant"] == "fastdiv+vec4"
+    assert "conv kernels 'fastdiv+vec4'" in common.machine_line(meta)
+    monkeypatch.setattr(config, "_current", None)
+    monkeypatch.setenv("MINICNN_CONV_VARIANT", "winograd")       # left the library: refused
+    with pytest.raises(ValueError, match="MINICNN_CONV_VARIANT='winograd'"):
+        common.machine_info("cuda", query_gpu=False)
 
 
 def test_variants_table_from_stored_reports(tmp_path):
@@ -194,14 +187,14 @@ def test_sass_census_finds_the_k_loop():
                     reason="needs nvcc, cuobjdump and nvdisasm (pip install "
                     "nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
 def test_planner_overheads_are_the_census_means(tmp_path):
-    from minicnn.backend import cuda_backend as cb
+    from minicnn.backend.cuda import planner
     proc = subprocess.run([sys.executable, os.path.join(BENCH, "sass_census.py"), "--out",
                            str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     means = json.loads((tmp_path / "sass_census.json").read_text())["tile_means"]
-    assert means.keys() == cb.TILE_OVERHEAD.keys()
+    assert means.keys() == planner.TILE_OVERHEAD.keys()
     for tile, value in means.items():
-        assert abs(value - cb.TILE_OVERHEAD[tile]) < 0.02, (tile, value)
+        assert abs(value - planner.TILE_OVERHEAD[tile]) < 0.02, (tile, value)
 
 
 def test_plan_model_reproduces_the_measured_conv_times():

@@ -1,83 +1,57 @@
 """What can be checked of the CUDA backend without a GPU: the kernel sources run on the CPU
-(``tests/kernel_emu``), the launch planning, and the backends' common contract.
+(``tests/kernel_emu``), the launch planning, the build configuration, and the backends'
+common contract.
 
 ``tests/kernel_emu/cuda_emu.h`` compiles a ``kernels/*.cu`` file as C++ and runs each launch
 block by block, every CUDA thread a fiber that yields at ``__syncthreads()``; the check
 programs compare the kernels with plain loops (see the header for what this can and cannot
-catch). The same emulator, built as shared libraries and called through ctypes, also runs
-cuda_backend's primitives end to end on NumPy arrays (``_use_the_emulator``): launchers,
-plans and kernels together, against numpy_backend. The GPU self-check in
-``benchmarks/gpu_check.sh`` remains the test on real hardware.
+catch). The same emulator, built as shared libraries and called through ctypes, also runs the
+backend's primitives end to end on NumPy arrays (``emulator.use_the_emulator``): launchers,
+plans and kernels together, against numpy_backend. Rung 5 of the ladder (Winograd) has its
+own file, test_winograd_rung.py. The GPU self-check in ``benchmarks/gpu_check.sh`` remains
+the test on real hardware.
 """
-import ctypes
-import functools
+import dataclasses
 import inspect
 import os
 import re
-import shutil
-import subprocess
-import types
 
 import numpy as np
 import pytest
 
+import emulator as emu
 from minicnn import backend
-from minicnn.backend import cuda_backend as cb, numpy_backend as nb
+from minicnn.backend import cuda as cb, numpy_backend as nb
+from minicnn.backend.cuda import config, ops, planner, runtime
+from minicnn.backend.cuda.config import CudaConfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EMU = os.path.join(ROOT, "tests", "kernel_emu")
-CXX = shutil.which(os.environ.get("CXX", "g++"))
-
-
-def _run_conv_check(variant, tmp_path, flags=("-O2",), env=None):
-    """Build tests/kernel_emu/conv_check.cpp with the NVRTC options of the conv build
-    ``variant`` (-D macros, passed to g++ as they are) and ``flags``, run it, and check that all
-    its (at least 100) checks passed; returns the run's stderr."""
-    exe = tmp_path / "conv_check"
-    build = [CXX, "-std=c++20", *flags, "-fno-strict-aliasing", *cb.conv_variant_options(variant),
-             "-I", EMU, "-I", os.path.join(ROOT, "kernels"), "-x", "c++",
-             os.path.join(EMU, "conv_check.cpp"), "-o", str(exe)]
-    r = subprocess.run(build, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"{' '.join(build)}:\n{r.stderr[-4000:]}"
-    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900, env=env)
-    failed = [line for line in r.stdout.splitlines() if not line.startswith("ok")]
-    assert r.returncode == 0, ("\n".join(failed) + r.stderr)[-4000:]
-    last = r.stdout.strip().splitlines()[-1]
-    assert last.endswith(" 0 failures") and int(last.split()[0]) >= 100, last
-    return r.stderr
+CXX = emu.CXX
+ROOT = emu.ROOT
+DEFAULT = CudaConfig().variant
+NO_CXX = "no C++ compiler (g++ or $CXX) to build the emulator"
 
 
-@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
-@pytest.mark.parametrize("variant", list(cb.CONV_VARIANTS))
+@pytest.mark.skipif(CXX is None, reason=NO_CXX)
+@pytest.mark.parametrize("variant", config.VARIANTS)
 def test_kernels_in_the_emulator(variant, tmp_path):
-    """Each build variant of the kernel file (``cb.CONV_VARIANTS``)."""
-    _run_conv_check(variant, tmp_path)
+    """Each build of the kernel file that the benchmarks time (``config.VARIANTS``: no
+    feature, each feature alone, the default of entry 11, the shipped default)."""
+    emu.run_check("conv_check", variant, tmp_path)
 
 
-def _asan_works(tmp_path):
-    src = tmp_path / "t.cpp"
-    src.write_text("int main() { return 0; }\n")
-    r = subprocess.run([CXX, "-fsanitize=address", str(src), "-o", str(tmp_path / "t")],
-                       capture_output=True, text=True, timeout=120)
-    return r.returncode == 0
-
-
-@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
-@pytest.mark.parametrize("variant", [cb.DEFAULT_CONV_VARIANT,
-                                     "fastdiv+kmajor+ktable+prefetch+tiles+vec4",
-                                     "fastdiv+prefetch+tiles+vec4+winograd"])
-def test_build_in_the_emulator_under_asan(variant, tmp_path):
-    """The default build, the one with kmajor, ktable and tiles, and the default with winograd
-    under AddressSanitizer (the GPU's memcheck runs only where a GPU is lent: on the H200,
-    2026-11-27, it passed for the old default and the kmajor+ktable+tiles build), with every
-    buffer's guard zone poisoned: an out-of-bounds *read*, which the plain emulator run cannot
-    see (rows read past M are never stored), stops the program. Dropping the ``gm < M`` test
-    of the prefetched A loads is caught at once (checked by hand, 2026-11-27)."""
-    if not _asan_works(tmp_path):
+@pytest.mark.skipif(CXX is None, reason=NO_CXX)
+def test_shipped_build_in_the_emulator_under_asan(tmp_path):
+    """The shipped build under AddressSanitizer (the GPU's memcheck runs only where a GPU is
+    lent: on the H200, 2026-11-27, it passed for the builds of entry 15), with every buffer's
+    guard zone poisoned: an out-of-bounds *read*, which the plain emulator run cannot see
+    (rows read past M are never stored), stops the program. Dropping the ``gm < M`` test of
+    the prefetched A loads is caught at once (checked by hand, 2026-11-27)."""
+    if not emu.asan_works(tmp_path):
         pytest.skip(f"{CXX} cannot build with -fsanitize=address (no libasan)")
     env = dict(os.environ, ASAN_OPTIONS="detect_stack_use_after_return=0:detect_leaks=0")
-    stderr = _run_conv_check(variant, tmp_path, ("-O1", "-fsanitize=address,undefined",
-                                                 "-fno-sanitize-recover=undefined"), env)
+    _, stderr = emu.run_check("conv_check", DEFAULT, tmp_path,
+                              ("-O1", "-fsanitize=address,undefined",
+                               "-fno-sanitize-recover=undefined"), env)
     assert "ERROR: AddressSanitizer" not in stderr and "runtime error" not in stderr
 
 
@@ -89,9 +63,9 @@ def test_build_in_the_emulator_under_asan(variant, tmp_path):
     (64, 576, 230400, "f32", True, "m64n64"),         # a weight gradient: split K
 ])
 def test_plan_gemm(M, Ncols, K, suffix, split_k, tile):
-    got, grid, k_chunk = cb.plan_gemm(M, Ncols, K, suffix, sm_count=132, split_k=split_k)
+    got, grid, k_chunk = planner.plan_gemm(M, Ncols, K, suffix, sm_count=132, split_k=split_k)
     assert got == tile
-    BM, BN, BK = cb.TILES[tile][:3]
+    BM, BN, BK = planner.TILES[tile][:3]
     assert grid[:2] == (-(-Ncols // BN), -(-M // BM))
     if split_k:
         assert grid[2] > 1 and k_chunk % BK == 0
@@ -114,18 +88,18 @@ UNET_GEMMS = [
 @pytest.mark.parametrize("problem, tile", UNET_GEMMS)
 def test_plan_gemm_with_tiles(problem, tile):
     M, Ncols, K, split_k = problem
-    got, grid, k_chunk = cb.plan_gemm(M, Ncols, K, "f32", 132, split_k=split_k, tiles=True)
+    got, grid, k_chunk = planner.plan_gemm(M, Ncols, K, "f32", 132, split_k=split_k, tiles=True)
     assert got == tile
-    costs = {t: cb.tile_cost(t, M, Ncols, K, 132, split_k)
+    costs = {t: planner.tile_cost(t, M, Ncols, K, 132, split_k)
              for t in ("m128n128", "m128n64", "m64n128", "m64n64")}
     assert costs[got] == min(costs.values())
-    BM, BN, BK = cb.TILES[got][:3]
+    BM, BN, BK = planner.TILES[got][:3]
     assert grid[:2] == (-(-Ncols // BN), -(-M // BM))
     assert (grid[2] - 1) * k_chunk < K <= grid[2] * k_chunk and k_chunk % BK == 0
     # without the feature the planner never picks the new tiles; float64 ignores the feature
-    assert cb.plan_gemm(M, Ncols, K, "f32", 132, split_k)[0] in ("m64n64", "m128n128")
-    assert cb.plan_gemm(M, Ncols, K, "f64", 132, split_k, tiles=True) == \
-        cb.plan_gemm(M, Ncols, K, "f64", 132, split_k)
+    assert planner.plan_gemm(M, Ncols, K, "f32", 132, split_k)[0] in ("m64n64", "m128n128")
+    assert planner.plan_gemm(M, Ncols, K, "f64", 132, split_k, tiles=True) == \
+        planner.plan_gemm(M, Ncols, K, "f64", 132, split_k)
 
 
 def test_plan_gemm_with_tiles_covers_any_problem():
@@ -133,8 +107,8 @@ def test_plan_gemm_with_tiles_covers_any_problem():
     for _ in range(500):
         M, Ncols, K = (int(v) for v in rng.integers(1, [2048, 300000, 300000]))
         split_k = bool(rng.integers(2))
-        tile, grid, k_chunk = cb.plan_gemm(M, Ncols, K, "f32", 132, split_k, tiles=True)
-        BM, BN, BK = cb.TILES[tile][:3]
+        tile, grid, k_chunk = planner.plan_gemm(M, Ncols, K, "f32", 132, split_k, tiles=True)
+        BM, BN, BK = planner.TILES[tile][:3]
         assert grid[0] * BN >= Ncols > (grid[0] - 1) * BN
         assert grid[1] * BM >= M > (grid[1] - 1) * BM
         assert (grid[2] - 1) * k_chunk < K <= grid[2] * k_chunk
@@ -144,165 +118,57 @@ def test_plan_gemm_with_tiles_covers_any_problem():
 
 def test_tile_cost_model():
     # the same blocks per SM: the tile with less overhead per FMA is cheaper
-    assert cb.tile_cost("m128n128", 256, 256 * 132, 64, 132) < \
-        cb.tile_cost("m64n64", 256, 256 * 132, 64, 132)
+    assert planner.tile_cost("m128n128", 256, 256 * 132, 64, 132) < \
+        planner.tile_cost("m64n64", 256, 256 * 132, 64, 132)
     # one 4-warp block per SM runs at half rate: it costs as much as two (8 warps, full rate)
-    one = cb.tile_cost("m128n64", 128, 64 * 132, 64, 132)
-    two = cb.tile_cost("m128n64", 128, 2 * 64 * 132, 64, 132)
+    one = planner.tile_cost("m128n64", 128, 64 * 132, 64, 132)
+    two = planner.tile_cost("m128n64", 128, 2 * 64 * 132, 64, 132)
     assert one == two
-    assert {cb.tile_threads(t) for t in cb.TILES} == {128, 256}
-    assert set(cb.TILE_OVERHEAD) == set(cb.TILE_BLOCKS_PER_SM) == set(cb.TILES)
+    assert {planner.tile_threads(t) for t in planner.TILES} == {128, 256}
+    assert set(planner.TILE_OVERHEAD) == set(planner.TILE_BLOCKS_PER_SM) == set(planner.TILES)
 
 
 def test_tiles_feature_reaches_the_planner(monkeypatch):
-    monkeypatch.setenv("MINICNN_CONV_VARIANT", "fastdiv+prefetch+tiles+vec4")
-    assert cb._conv_feature("tiles") and not cb._conv_feature("ktable")
-    assert "-DMINICNN_CONV_TILES=1" in cb._module_options("conv")
-    monkeypatch.setenv("MINICNN_CONV_VARIANT", "fastdiv+prefetch+vec4")
-    assert not cb._conv_feature("tiles")
-    monkeypatch.delenv("MINICNN_CONV_VARIANT")                     # the default build has it
-    assert cb._conv_feature("tiles")
-    monkeypatch.setenv("MINICNN_CONV_VARIANT", "tiles+nonsense")
-    with pytest.raises(ValueError, match="MINICNN_CONV_VARIANT"):
-        cb._conv_feature("tiles")
-
-
-def test_k_tables_give_the_convolution():
-    """The launcher's k tables (cb.k_table), read the way the "ktable" kernels read them
-    (kernels/conv.cu: ConvForward::b, ConvBackwardInput::b), give numpy_backend's forward and
-    input gradient (stride 2, padding 1, a non-square kernel)."""
-    rng = np.random.default_rng(1)
-    N, C, H, W, O, kH, kW, (sH, sW), (pH, pW) = 2, 3, 7, 6, 4, 3, 2, (2, 2), (1, 1)
-    Ho, Wo = (H + 2 * pH - kH) // sH + 1, (W + 2 * pW - kW) // sW + 1
-    x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((O, C, kH, kW))
-    gy = rng.standard_normal((N, O, Ho, Wo))
-    K = C * kH * kW
-    tab = cb.k_table("forward", C, kH, kW, H, W)
-    assert tab.shape == (K, 2) and tab.dtype == np.int32
-    y = np.zeros((N, O, Ho, Wo))
-    for n in range(N):
-        for p in range(Ho):
-            for q in range(Wo):
-                h0, w0 = p * sH - pH, q * sW - pW
-                col = np.zeros(K)
-                for k, (off, ij) in enumerate(tab):
-                    i, j = ij >> 16, ij & 0xFFFF
-                    if 0 <= h0 + i < H and 0 <= w0 + j < W:
-                        col[k] = x.reshape(-1)[n * C * H * W + h0 * W + w0 + off]
-                y[n, :, p, q] = w.reshape(O, K) @ col
-    np.testing.assert_allclose(y, nb.conv2d_forward(x, w, None, (sH, sW), (pH, pW)), atol=1e-12)
-
-    tab = cb.k_table("input", O, kH, kW, Ho, Wo)
-    A = w.transpose(1, 0, 2, 3).reshape(C, O * kH * kW)     # A[c, (o, i, j)]
-    gx = np.zeros((N, C, H, W))
-    for n in range(N):
-        for h in range(H):
-            for v in range(W):
-                hp, wp = h + pH, v + pW
-                col = np.zeros(O * kH * kW)
-                for k, (obase, ij) in enumerate(tab):
-                    ph, pw = hp - (ij >> 16), wp - (ij & 0xFFFF)
-                    if ph >= 0 and pw >= 0 and ph % sH == 0 and pw % sW == 0 \
-                            and ph // sH < Ho and pw // sW < Wo:
-                        col[k] = gy.reshape(-1)[n * O * Ho * Wo + obase + ph // sH * Wo + pw // sW]
-                gx[n, :, h, v] = A @ col
-    np.testing.assert_allclose(gx, nb.conv2d_backward_input(gy, w, x.shape, (sH, sW), (pH, pW)),
-                               atol=1e-12)
-    with pytest.raises(ValueError, match="too large for the k table"):
-        cb.k_table("forward", 1, 1, 2**15, 1, 2**15)
-
-
-@functools.lru_cache(maxsize=None)
-def _kernel_signatures(module, variant="plain"):
-    """{kernel name: [parameter type, ...]} of kernels/<module>.cu (for conv, built as
-    ``variant``), from the C++ preprocessor (the entry points are written by macros)."""
-    src = f'#include "cuda_emu.h"\n#include "{module}.cu"\n'
-    options = cb.conv_variant_options(variant) if module == "conv" else ()
-    r = subprocess.run([CXX, "-E", "-P", "-std=c++20", *options,
-                        "-I", EMU, "-I", os.path.join(ROOT, "kernels"), "-x", "c++", "-"],
-                       input=src, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    sigs = {}
-    for name, params in re.findall(r'extern "C"\s*void\s+(\w+)\(([^)]*)\)', r.stdout):
-        # "const float* __restrict__ x" -> "float*", "long long size" -> "longlong"
-        sigs[name] = [re.sub(r"\w+$", "", p.replace("__restrict__", " ").replace("const ", "")
-                             .strip()).replace(" ", "") for p in params.split(",")]
-    return sigs
-
-
-def _conv_signatures(variant):
-    return _kernel_signatures("conv", variant)
-
-
-class _FakeDevice:
-    id = 0
-
-    def __init__(self, *args):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _FakeCupy:
-    """Just enough of CuPy, on NumPy, for the conv launchers to run up to their launches."""
-    ndarray = np.ndarray
-    asarray = staticmethod(np.asarray)
-    ascontiguousarray = staticmethod(np.ascontiguousarray)
-    empty = staticmethod(np.empty)
-
-    class cuda:
-        Device = _FakeDevice
+    """The planner takes the 8x8 tiles only in builds with ``tiles``, and the build's NVRTC
+    options say so."""
+    seen = []
+    monkeypatch.setattr(planner, "plan_gemm", lambda *a, **kw: seen.append(kw["tiles"]) or
+                        ("m64n64", (1, 1, 1), a[2]))
+    monkeypatch.setattr(runtime, "cupy", emu.EmuCupy)
+    monkeypatch.setattr(runtime, "kernel", lambda module, name: lambda *args: None)
+    monkeypatch.setattr(runtime, "num_sms", lambda: 132)
+    x, w = np.zeros((1, 2, 5, 5), np.float32), np.zeros((40, 2, 3, 3), np.float32)
+    for variant, tiles in ((DEFAULT, True), ("fastdiv+prefetch+vec4", False)):
+        with config.configured(CudaConfig.from_variant(variant)):
+            cb.conv2d_forward(x, w, None, (1, 1), (1, 1))
+            assert ("-DMINICNN_CONV_TILES=1" in runtime.module_options("conv")) == tiles
+        assert seen.pop() == tiles
 
 
 def _run_conv_launchers(variant, monkeypatch):
-    """Run the conv launchers of build ``variant`` on NumPy arrays with a stand-in for CuPy,
-    checking each launch's arguments against its kernel's parameter types (pointers get
-    arrays, the k table an int32 (K, 2) array in "ktable" builds and a null pointer otherwise,
-    ``int`` gets int32, ``long long`` int64; the block has the tile's threads). Returns the
-    kinds of kernel launched (names without tile and dtype suffixes)."""
-    sigs = _conv_signatures(variant)
+    """Run the conv launchers of build ``variant`` at U-Net sizes on NumPy arrays with a
+    stand-in for CuPy, checking each launch's arguments against its kernel's parameter types
+    without running it. Returns the kinds of kernel launched (names without tile and dtype
+    suffixes)."""
+    sigs = emu.kernel_signatures("conv", variant)
     launched = []
 
     def fake_kernel(module, name):
-        assert name in sigs, f"{name} is not a kernel of the {variant} build"
-
         def launch(grid, block, args):
-            params = sigs[name]
-            assert len(args) == len(params), (name, len(args), params)
-            for ptype, arg in zip(params, args):
-                if ptype.endswith("*"):
-                    if ptype == "int2*":
-                        ok = (isinstance(arg, np.ndarray) and arg.dtype == np.int32
-                              and arg.ndim == 2 and arg.shape[1] == 2) or \
-                            (arg == 0 and isinstance(arg, np.uint64) and "ktable" not in variant)
-                    else:
-                        ok = isinstance(arg, np.ndarray) and \
-                            arg.dtype == {"float*": np.float32, "double*": np.float64}[ptype]
-                else:
-                    ok = {"int": np.int32, "longlong": np.int64}[ptype] == type(arg)
-                assert ok, (name, ptype, type(arg), getattr(arg, "dtype", None))
-            tile = re.search(r"_(m\d+n\d+)_f", name)
-            if tile:
-                assert block == (cb.tile_threads(tile.group(1)),)
+            emu.check_arguments(sigs, name, grid, block, args)
             if name.startswith("conv1x1_backward_weight"):
-                assert block == (cb.NARROW_THREADS,)
+                assert block == (planner.NARROW_THREADS,)
             launched.append(name)
         return launch
 
-    monkeypatch.setenv("MINICNN_CONV_VARIANT", variant)
-    monkeypatch.setattr(cb, "cupy", _FakeCupy)
-    monkeypatch.setattr(cb, "_kernel", fake_kernel)
-    monkeypatch.setattr(cb, "_num_sms", lambda: 132)
-    monkeypatch.setattr(cb, "_device_k_table", lambda device_id, *key: cb.k_table(*key))
+    monkeypatch.setattr(config, "_current", CudaConfig.from_variant(variant))
+    monkeypatch.setattr(runtime, "cupy", emu.EmuCupy)
+    monkeypatch.setattr(runtime, "kernel", fake_kernel)
+    monkeypatch.setattr(runtime, "num_sms", lambda: 132)
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
         for (N, C, H, W, O, k, s, p) in [(2, 64, 12, 12, 128, 3, 1, 1), (2, 8, 9, 9, 16, 3, 2, 1),
                                          (2, 16, 6, 6, 8, 2, 2, 0), (4, 8, 24, 24, 16, 3, 1, 1),
-                                         (4, 8, 25, 25, 16, 3, 1, 1),   # odd: no Winograd
                                          (1, 1024, 6, 6, 512, 3, 1, 1),   # split along K
                                          (3, 17, 5, 5, 3, 1, 1, 0)]:      # narrow 1x1
             x = rng.standard_normal((N, C, H, W)).astype(dtype)
@@ -314,114 +180,34 @@ def _run_conv_launchers(variant, monkeypatch):
     return {re.sub(r"_m\d+n\d+_f\d+$", "", n) for n in launched}
 
 
-@functools.lru_cache(maxsize=None)
-def _emulated_library(module, variant, build_dir):
-    """kernels/<module>.cu (conv: built as ``variant``) for the emulator, as a shared library
-    with one ``call_<kernel>(dims, args)`` per entry point: ``dims`` the grid and block (6
-    unsigned), ``args`` pointers to the arguments, as CUDA's launch API takes them."""
-    ctype = {"longlong": "long long", "longlong*": "long long*", "unsignedchar*": "unsigned char*"}
-    lines = ['#include "cuda_emu.h"', f'#include "{module}.cu"']
-    for name, params in sorted(_kernel_signatures(module, variant).items()):
-        args = ", ".join(f"*({ctype.get(p, p)}*)a[{i}]" for i, p in enumerate(params))
-        lines.append(f'extern "C" void call_{name}(const unsigned* d, void** a) '
-                     f'{{ emu_launch(dim3(d[0], d[1], d[2]), dim3(d[3], d[4], d[5]), {name}, '
-                     f'{args}); }}')
-    src = os.path.join(build_dir, f"{module}_{variant.replace('+', '_')}.cpp")
-    lib = src[:-4] + ".so"
-    with open(src, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    options = cb.conv_variant_options(variant) if module == "conv" else ()
-    build = [CXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-fno-strict-aliasing", *options,
-             "-I", EMU, "-I", os.path.join(ROOT, "kernels"), src, "-o", lib]
-    r = subprocess.run(build, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"{' '.join(build)}:\n{r.stderr[-4000:]}"
-    return ctypes.CDLL(lib)
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to read the signatures")
+@pytest.mark.parametrize("variant", [DEFAULT, "plain"])
+def test_conv_launchers_match_the_kernel_signatures(variant, monkeypatch):
+    """Every argument the conv launchers pass has the type of its kernel parameter (CuPy
+    passes a RawKernel's arguments by position, unchecked), for every kernel kind of the
+    build; what the kernels compute is the GPU's and the emulator's business."""
+    kinds = _run_conv_launchers(variant, monkeypatch)
+    assert {"conv2d_forward", "conv2d_backward_input", "conv2d_backward_input_partition",
+            "conv2d_backward_weight", "splitk_reduce_f32", "splitk_reduce_f64",
+            "conv1x1_forward_f32", "conv1x1_backward_input_f64",
+            "conv1x1_backward_weight_f32"} <= kinds
 
 
-class _EmuArray(np.ndarray):
-    """A NumPy array that tells its address as a CuPy array does (``a.data.ptr``)."""
-    @property
-    def data(self):
-        return types.SimpleNamespace(ptr=self.ctypes.data)
-
-
-class _EmuCupy(_FakeCupy):
-    """NumPy arrays that look enough like CuPy's for every launcher of cuda_backend."""
-    ndarray = _EmuArray
-
-    @staticmethod
-    def asarray(a, dtype=None):
-        return np.asarray(a, dtype=dtype).view(_EmuArray)
-
-    @staticmethod
-    def ascontiguousarray(a):
-        return np.ascontiguousarray(a).view(_EmuArray)
-
-    @staticmethod
-    def empty(shape, dtype=np.float64):
-        return np.empty(shape, dtype).view(_EmuArray)
-
-    @staticmethod
-    def zeros(shape, dtype=np.float64):
-        return np.zeros(shape, dtype).view(_EmuArray)
-
-
-def _use_the_emulator(monkeypatch, variant, build_dir):
-    """cuda_backend with CuPy replaced by _EmuCupy and each kernel by the emulator's."""
-    monkeypatch.setenv("MINICNN_CONV_VARIANT", variant)
-    monkeypatch.setattr(cb, "cupy", _EmuCupy)
-    monkeypatch.setattr(cb, "_kernel", lambda module, name: _emulated_kernel(
-        _emulated_library(module, variant if module == "conv" else "plain", build_dir), name))
-    monkeypatch.setattr(cb, "_num_sms", lambda: 132)
-    monkeypatch.setattr(cb, "_device_k_table", lambda device_id, *key: cb.k_table(*key))
-
-
-def _emulated_kernel(lib, name):
-    """A stand-in for a CuPy RawKernel that runs ``name`` in the emulator: NumPy arrays are
-    passed as their data pointers, NumPy scalars by address (a uint64 0: a null pointer)."""
-
-    def launch(grid, block, args):
-        dims = (ctypes.c_uint * 6)(*(tuple(grid) + (1,) * (3 - len(grid))),
-                                   *(tuple(block) + (1,) * (3 - len(block))))
-        keep = []
-        for a in args:
-            if isinstance(a, np.ndarray):
-                keep.append(ctypes.c_void_p(a.ctypes.data))
-            elif isinstance(a, np.uint64):
-                keep.append(ctypes.c_void_p(int(a) or None))
-            else:
-                keep.append({np.int32: ctypes.c_int, np.int64: ctypes.c_longlong,
-                             np.float32: ctypes.c_float, np.float64: ctypes.c_double}[type(a)](a))
-        argv = (ctypes.c_void_p * len(keep))(*(ctypes.addressof(k) for k in keep))
-        getattr(lib, f"call_{name}")(dims, argv)
-    return launch
-
-
-@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
-@pytest.mark.parametrize("variant, env", [
-    (cb.DEFAULT_CONV_VARIANT, {}), ("fastdiv+prefetch+tiles+vec4+winograd", {}),
-    ("fastdiv+prefetch+tiles+vec4+winograd", {"MINICNN_WINOGRAD_TILE": "2"}),
-    ("fastdiv+prefetch+tiles+vec4+winograd", {"MINICNN_WINOGRAD": "weight"}), ("plain", {})])
-def test_conv_launchers_compute_the_convolution_in_the_emulator(variant, env, monkeypatch,
+@pytest.mark.skipif(CXX is None, reason=NO_CXX)
+@pytest.mark.parametrize("variant", [DEFAULT, "plain"])
+def test_conv_launchers_compute_the_convolution_in_the_emulator(variant, monkeypatch,
                                                                tmp_path_factory):
-    """The conv primitives of cuda_backend, launchers and kernels together, run on the CPU:
-    CuPy replaced by NumPy and each launch by the emulator running the kernel the launcher
+    """The conv primitives of the CUDA backend, launchers and kernels together, run on the
+    CPU: CuPy replaced by NumPy and each launch by the emulator running the kernel the launcher
     names, with the grid, block and arguments it passes. Against numpy_backend, forward and
-    both gradients, on shapes that take each path (Winograd's with 16 channels or more, its
-    4x4 output tiles where 4 divides H and W, split K, stride 2, the up-convolution's
-    partition, 1x1). This is what catches a launcher that
-    passes arguments in the wrong order or plans a grid its kernel does not expect."""
-    _use_the_emulator(monkeypatch, variant, str(tmp_path_factory.getbasetemp()))
-    for name in ("MINICNN_WINOGRAD", "MINICNN_WINOGRAD_TILE"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    both gradients, on shapes that take each path (split K, stride 2, the up-convolution's
+    partition, 1x1). This is what catches a launcher that passes arguments in the wrong order
+    or plans a grid its kernel does not expect."""
+    emu.use_the_emulator(monkeypatch, variant, str(tmp_path_factory.getbasetemp()))
     rng = np.random.default_rng(1)
     for dtype, tol in ((np.float32, 2e-5), (np.float64, 1e-12)):
-        for (N, C, H, W, O, k, s, p) in [(2, 16, 6, 8, 17, 3, 1, 1),      # Winograd
-                                         (2, 16, 8, 12, 17, 3, 1, 1),     # 4x4 tiles
-                                         (1, 1100, 2, 2, 16, 3, 1, 1),    # Winograd, split K
-                                         (1, 1100, 4, 4, 16, 3, 1, 1),    # 4x4, split K
+        for (N, C, H, W, O, k, s, p) in [(2, 16, 6, 8, 17, 3, 1, 1),
+                                         (1, 1100, 2, 2, 16, 3, 1, 1),    # split K
                                          (1, 3, 7, 6, 5, 3, 1, 1),        # odd, few channels
                                          (2, 5, 9, 9, 6, 3, 2, 1),        # stride 2
                                          (2, 6, 4, 6, 7, 2, 2, 0),        # up-convolution
@@ -457,12 +243,12 @@ def test_other_launchers_compute_their_primitives_in_the_emulator(monkeypatch, t
     and partitioning windows), the cross-entropy (class weights or none, a dense and a
     broadcast upstream gradient) and the three optimizers, against numpy_backend, bit for bit
     as gpu_check.sh's self-check on a GPU (the forward loss to rounding)."""
-    _use_the_emulator(monkeypatch, cb.DEFAULT_CONV_VARIANT, str(tmp_path_factory.getbasetemp()))
-    launched, kernel = set(), cb._kernel
-    monkeypatch.setattr(cb, "_kernel", lambda module, name: launched.add(name) or
+    emu.use_the_emulator(monkeypatch, DEFAULT, str(tmp_path_factory.getbasetemp()))
+    launched, kernel = set(), runtime.kernel
+    monkeypatch.setattr(runtime, "kernel", lambda module, name: launched.add(name) or
                         kernel(module, name))
     rng = np.random.default_rng(2)
-    E = _EmuCupy.asarray
+    E = emu.EmuCupy.asarray
 
     def same(got, ref, what):
         assert got.shape == ref.shape and got.dtype == ref.dtype, (what, got.shape, got.dtype)
@@ -550,83 +336,13 @@ def test_other_launchers_compute_their_primitives_in_the_emulator(monkeypatch, t
             "sgd_update_f64", "adagrad_update_f32"} <= launched
 
 
-# the transforms of each Winograd path (both launch the GEMMs "winograd_gemm")
-WINOGRAD_WEIGHT = {f"winograd_{k}_{dt}" for k in ("x", "dy", "out") for dt in ("f32", "f64")}
-WINOGRAD_CONV = {f"winograd_{k}_{dt}" for k in ("in", "filter", "conv_out")
-                 for dt in ("f32", "f64")}
-WINOGRAD_CONV4 = {f"winograd4_{k}_{dt}" for k in ("in", "filter", "conv_out")   # 4x4 tiles
-                  for dt in ("f32", "f64")}
-WINOGRAD_WEIGHT4 = {f"winograd4_{k}_{dt}" for k in ("x", "dy", "out") for dt in ("f32", "f64")}
-
-
-@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to read the signatures")
-@pytest.mark.parametrize("variant", [cb.DEFAULT_CONV_VARIANT, "plain",
-                                     "fastdiv+kmajor+ktable+prefetch+tiles+vec4",
-                                     "fastdiv+prefetch+tiles+vec4+winograd"])
-def test_conv_launchers_match_the_kernel_signatures(variant, monkeypatch):
-    """Every argument the conv launchers pass has the type of its kernel parameter (CuPy
-    passes a RawKernel's arguments by position, unchecked), for every kernel kind of the
-    build; what the kernels compute is the GPU's and the emulator's business."""
-    monkeypatch.delenv("MINICNN_WINOGRAD", raising=False)
-    monkeypatch.delenv("MINICNN_WINOGRAD_TILE", raising=False)
-    kinds = _run_conv_launchers(variant, monkeypatch)
-    assert {"conv2d_forward", "conv2d_backward_input_partition", "conv2d_backward_weight",
-            "splitk_reduce_f32", "splitk_reduce_f64", "conv1x1_forward_f32",
-            "conv1x1_backward_input_f64", "conv1x1_backward_weight_f32"} <= kinds
-    assert ("conv2d_backward_input_unit" in kinds) == ("ktable" in variant)
-    winograd = (WINOGRAD_WEIGHT | WINOGRAD_WEIGHT4 | WINOGRAD_CONV | WINOGRAD_CONV4
-                | {"winograd_gemm"})
-    assert (winograd <= kinds) == ("winograd" in variant)
-    assert not winograd & kinds or "winograd" in variant
-
-
-@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to read the signatures")
-@pytest.mark.parametrize("passes, forward_input, weight", [
-    ("none", False, False), ("weight", False, True), ("forward", True, False),
-    ("input", True, False), ("forward+input+weight", True, True)])
-def test_winograd_passes_choose_the_kernels(passes, forward_input, weight, monkeypatch):
-    """MINICNN_WINOGRAD picks the passes that run Winograd's kernels in a "winograd" build;
-    the U-Net-sized shapes of the run above need both GEMM kinds otherwise."""
-    monkeypatch.setenv("MINICNN_WINOGRAD", passes)
-    monkeypatch.delenv("MINICNN_WINOGRAD_TILE", raising=False)
-    kinds = _run_conv_launchers("fastdiv+prefetch+tiles+vec4+winograd", monkeypatch)
-    for conv in (WINOGRAD_CONV, WINOGRAD_CONV4):     # the 6 px shape takes 2x2 tiles
-        assert (conv <= kinds) == forward_input
-        assert not (conv & kinds) or forward_input
-    for grad in (WINOGRAD_WEIGHT, WINOGRAD_WEIGHT4):
-        assert (grad <= kinds) == weight
-        assert not (grad & kinds) or weight
-    assert ("winograd_gemm" in kinds) == (forward_input or weight)
-
-
-@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to read the signatures")
-def test_winograd_tile_chooses_the_kernels(monkeypatch):
-    """MINICNN_WINOGRAD_TILE=2 sends every Winograd pass to the 2x2 tiles (F(2x2, 3x3),
-    F(3x3, 2x2)); 4 (the default) sends those whose sizes 4 divides to the 4x4 ones; anything
-    else is refused by name."""
-    monkeypatch.delenv("MINICNN_WINOGRAD", raising=False)
-    monkeypatch.setenv("MINICNN_WINOGRAD_TILE", "2")
-    kinds = _run_conv_launchers("fastdiv+prefetch+tiles+vec4+winograd", monkeypatch)
-    assert WINOGRAD_CONV | WINOGRAD_WEIGHT <= kinds
-    assert not (WINOGRAD_CONV4 | WINOGRAD_WEIGHT4) & kinds
-    assert [cb.winograd_tile(H, W) for H, W in ((96, 96), (6, 6), (8, 12))] == [2, 2, 2]
-    monkeypatch.delenv("MINICNN_WINOGRAD_TILE")
-    assert [cb.winograd_tile(H, W) for H, W in ((96, 96), (6, 6), (8, 12), (8, 6), (12, 10))] \
-        == [4, 2, 4, 2, 2]
-    for bad in ("3", "4x4", ""):
-        monkeypatch.setenv("MINICNN_WINOGRAD_TILE", bad)
-        with pytest.raises(ValueError, match="MINICNN_WINOGRAD_TILE"):
-            cb.winograd_tile(8, 8)
-
-
 def test_new_primitive_arguments_are_refused_clearly(monkeypatch):
     """The primitives' keyword arguments: a reduction outside none/sum/mean and (CUDA) a bias
     of the wrong length raise ValueError naming the primitive, before any launch."""
     x, t = np.zeros((2, 3), np.float32), np.array([0, 1])
+    monkeypatch.setattr(runtime, "cupy", emu.EmuCupy)
+    monkeypatch.setattr(runtime, "kernel", lambda module, name: pytest.fail("launched"))
     for bk in (nb, cb):
-        if bk is cb:
-            monkeypatch.setattr(cb, "cupy", _EmuCupy)
-            monkeypatch.setattr(cb, "_kernel", lambda module, name: pytest.fail("launched"))
         with pytest.raises(ValueError, match="softmax_cross_entropy_forward: reduction must"):
             bk.softmax_cross_entropy_forward(x, t, None, reduction="avg")
     gy, w = np.zeros((1, 4, 3, 3), np.float32), np.zeros((4, 2, 1, 1), np.float32)
@@ -642,49 +358,24 @@ def test_narrow_1x1_rule_and_the_kernels_constants():
     """The narrow 1x1 kernels take 1x1 / stride 1 / unpadded convolutions of at most
     NARROW_MAX channels (the U-Net's head); the launchers' constants are the kernels'."""
     one = dict(kH=1, kW=1, sH=1, sW=1, pH=0, pW=0)
-    assert cb.narrow_1x1(**one, channels=4) and cb.narrow_1x1(**one, channels=cb.NARROW_MAX)
-    assert not cb.narrow_1x1(**one, channels=cb.NARROW_MAX + 1)
+    assert planner.narrow_1x1(**one, channels=4)
+    assert planner.narrow_1x1(**one, channels=planner.NARROW_MAX)
+    assert not planner.narrow_1x1(**one, channels=planner.NARROW_MAX + 1)
     for change in (dict(kH=3), dict(sW=2), dict(pH=1)):
-        assert not cb.narrow_1x1(**{**one, **change}, channels=4)
+        assert not planner.narrow_1x1(**{**one, **change}, channels=4)
     with open(os.path.join(ROOT, "kernels", "conv.cu")) as f:
         src = f.read()
-    assert f"constexpr int NARROW_MAX = {cb.NARROW_MAX};" in src
-    assert f"constexpr int NARROW_THREADS = {cb.NARROW_THREADS};" in src
+    assert f"constexpr int NARROW_MAX = {planner.NARROW_MAX};" in src
+    assert f"constexpr int NARROW_THREADS = {planner.NARROW_THREADS};" in src
     # the weight gradient's pixel chunks: every pixel in exactly one, about four waves
     for pixels, groups, sms in [(230400, 8, 132), (75, 3, 132), (2048 * 7 + 1, 1, 2),
                                 (10**6, 1, 1000)]:
-        chunks, length = cb.narrow_weight_chunks(pixels, groups, sms)
+        chunks, length = planner.narrow_weight_chunks(pixels, groups, sms)
         assert (chunks - 1) * length < pixels <= chunks * length
-        assert length >= min(pixels, cb.NARROW_MIN_CHUNK) and chunks <= max(1, 4 * sms)
-    assert cb.narrow_weight_chunks(230400, 8, 132) == (66, 3491)
+        assert length >= min(pixels, planner.NARROW_MIN_CHUNK) and chunks <= max(1, 4 * sms)
+    assert planner.narrow_weight_chunks(230400, 8, 132) == (66, 3491)
     with open(os.path.join(ROOT, "kernels", "loss.cu")) as f:
-        assert f"constexpr int SCE_THREADS = {cb.SCE_THREADS};" in f.read()
-
-
-def test_winograd_applies_and_its_passes(monkeypatch):
-    """The shapes Winograd's kernels take (3x3, stride 1, padding 1, even sizes, 16 channels
-    or more on both sides: every 3x3 layer of the U-Net but the first), and the parsing of
-    MINICNN_WINOGRAD."""
-    unet = dict(kH=3, kW=3, sH=1, sW=1, pH=1, pW=1)
-    assert cb.winograd_applies(**unet, H=96, W=96, C=64, O=64)
-    assert cb.winograd_applies(**unet, H=6, W=6, C=1024, O=1024)
-    assert cb.winograd_applies(**unet, H=2, W=2, C=16, O=16)   # test_ops' "wide" draws
-    assert not cb.winograd_applies(**unet, H=96, W=96, C=1, O=64)        # the first layer
-    assert not cb.winograd_applies(**unet, H=96, W=96, C=64, O=15)
-    assert not cb.winograd_applies(**unet, H=95, W=96, C=64, O=64)       # odd: half a tile
-    assert not cb.winograd_applies(**unet, H=96, W=7, C=64, O=64)
-    for change in (dict(kH=5), dict(sW=2), dict(pH=0), dict(kW=1, pW=0)):
-        assert not cb.winograd_applies(**{**unet, **change}, H=12, W=12, C=64, O=64)
-    monkeypatch.delenv("MINICNN_WINOGRAD", raising=False)
-    assert cb.winograd_passes() == {"forward", "input", "weight"}
-    monkeypatch.setenv("MINICNN_WINOGRAD", "weight+forward")
-    assert cb.winograd_passes() == {"forward", "weight"}
-    monkeypatch.setenv("MINICNN_WINOGRAD", "none")
-    assert cb.winograd_passes() == set()
-    for bad in ("", "fwd", "weight+weight", "none+weight"):
-        monkeypatch.setenv("MINICNN_WINOGRAD", bad)
-        with pytest.raises(ValueError, match="MINICNN_WINOGRAD"):
-            cb.winograd_passes()
+        assert f"constexpr int SCE_THREADS = {ops.SCE_THREADS};" in f.read()
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
@@ -696,48 +387,49 @@ def test_elementwise_kernels_in_the_emulator(check, count, tmp_path):
     (dropping the tail or reading a vector past it is caught). pool_check.cpp: kernels/pool.cu
     against plain loops, bit for bit, with ties, NaNs and overlapping windows (a wrong index
     decomposition or a changed summation order is caught). Both in tests/kernel_emu/."""
-    exe = tmp_path / check
-    build = [CXX, "-std=c++20", "-O2", "-I", EMU, "-I", os.path.join(ROOT, "kernels"), "-x",
-             "c++", os.path.join(EMU, check + ".cpp"), "-o", str(exe)]
-    r = subprocess.run(build, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-4000:]
-    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.strip().endswith(f"{count} checks, 0 failures"), \
-        r.stdout
+    assert emu.run_check(check, "plain", tmp_path, minimum=count)[0] == count
 
 
 def test_relu_launcher_takes_the_vector_kernel_only_when_aligned(monkeypatch):
     """16-byte kernels for arrays that start on a 16-byte boundary, with one grid item per
     whole vector (or per tail element, if more); the element-wise kernel otherwise."""
-    monkeypatch.setattr(cb, "_kernel", lambda module, name: (module, name))
+    monkeypatch.setattr(runtime, "kernel", lambda module, name: (module, name))
 
     class Arr:
         def __init__(self, ptr, dtype):
             self.data, self.dtype = type("Mem", (), {"ptr": ptr})(), np.dtype(dtype)
     f32, f64 = (Arr(4096, np.float32), Arr(8192, np.float32)), (Arr(4096, np.float64),)
-    assert cb._elementwise_kernel("relu_forward", "f32", 1003, f32) == \
+    assert ops._elementwise_kernel("relu_forward", "f32", 1003, f32) == \
         (("activation", "relu_forward_vec_f32"), 250)
-    assert cb._elementwise_kernel("relu_forward", "f32", 3, f32) == \
+    assert ops._elementwise_kernel("relu_forward", "f32", 3, f32) == \
         (("activation", "relu_forward_vec_f32"), 3)
-    assert cb._elementwise_kernel("relu_backward", "f64", 9, f64) == \
+    assert ops._elementwise_kernel("relu_backward", "f64", 9, f64) == \
         (("activation", "relu_backward_vec_f64"), 4)
-    assert cb._elementwise_kernel("relu_forward", "f32", 1003, (Arr(4100, np.float32),)) == \
+    assert ops._elementwise_kernel("relu_forward", "f32", 1003, (Arr(4100, np.float32),)) == \
         (("activation", "relu_forward_f32"), 1003)
-    assert cb._elementwise_kernel("relu_backward", "f32", 8, f32 + (Arr(8, np.float32),)) == \
+    assert ops._elementwise_kernel("relu_backward", "f32", 8, f32 + (Arr(8, np.float32),)) == \
         (("activation", "relu_backward_f32"), 8)
 
 
 def test_window_partition():
-    assert cb.window_partition(2, 2, 2, 2, 0, 0, 12, 12, 6, 6)      # the up-convolution
-    assert cb.window_partition(3, 1, 3, 1, 0, 0, 9, 5, 3, 5)
-    assert not cb.window_partition(2, 2, 2, 2, 0, 0, 13, 12, 6, 6)  # row 12 is in no window
-    assert not cb.window_partition(2, 2, 2, 2, 1, 1, 12, 12, 7, 7)  # padding
-    assert not cb.window_partition(3, 3, 2, 2, 0, 0, 13, 13, 6, 6)  # overlapping windows
+    assert planner.window_partition(2, 2, 2, 2, 0, 0, 12, 12, 6, 6)      # the up-convolution
+    assert planner.window_partition(3, 1, 3, 1, 0, 0, 9, 5, 3, 5)
+    assert not planner.window_partition(2, 2, 2, 2, 0, 0, 13, 12, 6, 6)  # row 12 is in no window
+    assert not planner.window_partition(2, 2, 2, 2, 1, 1, 12, 12, 7, 7)  # padding
+    assert not planner.window_partition(3, 3, 2, 2, 0, 0, 13, 13, 6, 6)  # overlapping windows
 
 
 @pytest.mark.parametrize("name", backend.PRIMITIVES)
 def test_backends_share_each_primitive_signature(name):
     assert inspect.signature(getattr(nb, name)) == inspect.signature(getattr(cb, name))
+
+
+def test_cuda_backend_has_the_backend_contract():
+    """What minicnn.backend asks of a backend module (the tensor reads ``device``)."""
+    assert (cb.name, cb.device) == ("cuda", "cuda")
+    assert backend.DEVICES["cuda"] == "minicnn.backend.cuda"
+    for attr in ("xp", "asarray", "to_host", "check_available") + backend.PRIMITIVES:
+        assert hasattr(cb, attr), attr
 
 
 def test_primitive_cross_entropy_refuses_targets_unless_told_they_are_checked():
@@ -749,20 +441,82 @@ def test_primitive_cross_entropy_refuses_targets_unless_told_they_are_checked():
     np.testing.assert_allclose(loss, np.log(3), rtol=1e-6)
 
 
-def test_conv_variant_comes_from_the_environment(monkeypatch):
-    monkeypatch.delenv("MINICNN_CONV_VARIANT", raising=False)
-    assert cb.conv_variant() == cb.DEFAULT_CONV_VARIANT == "fastdiv+prefetch+tiles+vec4"
-    assert cb._module_options("conv") == ("-DMINICNN_CONV_FASTDIV=1", "-DMINICNN_CONV_PREFETCH=1",
-                                          "-DMINICNN_CONV_TILES=1", "-DMINICNN_CONV_VEC4=1")
-    monkeypatch.setenv("MINICNN_CONV_VARIANT", "plain")          # the build without features
-    assert cb.conv_variant() == "plain" and cb._module_options("conv") == ()
-    monkeypatch.setenv("MINICNN_CONV_VARIANT", "prefetch")
-    assert cb.conv_variant() == "prefetch" and cb._module_options("conv") == \
-        ("-DMINICNN_CONV_PREFETCH=1",)
-    monkeypatch.setenv("MINICNN_CONV_VARIANT", "vec4+fastdiv")      # any order, one build
-    assert cb.conv_variant() == "fastdiv+vec4" and cb._module_options("conv") == \
-        ("-DMINICNN_CONV_FASTDIV=1", "-DMINICNN_CONV_VEC4=1")
-    for bad in ("fast", "prefetch+prefetch", "plain+vec4", "vec4+", ""):
-        monkeypatch.setenv("MINICNN_CONV_VARIANT", bad)
-        with pytest.raises(ValueError, match=re.escape(f"MINICNN_CONV_VARIANT={bad!r}")):
-            cb.conv_variant()
+# ------------------------------------------------------------------ the configuration
+def test_config_default_is_the_shipped_build_and_its_options():
+    c = CudaConfig()
+    assert c.features == ("fastdiv", "prefetch", "tiles", "vec4") == config.DEFAULT_FEATURES
+    assert c.variant == DEFAULT == "fastdiv+prefetch+tiles+vec4"
+    assert c.conv_options() == ("-DMINICNN_CONV_FASTDIV=1", "-DMINICNN_CONV_PREFETCH=1",
+                                "-DMINICNN_CONV_TILES=1", "-DMINICNN_CONV_VEC4=1")
+    plain = CudaConfig(features=())
+    assert plain.variant == "plain" and CudaConfig.from_variant("plain") == plain
+    assert plain.conv_options() == ("-DMINICNN_CONV_FASTDIV=0", "-DMINICNN_CONV_PREFETCH=0",
+                                    "-DMINICNN_CONV_TILES=0", "-DMINICNN_CONV_VEC4=0")
+    two = CudaConfig.from_variant("vec4+fastdiv")                # any order, one build
+    assert two == CudaConfig(features=("fastdiv", "vec4")) and two.variant == "fastdiv+vec4"
+    assert two.has("vec4") and not two.has("tiles")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        two.features = ()
+    assert hash(two) == hash(CudaConfig(features=["vec4", "fastdiv"]))
+
+
+@pytest.mark.parametrize("bad", ["fast", "prefetch+prefetch", "plain+vec4", "vec4+", "",
+                                 " vec4", "ktable", "kmajor", "winograd", "fastdiv+winograd"])
+def test_config_refuses_a_bad_variant_in_one_line(bad):
+    """Unknown or repeated features, and the features that left the library, are refused by
+    name, in one line."""
+    with pytest.raises(ValueError, match=re.escape(f"MINICNN_CONV_VARIANT={bad!r}")) as err:
+        CudaConfig.from_variant(bad)
+    assert "\n" not in str(err.value)
+    assert "fastdiv" in str(err.value) and "vec4" in str(err.value)   # what it takes
+
+
+@pytest.mark.parametrize("bad, match", [
+    (("vec4", "vec4"), "a name repeats"), (("ktable",), r"unknown: \['ktable'\]"),
+    ("vec4", "must be a sequence"), ((4,), "must be a sequence")])
+def test_config_refuses_bad_features_in_one_line(bad, match):
+    with pytest.raises(ValueError, match=match) as err:
+        CudaConfig(features=bad)
+    assert "\n" not in str(err.value) and str(err.value).startswith("CudaConfig: features")
+    with pytest.raises(ValueError, match="unknown feature 'ktable'"):
+        CudaConfig().has("ktable")
+    with pytest.raises(TypeError, match="expected a CudaConfig, got str"):
+        config.configure("fastdiv")
+
+
+def test_config_is_read_from_the_environment_once(monkeypatch):
+    """MINICNN_CONV_VARIANT is a start-up default: read on the first use, kept after; a
+    launch never reads it again (a bad value set later changes nothing)."""
+    monkeypatch.setattr(config, "_current", None)
+    monkeypatch.setenv("MINICNN_CONV_VARIANT", "prefetch+fastdiv")
+    first = config.current()
+    assert first == CudaConfig.from_variant("fastdiv+prefetch")
+    monkeypatch.setenv("MINICNN_CONV_VARIANT", "nonsense")
+    assert config.current() is first
+    assert runtime.module_options("conv") == first.conv_options()
+    monkeypatch.setattr(runtime, "cupy", emu.EmuCupy)
+    monkeypatch.setattr(runtime, "kernel", lambda module, name: lambda *args: None)
+    monkeypatch.setattr(runtime, "num_sms", lambda: 132)
+    x, w = np.zeros((1, 2, 5, 5), np.float32), np.zeros((3, 2, 3, 3), np.float32)
+    cb.conv2d_forward(x, w, None, (1, 1), (1, 1))                  # no error: not read again
+    monkeypatch.setattr(config, "_current", None)                   # a new process, in effect
+    with pytest.raises(ValueError, match="MINICNN_CONV_VARIANT='nonsense'"):
+        config.current()
+    monkeypatch.delenv("MINICNN_CONV_VARIANT")
+    assert config.current() == CudaConfig()
+    assert CudaConfig.from_env({"MINICNN_CONV_VARIANT": "plain"}) == CudaConfig(features=())
+
+
+def test_configure_and_configured_set_the_build(monkeypatch):
+    monkeypatch.setattr(config, "_current", CudaConfig())
+    plain = CudaConfig(features=())
+    previous = cb.configure(plain)
+    assert previous == CudaConfig() and cb.current_config() is plain
+    assert runtime.module_options("conv") == plain.conv_options()
+    with cb.configured(CudaConfig.from_variant("vec4")) as c:
+        assert cb.current_config() is c and c.variant == "vec4"
+    assert cb.current_config() is plain                             # restored after the block
+    with pytest.raises(RuntimeError):
+        with cb.configured(CudaConfig()):
+            raise RuntimeError("inside")
+    assert cb.current_config() is plain                             # restored after an error

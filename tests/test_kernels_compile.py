@@ -2,7 +2,8 @@
 
 * every ``kernels/*.cu`` compiles with nvcc for sm_80 and sm_90 (skipped without nvcc), and
   with NVRTC, the run-time compiler CuPy uses, as the backend builds it (skipped without the
-  ``nvidia-cuda-nvrtc`` wheel);
+  ``nvidia-cuda-nvrtc`` wheel); so does rung 5 of the ladder, ``dev/cuda/conv_5_winograd.cu``,
+  as ``dev/cuda/winograd.py`` builds it;
 * ``import minicnn`` does not import CuPy, nor does loading ``minicnn.kernels``;
 * ``minicnn.backend.get("cuda")`` without CuPy, or without a GPU, raises
   ``BackendUnavailable`` whose message says why.
@@ -15,10 +16,14 @@ import sys
 
 import pytest
 
-from minicnn.backend import cuda_backend
+from minicnn.backend.cuda import config, runtime
+from minicnn.backend.cuda.config import CudaConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNEL_DIR = os.path.join(ROOT, "kernels")
+LADDER = os.path.join(ROOT, "dev", "cuda")
+WINOGRAD = os.path.join(LADDER, "conv_5_winograd.cu")
+DEFAULT = CudaConfig().conv_options()
 CU_FILES = sorted(f for f in os.listdir(KERNEL_DIR) if f.endswith(".cu"))
 NVCC = shutil.which("nvcc")
 ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -34,19 +39,21 @@ def test_kernel_sources_present():
     assert os.path.exists(os.path.join(KERNEL_DIR, "common.cuh"))
 
 
-# every file as it is, plus the other build variants of conv.cu (cuda_backend.CONV_VARIANTS;
-# the module imports without CuPy)
-BUILDS = [(cu, ()) for cu in CU_FILES] + \
-    [("conv.cu", opts) for opts in cuda_backend.CONV_VARIANTS.values() if opts]
+# every file as it is (conv.cu: the shipped build), plus the other builds of conv.cu that the
+# benchmarks time (config.VARIANTS), plus the Winograd rung
+BUILDS = [(os.path.join(KERNEL_DIR, cu), ()) for cu in CU_FILES] + \
+    [(os.path.join(KERNEL_DIR, "conv.cu"), CudaConfig.from_variant(v).conv_options())
+     for v in config.VARIANTS] + [(WINOGRAD, DEFAULT)]
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH: cannot compile the CUDA kernels")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-@pytest.mark.parametrize("cu, options", BUILDS)
+@pytest.mark.parametrize("cu, options", BUILDS,
+                         ids=[f"{os.path.basename(cu)}{''.join(o)}" for cu, o in BUILDS])
 def test_kernel_compiles(cu, options, arch, tmp_path):
-    out = tmp_path / (cu[:-3] + ".cubin")
+    out = tmp_path / (os.path.basename(cu)[:-3] + ".cubin")
     cmd = [NVCC, "-std=c++17", f"-arch={arch}", "--cubin", *options, "-I", KERNEL_DIR,
-           os.path.join(KERNEL_DIR, cu), "-o", str(out)]
+           "-I", LADDER, cu, "-o", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
     assert out.exists() and out.stat().st_size > 0
@@ -68,17 +75,18 @@ def _nvrtc():
 NVRTC = _nvrtc()
 
 
-def _nvrtc_compile(name, options):
-    """Compile kernels/NAME.cu with NVRTC as ``minicnn.kernels.module`` does at run time
-    (through CuPy), for compute_90: ``(status, log, names of the PTX's entry points)``."""
+def _nvrtc_compile(path, options):
+    """Compile the .cu file ``path`` with NVRTC as ``minicnn.kernels.module`` (and the
+    Winograd rung's launcher) do at run time through CuPy, for compute_90: ``(status, log,
+    names of the PTX's entry points)``."""
     import ctypes
     import re
-    with open(os.path.join(KERNEL_DIR, f"{name}.cu"), "rb") as f:
+    with open(path, "rb") as f:
         src = f.read()
     prog = ctypes.c_void_p()
-    assert NVRTC.nvrtcCreateProgram(ctypes.byref(prog), src, f"{name}.cu".encode(), 0, None,
-                                    None) == 0
-    opts = [o.encode() for o in ("--std=c++17", f"-I{KERNEL_DIR}",
+    assert NVRTC.nvrtcCreateProgram(ctypes.byref(prog), src, os.path.basename(path).encode(), 0,
+                                    None, None) == 0
+    opts = [o.encode() for o in ("--std=c++17", f"-I{KERNEL_DIR}", f"-I{LADDER}",
                                  "--gpu-architecture=compute_90", *options)]
     status = NVRTC.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
     size = ctypes.c_size_t()
@@ -97,17 +105,27 @@ def _nvrtc_compile(name, options):
 
 @pytest.mark.skipif(NVRTC is None, reason="no NVRTC (pip install nvidia-cuda-nvrtc)")
 @pytest.mark.parametrize("name, variant", [(cu[:-3], None) for cu in CU_FILES if cu != "conv.cu"]
-                         + [("conv", v) for v in (cuda_backend.DEFAULT_CONV_VARIANT, "plain",
-                                                  "fastdiv+prefetch+tiles+vec4+winograd")])
-def test_kernels_compile_with_nvrtc(name, variant):
+                         + [("conv", v) for v in (CudaConfig().variant, "plain")]
+                         + [("conv_5_winograd", CudaConfig().variant)])
+def test_kernels_compile_with_nvrtc(name, variant, monkeypatch):
     """NVRTC, the compiler CuPy runs on the GPU machine, accepts every kernel file with the
     options the backend gives it (a conv build's -D macros, optim's --fmad=false), and every
-    entry point that cuda_backend's launchers name is in the PTX."""
-    options = (cuda_backend.conv_variant_options(variant) if name == "conv"
-               else cuda_backend._MODULE_OPTIONS.get(name, ()))
-    status, log, entries = _nvrtc_compile(name, options)
+    entry point that the launchers name is in the PTX."""
+    monkeypatch.setattr(config, "_current", CudaConfig.from_variant(variant or "plain"))
+    options = runtime.module_options("conv" if name == "conv_5_winograd" else name)
+    path = WINOGRAD if name == "conv_5_winograd" else os.path.join(KERNEL_DIR, f"{name}.cu")
+    status, log, entries = _nvrtc_compile(path, options)
     assert status == 0, f"NVRTC failed on {name}.cu {options}:\n{log[-4000:]}"
     dts = ("f32", "f64")
+    conv = {f"{k}_{tile}_{t}" for k in ("conv2d_forward", "conv2d_backward_input",
+                                         "conv2d_backward_input_partition",
+                                         "conv2d_backward_weight")
+            for tile, t in (("m32n128", "f32"), ("m64n64", "f64"), ("m128n128", "f32"))} \
+        | {f"{k}_{t}" for k in ("splitk_reduce", "conv1x1_forward", "conv1x1_backward_input",
+                                "conv1x1_backward_weight") for t in dts}
+    winograd = {f"{m}_{k}_{t}" for m in ("winograd", "winograd4")
+                for k in ("x", "dy", "out", "in", "filter", "conv_out") for t in dts} \
+        | {"winograd_gemm_m128n64_f32", "winograd_gemm_m64n64_f64"}
     expected = {
         "pool": {f"maxpool2d_{d}_{i}_{t}" for d in ("forward", "backward") for i in ("u8", "i32")
                  for t in dts},
@@ -115,21 +133,16 @@ def test_kernels_compile_with_nvrtc(name, variant):
                        for t in dts},
         "loss": {f"softmax_xent_{k}_{t}" for k in ("forward", "backward", "reduce") for t in dts},
         "optim": {f"{o}_update_{t}" for o in ("adam", "sgd", "adagrad") for t in dts},
-        "conv": {f"{k}_{tile}_{t}" for k in ("conv2d_forward", "conv2d_backward_input",
-                                             "conv2d_backward_input_partition",
-                                             "conv2d_backward_weight")
-                 for tile, t in (("m32n128", "f32"), ("m64n64", "f64"), ("m128n128", "f32"))}
-        | {f"{k}_{t}" for k in ("splitk_reduce", "conv1x1_forward", "conv1x1_backward_input",
-                                "conv1x1_backward_weight") for t in dts},
+        "conv": conv,
+        "conv_5_winograd": conv | winograd,      # rung 5 includes rung 4 (conv.cu)
     }[name]
+    tiles = {f"conv2d_forward_{tile}_f32" for tile in ("m128n64", "m64n128")}
     if variant and "tiles" in variant:
-        expected |= {f"conv2d_forward_{tile}_f32" for tile in ("m128n64", "m64n128")}
-    if variant and "winograd" in variant:
-        expected |= {f"winograd_{k}_{t}" for k in ("x", "dy", "out", "in", "filter", "conv_out")
-                     for t in dts} | {"winograd_gemm_m128n64_f32", "winograd_gemm_m64n64_f64"}
-        expected |= {f"winograd4_{k}_{t}" for k in ("x", "dy", "out", "in", "filter", "conv_out")
-                     for t in dts}
+        expected |= tiles
     assert expected <= entries, sorted(expected - entries)
+    if name == "conv":
+        assert not (winograd & entries), "Winograd's kernels are rung 5's, not the library's"
+        assert ("tiles" in variant) == (tiles <= entries)
 
 
 def test_import_minicnn_does_not_import_cupy():

@@ -80,9 +80,8 @@ def test_conv_transpose2d_non_overlapping(device, N, C, O, H, W, k, bias, dtype,
 def test_conv2d_3x3_same_on_even_sizes(device, N, C, O, H, W, step, wide, bias, dtype, seed):
     """3x3, stride 1, padding 1 on sizes that 2 (``step`` 2) or 4 divide: every 3x3 layer of
     the U-Net, drawn more often here than by ``conv_case``. With ``wide`` (16-21 channels on
-    both sides) the CUDA backend's "winograd" builds compute all three passes by Winograd's
-    algorithm, with 4x4 tiles when 4 divides both sizes, else 2x2 ones (kernels/conv.cu;
-    ``cuda_backend.winograd_applies``, ``winograd_tile``)."""
+    both sides) the GEMMs run many K tiles (K = 9 C), as in the U-Net; these are also the
+    shapes that rung 5 of the ladder (Winograd, dev/cuda/winograd.py) takes."""
     C, O = (C + 15, O + 15) if wide else (C, O)
     rng = np.random.default_rng(seed)
     inputs = [rand(rng, (N, C, step * H, step * W), dtype), rand(rng, (O, C, 3, 3), dtype)]
@@ -97,7 +96,7 @@ def test_conv2d_3x3_same_on_even_sizes(device, N, C, O, H, W, step, wide, bias, 
 def test_conv2d_1x1(device, N, C, O, H, W, bias, relu, dtype, seed):
     """1x1, stride 1, unpadded (the U-Net's head), drawn more often here than by ``conv_case``:
     with at most 8 output channels the CUDA backend runs its narrow per-pixel kernels
-    (``cuda_backend.narrow_1x1``; the weight gradient over several pixel chunks from 4096
+    (``minicnn.backend.cuda.planner.narrow_1x1``; the weight gradient over several pixel chunks from 4096
     pixels on), with more the GEMMs; with and without the fused ReLU."""
     rng = np.random.default_rng(seed)
     inputs = [rand(rng, (N, C, H, W), dtype), rand(rng, (O, C, 1, 1), dtype)]

@@ -25,6 +25,8 @@ def test_wheel_ships_kernels_inside_minicnn(tmp_path):
     for name in sources:
         assert f"minicnn/kernels/{name}" in names, name
     assert "minicnn/kernels/__init__.py" in names
+    for module in ("__init__", "config", "runtime", "checks", "planner", "conv", "ops"):
+        assert f"minicnn/backend/cuda/{module}.py" in names, module   # the CUDA backend
     assert not any(n.startswith("kernels/") for n in names), "a top-level kernels package"
     assert any(n.startswith("cmr/") for n in names)
 

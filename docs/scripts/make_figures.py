@@ -551,7 +551,7 @@ def fig_unet_receptive_field():
 # =========================================================================== CUDA
 @figure("cuda_tiling")
 def fig_cuda_tiling():
-    from minicnn.backend.cuda_backend import TILES, tile_threads
+    from minicnn.backend.cuda.planner import TILES, tile_threads
     name = "m64n64"
     BM, BN, BK, TM, TN = TILES[name]
     RS, CS = BM // TM, BN // TN

@@ -1,12 +1,14 @@
 """Backends: where the array code lives.
 
-A backend is one module that defines ``name``, ``device``, ``xp`` (its array namespace, used
-for plain elementwise glue), ``asarray``, ``to_host`` and the primitives in ``PRIMITIVES``.
-``minicnn.functional`` reaches array code only through these, so adding a backend is one module.
+A backend is one module (or package) that defines ``name``, ``device``, ``xp`` (its array
+namespace, used for plain elementwise glue), ``asarray``, ``to_host`` and the primitives in
+``PRIMITIVES``. ``minicnn.functional`` reaches array code only through these, so adding a
+backend is one module.
 
-The NumPy backend is always there. The CUDA backend (our own kernels, launched through CuPy)
-is imported the first time something asks for the ``"cuda"`` device, never before: importing
-minicnn does not import CuPy.
+The NumPy backend is always there. The CUDA backend (the package ``minicnn.backend.cuda``: our
+own kernels, launched through CuPy, and its build configuration ``CudaConfig``) is imported the
+first time something asks for the ``"cuda"`` device, never before: importing minicnn does not
+import CuPy.
 """
 import importlib
 
@@ -22,7 +24,7 @@ PRIMITIVES = (
     "adam_update", "sgd_update", "adagrad_update",
 )
 
-DEVICES = {"cpu": "minicnn.backend.numpy_backend", "cuda": "minicnn.backend.cuda_backend"}
+DEVICES = {"cpu": "minicnn.backend.numpy_backend", "cuda": "minicnn.backend.cuda"}
 
 
 class BackendUnavailable(RuntimeError):
