@@ -168,7 +168,7 @@ def main(argv=None):
     if args.figure_rows < 1:
         parser.error("--figure-rows must be >= 1")
     if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+        parser.exit(2, f"error: --batch-size must be >= 1, got {args.batch_size}\n")
     with one_line_errors(parser):
         for output in (args.json, args.csv, args.figure):   # before the work, not after it
             if output:

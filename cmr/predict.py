@@ -171,7 +171,7 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+        parser.exit(2, f"error: --batch-size must be >= 1, got {args.batch_size}\n")
     with one_line_errors(parser):
         device = "cuda" if args.backend == "cuda" else "cpu"
         minicnn.backend.get(device)

@@ -562,7 +562,8 @@ def main(argv=None):
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.resume and args.force:
-        parser.error("--resume continues the run in --out and --force replaces it: choose one")
+        parser.exit(2, "error: --resume continues the run in --out and --force replaces it: "
+                       "choose one\n")
     with one_line_errors(parser):
         cfg = config_from_args(args)
         out = Path(args.out)
