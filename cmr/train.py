@@ -6,10 +6,13 @@ Without ``--data`` it trains on synthetic phantom slices (``cmr.phantom``), so t
 sees the whole job run; real results need real data.
 
 Output folder (``--out``): ``last.npz`` (after every epoch) and ``best.npz`` (best mean
-validation Dice) checkpoints, ``log.jsonl`` (one line per epoch), ``curves.png`` and
-``config.json``. ``--resume`` continues from ``last.npz`` to the same result as an
-uninterrupted run; Ctrl-C writes ``interrupted.npz`` (the weights at that moment) and keeps
-``last.npz`` for an exact resume.
+validation Dice) checkpoints, ``log.jsonl`` (one line per epoch, strict JSON: an undefined HD95
+is ``null``), ``curves.png`` and ``config.json``. A folder that already holds a run is refused
+unless ``--resume`` (continue it) or ``--force`` (delete it first). ``--resume`` continues from
+``last.npz`` to the same result as an uninterrupted run, with the run's own settings (only
+``--epochs`` may change; a contradicting flag is refused), even after a kill in the middle of
+a checkpoint write; Ctrl-C writes ``interrupted.npz`` (the weights at that moment, for a
+look; the next resume past it removes it) and keeps ``last.npz`` for an exact resume.
 
 ``--members N`` trains an ensemble: N runs with seeds ``seed``, ``seed + 1``, ... on the same
 split (``--split-seed``, default ``--seed``), into ``OUT/member0`` ... (each a full run folder
@@ -31,7 +34,7 @@ import numpy as np
 import minicnn
 from minicnn import functional as F, optim
 
-from . import checkpoint, data, phantom
+from . import checkpoint, data, phantom, runfolder
 from .augment import AugmentConfig, augment_batch
 from .cli import one_line_errors, output_folder
 from .evaluate import evaluate, format_table
@@ -175,36 +178,6 @@ class TrainingInterrupted(KeyboardInterrupt):
     the weights are and how to continue."""
 
 
-#: The files of a run folder (a --members ensemble adds its own and member folders).
-RUN_FILES = ("best.npz", "last.npz", "interrupted.npz", "log.jsonl", "curves.png",
-             "config.json")
-ENSEMBLE_FILES = ("ensemble.json", "ensemble_val.json")
-
-
-def existing_run(out):
-    """The names of the files and member folders of an earlier run in the folder ``out``."""
-    out = Path(out)
-    found = [name for name in RUN_FILES + ENSEMBLE_FILES if (out / name).is_file()]
-    return found + sorted(p.name for p in out.glob("member*") if existing_run(p))
-
-
-def claim_folder(out, overwrite, say):
-    """Make sure a new run may write into ``out``: an earlier run there is refused (one line
-    naming --resume and --force), or, with ``overwrite``, its files are deleted (said)."""
-    found = existing_run(out)
-    if not found:
-        return
-    if not overwrite:
-        raise ValueError(f"{out} already holds a run ({', '.join(found)}); continue it with "
-                         "--resume, or replace it with --force (deletes those files), or "
-                         "choose another --out")
-    import shutil
-    for name in found:
-        path = Path(out) / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    say(f"--force: deleted the earlier run's {', '.join(found)} in {out}")
-
-
 def _duration(seconds):
     """``45 s``, ``12 min``, ``2 h 05 min``."""
     if seconds < 90:
@@ -230,27 +203,7 @@ def run(cfg, out, resume=False, say=print, progress=True, overwrite=False):
     ``last.npz``, the state that records it, so that a kill at any moment loses no model;
     ``--resume`` removes what a killed write left behind."""
     with output_folder(out) as out:
-        if resume:
-            resume = _stale_cleanup(out, say)
-        else:
-            claim_folder(out, overwrite, say)
-        return _train(cfg, out, resume, say, progress)
-
-
-def _stale_cleanup(out, say):
-    """Before a resume: remove the temporary files of killed checkpoint writes; whether
-    there is a ``last.npz`` to continue from (else an earlier start with a ``config.json``
-    starts again from epoch 0)."""
-    stale = checkpoint.remove_stale_temporaries(out)
-    if stale:
-        say(f"Removed {len(stale)} partial checkpoint file(s) of an interrupted write: "
-            + ", ".join(p.name for p in stale))
-    if (out / "last.npz").is_file():
-        return True
-    if not (out / "config.json").is_file():
-        raise checkpoint.CheckpointError(f"nothing to resume in {out}: no last.npz")
-    say(f"{out} has no last.npz (no epoch was completed): starting from epoch 1")
-    return False
+        return _train(cfg, out, runfolder.prepare(out, resume, overwrite, say), say, progress)
 
 
 def _train(cfg, out, resume, say, progress):
@@ -369,7 +322,7 @@ def _train_member(k, cfg, out, resume, progress):
     without an epoch to resume from starts afresh (the ensemble's folder was claimed)."""
     def say(message):
         print(f"[member {k}] {message}", flush=True)
-    resume = resume and bool(existing_run(out))
+    resume = resume and bool(runfolder.existing_run(out))
     run(cfg, out, resume=resume, say=say, progress=progress, overwrite=not resume)
 
 
@@ -381,7 +334,7 @@ def run_ensemble(cfg, out, resume=False, jobs=1, say=print, progress=True, overw
     an earlier run in ``out`` is refused without ``resume`` or ``overwrite``, as in ``run``."""
     with output_folder(out) as out:
         if not resume:
-            claim_folder(out, overwrite, say)
+            runfolder.claim(out, overwrite, say)
         return _train_ensemble(cfg, out, resume, jobs, say, progress)
 
 
@@ -519,25 +472,10 @@ def config_from_args(args):
 RESUME_MAY_CHANGE = ("epochs",)
 
 
-def saved_config(out):
-    """The configuration of the run in ``out`` that --resume continues: its last.npz's, or,
-    before the first epoch ended (or for an ensemble), its config.json."""
-    out = Path(out)
-    if (out / "last.npz").is_file():
-        return checkpoint.load(out / "last.npz")[0]["train"]
-    if (out / "config.json").is_file():
-        try:
-            return json.loads((out / "config.json").read_text())
-        except ValueError as err:
-            raise checkpoint.CheckpointError(f"{out / 'config.json'} is not readable JSON: "
-                                             f"{err}") from None
-    raise checkpoint.CheckpointError(f"nothing to resume in {out}: no last.npz or config.json")
-
-
 def resumed_config(args, out):
     """The configuration --resume continues with: the saved run's, with --epochs applied.
     A preset or flag that contradicts the saved run raises ValueError, in one line."""
-    saved = dict(DEFAULTS, **saved_config(out))   # a key added since the run: its default
+    saved = dict(DEFAULTS, **runfolder.saved_config(out))   # a key added since the run: its default
     given = dict(PRESETS[args.preset]) if args.preset else {}
     given.update({k: getattr(args, k) for k in DEFAULTS if getattr(args, k, None) is not None})
 

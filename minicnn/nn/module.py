@@ -118,8 +118,8 @@ class Module:
         unexpected = [k for k in state if k not in own]
         if strict and (missing or unexpected):
             raise ValueError(f"load_state_dict: {len(missing)} missing keys "
-                             f"[{_listed(list(map(repr, missing)))}], {len(unexpected)} unexpected keys "
-                             f"[{_listed(list(map(repr, unexpected)))}]")
+                             f"[{_listed([repr(k) for k in missing])}], {len(unexpected)} "
+                             f"unexpected keys [{_listed([repr(k) for k in unexpected])}]")
         wrong = [f"{k}: checkpoint {tuple(np.shape(state[k]))} vs model {own[k].shape}"
                  for k in own if k in state and tuple(np.shape(state[k])) != own[k].shape]
         if wrong:

@@ -83,7 +83,7 @@ def test_a_kill_at_any_checkpoint_write_loses_nothing(tmp_path, monkeypatch):
     leaves it) and resume: best.npz and last.npz end bit for bit as the straight run's. At
     the kill, last.npz never records a best model that best.npz does not hold."""
     monkeypatch.setattr(train, "plot_curves", lambda *_: None)     # not compared: time saved
-    real_write, real_save = checkpoint._write, checkpoint.save
+    real_write, real_save, real_discard = checkpoint._write, checkpoint.save, checkpoint._discard
     written = []
     monkeypatch.setattr(checkpoint, "save", lambda path, *a, **k: (
         written.append(Path(path).name), real_save(path, *a, **k))[-1])
@@ -114,7 +114,7 @@ def test_a_kill_at_any_checkpoint_write_loses_nothing(tmp_path, monkeypatch):
             claimed = checkpoint.load(out / "last.npz")[0]["best"]
             assert checkpoint.load(out / "best.npz")[0]["best"] >= claimed, (k, name)
         monkeypatch.setattr(checkpoint, "_write", real_write)
-        monkeypatch.setattr(checkpoint, "_discard", lambda tmp: tmp.unlink(missing_ok=True))
+        monkeypatch.setattr(checkpoint, "_discard", real_discard)
         said = []
         train.run(TINY, out, resume=True, say=said.append, progress=False)
         assert any(line.startswith("Removed 1 partial checkpoint file") for line in said)
@@ -206,10 +206,22 @@ def test_predict_checks_its_output_folder_before_predicting(tmp_path, monkeypatc
 
 
 def test_an_unwritable_run_folder_is_one_line_and_a_failed_run_leaves_no_folder(tmp_path,
-                                                                                 capsys):
+                                                                                 capsys,
+                                                                                 monkeypatch):
     (tmp_path / "file").write_text("x")
     line = refused(capsys, train.main, ["--out", tmp_path / "file" / "sub", *TINY_FLAGS])
     assert "cannot write to the output folder" in line and "Not a directory" in line
+    # a folder without write permission (injected: the tests may run as root, who may write)
+    import errno
+    import tempfile
+
+    def denied(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "ro"))
+    (tmp_path / "ro").mkdir()
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "TemporaryFile", denied)
+        line = refused(capsys, train.main, ["--out", tmp_path / "ro", *TINY_FLAGS])
+    assert line == f"error: cannot write to the output folder {tmp_path / 'ro'}: Permission denied"
     # item 9: a run that fails before writing anything leaves no empty --out behind
     line = refused(capsys, train.main, ["--data", tmp_path / "nowhere", "--out",
                                         tmp_path / "new" / "run", *TINY_FLAGS])
