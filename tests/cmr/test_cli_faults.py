@@ -399,3 +399,17 @@ def test_bad_input_gives_one_error_line_and_no_traceback(tmp_path, finished_run,
                        cwd=ROOT, timeout=300)
     assert r.returncode != 0 and "Traceback" not in r.stdout + r.stderr, r.stderr
     one_error_line(r.stderr)
+
+
+# ------------------------------------------------------------------ item 9: said once
+def test_colour_inputs_are_one_note_line(tmp_path, capsys, finished_run, data_folder):
+    from PIL import Image
+    (tmp_path / "in").mkdir()
+    for path in sorted((data_folder / "image").glob("*.png")):
+        Image.open(path).convert("RGB").save(tmp_path / "in" / path.name)
+    assert predict.main(["--checkpoint", str(finished_run), "--input", str(tmp_path / "in"),
+                         "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert notes == [f"note: 3 of 3 images (the first: {sorted((tmp_path / 'in').iterdir())[0]})"
+                     " are RGB rather than grayscale: converted to grayscale (luminance)"]
+    assert len(list((tmp_path / "out").glob("*_mask.png"))) == 3
