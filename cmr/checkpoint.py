@@ -8,20 +8,64 @@ Layout of the archive::
     param/NAME           one array per model parameter (state_dict names)
     optim/I/KEY          the optimizer's per-parameter state (e.g. exp_avg of parameter I)
 
-``save`` writes to a temporary file in the same folder and renames it over the target, so a
-crash or Ctrl-C mid-write never leaves a half-written checkpoint. ``load`` reads with
-``allow_pickle=False``.
+``save`` writes to a temporary file in the same folder (``.NAME-XXXXXXXX.npz``), flushes it
+to the disk (fsync) and only then renames it over the target, so a crash, a kill, a full disk
+or a power cut mid-write never leaves a half-written or empty checkpoint under the real name;
+a kill can leave the temporary file, which ``remove_stale_temporaries`` deletes. Checkpoints
+get the permissions of any other output (0666 less the umask). ``load`` reads with
+``allow_pickle=False``; a damaged file is a one-line ``CheckpointError``.
 """
 import json
 import os
-import tempfile
+import secrets
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from .metrics import jsonable
+
 
 class CheckpointError(ValueError):
-    """An unreadable or inconsistent checkpoint (the message names the file)."""
+    """An unreadable, unwritable or inconsistent checkpoint (the message names the file)."""
+
+
+def _temporary_name(path):
+    return path.parent / f".{path.stem}-{secrets.token_hex(4)}.npz"
+
+
+def _write(f, arrays):
+    """Write the archive into the open file ``f`` (a seam for the tests' injected faults)."""
+    np.savez(f, **arrays)
+
+
+def _discard(tmp):
+    """Remove a temporary file after a failed write (a kill skips this: see
+    ``remove_stale_temporaries``)."""
+    tmp.unlink(missing_ok=True)
+
+
+def _sync_folder(folder):
+    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder, names=("last", "best", "interrupted")):
+    """Delete the temporary files that a killed ``save`` left in ``folder`` (for the
+    checkpoints ``names``); returns the paths removed."""
+    stale = [p for name in names for p in Path(folder).glob(f".{name}-*.npz") if p.is_file()]
+    for path in stale:
+        path.unlink()
+    return stale
 
 
 def save(path, model, meta, optimizer=None):
@@ -36,16 +80,24 @@ def save(path, model, meta, optimizer=None):
         for i, entry in enumerate(state["state"]):
             for key, value in entry.items():
                 arrays[f"optim/{i}/{key}"] = value
-    arrays["meta"] = np.array(json.dumps(meta))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz")
+    arrays["meta"] = np.array(json.dumps(jsonable(meta), allow_nan=False))
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temporary_name(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            _write(f, arrays)
+            f.flush()
+            os.fsync(f.fileno())        # the data is on the disk before the name points at it
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _sync_folder(path.parent)
+    except BaseException as err:
+        if tmp is not None:
+            _discard(tmp)
+        if isinstance(err, OSError):
+            keep = f"; the previous {path.name} is unchanged" if path.is_file() else ""
+            raise CheckpointError(f"cannot write {path}: {err.strerror or err}{keep}") from None
         raise
 
 
@@ -65,12 +117,27 @@ def load(path):
                 if k.startswith("optim/"):
                     _, i, key = k.split("/", 2)
                     optim.setdefault(int(i), {})[key] = archive[k]
-    except (OSError, ValueError, KeyError) as err:
-        raise CheckpointError(f"{path} is not a readable minicnn checkpoint: {err}") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path} is not a readable minicnn checkpoint "
+                              f"({_damage(err)})") from None
     if "model" not in meta:
         raise CheckpointError(f"{path} has no model configuration in its metadata")
     states = [optim.get(i, {}) for i in range(len(meta.get("optimizer", {}).get("steps", [])))]
     return meta, params, states
+
+
+def _damage(err):
+    """What is wrong with an unreadable archive, in a few words."""
+    text = str(err)
+    if isinstance(err, EOFError) or "File is not a zip file" in text:
+        return "truncated, empty or not an .npz archive"
+    if "pickled" in text:        # NumPy's guess for any file that is not an archive
+        return "not an .npz archive"
+    if "CRC" in text or isinstance(err, zipfile.BadZipFile):
+        return f"damaged: {text}"
+    if isinstance(err, KeyError):
+        return f"no entry {text}"
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def resolve(paths):

@@ -20,6 +20,8 @@ Masks are 8-bit PNGs holding the label values 0..3 directly
 
 Every problem with the data raises :class:`CMRDataError`, whose message names
 the offending file or folder, so that a user can fix their copy of the data.
+A conversion made without asking (a colour PNG read as grayscale) is reported
+once per folder as a :class:`CMRDataWarning`.
 
 Typical use::
 
@@ -42,10 +44,12 @@ from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "CMRDataError",
+    "CMRDataWarning",
     "Split",
     "NUM_CLASSES",
     "natural_key",
     "load_png",
+    "load_images",
     "load_folder",
     "load_coursework",
     "load_manifest_folder",
@@ -175,6 +179,22 @@ def natural_key(name: str) -> list:
     return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", name)]
 
 
+class CMRDataWarning(UserWarning):
+    """The data was usable but not as stored (e.g. colour images converted to grayscale)."""
+
+
+#: How many bad values, files, ... a message lists before it gives only the count.
+SHOWN = 5
+
+
+def listed(values: Sequence, shown: int = SHOWN) -> str:
+    """``values`` for a one-line message: all of them if few, else the first few and the
+    count (``1, 2, 3, 4, 5 and 247 more``)."""
+    values = [str(v) for v in values]
+    head = ", ".join(values[:shown])
+    return head if len(values) <= shown else f"{head} and {len(values) - shown} more"
+
+
 def load_png(path: str | Path, kind: str = "image") -> np.ndarray:
     """Read one 8-bit grayscale PNG and return it as a 2-D uint8 array.
 
@@ -188,7 +208,28 @@ def load_png(path: str | Path, kind: str = "image") -> np.ndarray:
     Raises:
         CMRDataError: the file is missing, unreadable, not 8-bit, or (mask)
             holds values outside 0..3.  The message names the file.
+
+    Warns:
+        CMRDataWarning: a colour image was converted to grayscale.
     """
+    arr, colour = _read_png(path, kind)
+    if colour:
+        _warn_colour([(path, colour)], 1)
+    return arr
+
+
+def _warn_colour(converted: Sequence[tuple[Path, str]], total: int) -> None:
+    """One warning for the images (``(path, mode)``) read as grayscale from colour."""
+    import warnings
+    (path, mode), n = converted[0], len(converted)
+    which = (f"image {path} is" if total == 1 else
+             f"{n} of {total} images (the first: {path}) are")
+    warnings.warn(CMRDataWarning(f"{which} {mode} rather than grayscale: converted to "
+                                 "grayscale (luminance)"), stacklevel=3)
+
+
+def _read_png(path: str | Path, kind: str) -> tuple[np.ndarray, str | None]:
+    """``load_png``'s array and the colour mode it was converted from (None if none)."""
     if kind not in ("image", "mask"):
         raise ValueError(f"kind must be 'image' or 'mask', got {kind!r}")
     path = Path(path)
@@ -197,10 +238,12 @@ def load_png(path: str | Path, kind: str = "image") -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            mode = im.mode
+            mode = colour = im.mode
             if kind == "image" and mode in ("RGB", "RGBA", "LA", "P"):
                 im = im.convert("L")
                 mode = "L"
+            else:
+                colour = None
             if mode not in ("L", "P"):
                 raise CMRDataError(
                     f"{kind} file {path} has pixel mode {mode!r}; expected an 8-bit grayscale PNG")
@@ -215,9 +258,27 @@ def load_png(path: str | Path, kind: str = "image") -> np.ndarray:
         bad = np.unique(arr[arr >= NUM_CLASSES])
         if bad.size:
             raise CMRDataError(
-                f"mask file {path} holds values {bad.tolist()} outside the labels 0..3 "
-                "(0 background, 1 RV, 2 Myo, 3 LV)")
-    return arr
+                f"mask file {path} holds values [{listed(bad.tolist())}] outside the labels "
+                "0..3 (0 background, 1 RV, 2 Myo, 3 LV)")
+    return arr, colour
+
+
+def load_images(paths: Sequence[Path]) -> np.ndarray:
+    """The images ``paths`` as one uint8 array ``(N, H, W)``; they must have one size.
+    Colour PNGs are converted to grayscale and reported in one ``CMRDataWarning``."""
+    images, colour = [], []
+    for path in paths:
+        img, mode = _read_png(path, "image")
+        if images and img.shape != images[0].shape:
+            raise CMRDataError(
+                f"image {path} is {img.shape[0]}x{img.shape[1]} but {paths[0]} is "
+                f"{images[0].shape[0]}x{images[0].shape[1]}; all images must have the same size")
+        images.append(img)
+        if mode:
+            colour.append((path, mode))
+    if colour:
+        _warn_colour(colour, len(images))
+    return np.stack(images)
 
 
 # ---------------------------------------------------------------------------
@@ -293,30 +354,21 @@ def load_folder(directory: str | Path, require_masks: bool = True) -> Split:
                 f"mask {masks_by_name[orphans[0]]} has no image "
                 f"(expected {image_dir / (orphans[0] + '.png')})")
 
-    images, masks = [], []
-    first_shape, first_path = None, None
-    for name in names:
-        ipath = images_by_name[name]
-        img = load_png(ipath, "image")
-        if first_shape is None:
-            first_shape, first_path = img.shape, ipath
-        elif img.shape != first_shape:
-            raise CMRDataError(
-                f"image {ipath} is {img.shape[0]}x{img.shape[1]} but {first_path} is "
-                f"{first_shape[0]}x{first_shape[1]}; all images must have the same size")
-        images.append(img)
-        if use_masks:
+    images = load_images([images_by_name[name] for name in names])
+    masks = []
+    if use_masks:
+        for name, img in zip(names, images):
             mpath = masks_by_name[name]
             msk = load_png(mpath, "mask")
             if msk.shape != img.shape:
                 raise CMRDataError(
-                    f"mask {mpath} is {msk.shape[0]}x{msk.shape[1]} but its image {ipath} is "
-                    f"{img.shape[0]}x{img.shape[1]}")
+                    f"mask {mpath} is {msk.shape[0]}x{msk.shape[1]} but its image "
+                    f"{images_by_name[name]} is {img.shape[0]}x{img.shape[1]}")
             masks.append(msk)
 
     return Split(
         names=names,
-        images=np.stack(images).astype(np.float32) / np.float32(255.0),
+        images=images.astype(np.float32) / np.float32(255.0),
         masks=np.stack(masks) if use_masks else None,
         patients=_patients_from_names(names),
     )

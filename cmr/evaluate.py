@@ -24,6 +24,7 @@ import numpy as np
 import minicnn
 
 from . import checkpoint, data, metrics
+from .cli import one_line_errors
 from .predict import add_model_arguments, overlay, predict_masks
 
 CLASSES = ("RV", "Myo", "LV")
@@ -48,15 +49,16 @@ def load_split(directory, which="default", seed=0):
 
 
 def evaluate(models, split, device="cpu", batch_size=16, flip_tta=False, return_masks=False,
-             keep_largest=False, min_confidence=0.0, slice_spacing=None):
+             keep_largest=False, min_confidence=0.0, slice_spacing=None, progress=False):
     """The metrics dictionary of ``cmr.metrics.evaluate_masks`` for ``split`` (and the
     predicted label maps with ``return_masks``) of one model or a list of models (an
     ensemble, see ``cmr.predict.predict_probs``); ``keep_largest`` and ``min_confidence``
     post-process the predictions first, as in ``cmr.predict.predict_masks``. Slices named by
     patient, frame and slice also get ``result["volumes"]`` (``metrics.volume_metrics``; 3-D
-    HD95 with ``slice_spacing``, the distance between slices in pixels)."""
+    HD95 with ``slice_spacing``, the distance between slices in pixels). ``progress`` shows
+    a progress bar of the predictions."""
     preds = predict_masks(models, split.images, batch_size, device, flip_tta, keep_largest,
-                          min_confidence)
+                          min_confidence, progress)
     result = metrics.evaluate_masks(preds, split.masks, split.names)
     volumes = metrics.volume_metrics(preds, split.masks, split.names, slice_spacing)
     if volumes is not None:
@@ -92,13 +94,26 @@ def save_figure(path, split, preds, result, rows=6, title=""):
     plt.close(fig)
 
 
+def _cell(value):
+    """A table cell: the number, or ``n/a`` where it is undefined (NaN; ``null`` in JSON)."""
+    return f"{'n/a':>8}" if value is None or value != value else f"{value:8.3f}"
+
+
 def format_table(result):
     lines = [f"{'':8}{'RV':>8}{'Myo':>8}{'LV':>8}{'mean':>8}"]
     for key, label in (("dice", "Dice"), ("hd95", "HD95 px")):
-        lines.append(f"{label:8}" + "".join(f"{result[key][c]:8.3f}" for c in CLASSES + ("mean",)))
+        lines.append(f"{label:8}" + "".join(_cell(result[key][c]) for c in CLASSES + ("mean",)))
+    undefined = result.get("hd95_undefined")
+    if undefined and any(undefined.values()):
+        left_out = [c for c in CLASSES if _cell(result["hd95"][c]).strip() == "n/a"]
+        lines.append("HD95 is undefined on a slice where a structure is in only one of "
+                     "prediction and ground truth (" + ", ".join(
+                         f"{c} {undefined[c]}" for c in CLASSES) + " slices): each class "
+                     "averages the slices where it is defined, and 'mean' the classes with "
+                     "a value" + (f" (without {', '.join(left_out)})" if left_out else ""))
     sub = result.get("all_present")
     if sub and sub["n_images"] != result["n_images"]:
-        lines.append(f"{'Dice*':8}" + "".join(f"{sub['dice'][c]:8.3f}" for c in CLASSES + ("mean",))
+        lines.append(f"{'Dice*':8}" + "".join(_cell(sub['dice'][c]) for c in CLASSES + ("mean",))
                      + f"   * the {sub['n_images']} of {result['n_images']} slices whose ground"
                      " truth has all three structures")
     pres = result.get("presence")
@@ -141,7 +156,8 @@ def figure_title(args, result):
 def write_outputs(args, split, preds, result):
     """The files that ``--json``, ``--figure`` and ``--csv`` ask for."""
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        Path(args.json).write_text(json.dumps(metrics.jsonable(result), indent=1,
+                                              allow_nan=False))
     if args.figure:
         save_figure(args.figure, split, preds, result, args.figure_rows,
                     figure_title(args, result))
@@ -178,7 +194,12 @@ def main(argv=None):
         parser.error("--figure-rows must be >= 1")
     if args.slice_spacing is not None and not args.slice_spacing > 0:
         parser.error("--slice-spacing must be > 0")
-    try:
+    if args.batch_size < 1:
+        parser.exit(2, f"error: --batch-size must be >= 1, got {args.batch_size}\n")
+    with one_line_errors(parser):
+        for output in (args.json, args.csv, args.figure):   # before the work, not after it
+            if output:
+                check_writable(output)
         device = "cuda" if args.backend == "cuda" else "cpu"
         minicnn.backend.get(device)
         models = checkpoint.load_models(args.checkpoint, device)
@@ -190,17 +211,25 @@ def main(argv=None):
         result, preds = evaluate(models, split, device, args.batch_size, args.flip_tta,
                                  return_masks=True, keep_largest=args.keep_largest,
                                  min_confidence=args.min_confidence,
-                                 slice_spacing=args.slice_spacing)
-    except (data.CMRDataError, checkpoint.CheckpointError, ValueError,
-            minicnn.backend.BackendUnavailable) as err:
-        parser.exit(2, f"error: {err}\n")
-    print(f"{result['n_images']} images from {args.data}")
-    print(format_table(result))
-    try:
+                                 slice_spacing=args.slice_spacing,
+                                 progress=not args.no_progress)
+        print(f"{result['n_images']} images from {args.data}")
+        print(format_table(result))
         write_outputs(args, split, preds, result)
-    except OSError as err:
-        parser.exit(2, f"error: cannot write {err.filename}: {err.strerror}\n")
     return 0
+
+
+def check_writable(path):
+    """Fail now (``OSError`` naming ``path``) if the file ``path`` cannot be written: its
+    folder is missing, is not a folder, or is read-only. Leaves nothing behind."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(21, "it is a folder", str(path))
+    existed = path.exists()
+    with open(path, "a"):
+        pass
+    if not existed:
+        path.unlink()
 
 
 if __name__ == "__main__":

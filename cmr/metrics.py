@@ -11,7 +11,8 @@ the LV, and a network may miss or invent a structure):
 * HD95: both empty -> 0.0; exactly one empty -> NaN (a distance to nothing is
   undefined).  Averages over images skip NaNs (``np.nanmean``), and
   :func:`evaluate_masks` reports how many were skipped.  An average over
-  nothing but NaNs is NaN.
+  nothing but NaNs is NaN.  :func:`jsonable` writes an undefined value as
+  JSON's ``null`` (strict JSON has no NaN).
 
 Distances are in pixels unless a pixel ``spacing`` is given.
 """
@@ -36,6 +37,7 @@ __all__ = [
     "at_stack_ends",
     "stack_positions",
     "volume_metrics",
+    "jsonable",
 ]
 
 #: The foreground structures that are scored: label -> name.
@@ -121,6 +123,19 @@ def hd95_per_class(pred: np.ndarray, target: np.ndarray, classes: Sequence[int] 
         else:
             out[int(c)] = float(np.percentile(surface_distances(p, t, spacing), 95))
     return out
+
+
+def jsonable(value):
+    """``value`` (nested dicts, lists, numbers) with every NaN or infinite number replaced
+    by ``None``, so that ``json.dumps(..., allow_nan=False)`` writes strict JSON (``null``
+    for an undefined metric) that every JSON reader accepts."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _nanmean(values) -> float:

@@ -17,47 +17,55 @@ import minicnn
 from minicnn import functional as F
 
 from . import checkpoint, data
+from .cli import one_line_errors, output_folder
 
 COLOURS = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 80], [70, 110, 240]], np.float32)
 
 
-def predict_logits(model, images, batch_size=16, device="cpu"):
-    """Softmax probabilities ``(N, C, H, W)`` for float images ``(N, H, W)``."""
+def predict_logits(model, images, batch_size=16, device="cpu", bar=None):
+    """Softmax probabilities ``(N, C, H, W)`` for float images ``(N, H, W)``; ``bar`` (a
+    tqdm progress bar) advances by each batch's images."""
     out = []
     with minicnn.no_grad():
         for start in range(0, len(images), batch_size):
             x = minicnn.Tensor(np.ascontiguousarray(images[start:start + batch_size, None],
                                                     dtype=np.float32)).to(device)
             out.append(F.softmax(model(x), dim=1).numpy())
+            if bar is not None:
+                bar.update(len(x.data))
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
-def predict_probs(models, images, batch_size=16, device="cpu", flip_tta=False):
+def predict_probs(models, images, batch_size=16, device="cpu", flip_tta=False, progress=False):
     """Class probabilities ``(N, C, H, W)`` of ``models``: one model, or a list of models (an
     ensemble), whose softmax probabilities are averaged. With ``flip_tta`` each model also
     sees the left-right mirror of every image, and that prediction, mirrored back, joins the
-    average."""
+    average. ``progress``: a progress bar (tqdm, on stderr) over every image each model sees."""
+    from tqdm import tqdm
     models = list(models) if isinstance(models, (list, tuple)) else [models]
     if not models:
         raise ValueError("no model to predict with")
+    passes = len(models) * (2 if flip_tta else 1)
     total, count = 0.0, 0
-    for model in models:
-        total = total + predict_logits(model, images, batch_size, device)
-        count += 1
-        if flip_tta:
-            total = total + predict_logits(model, images[:, :, ::-1], batch_size,
-                                           device)[:, :, :, ::-1]
+    with tqdm(total=passes * len(images), unit="img", desc="predicting", disable=not progress,
+              leave=False) as bar:
+        for model in models:
+            total = total + predict_logits(model, images, batch_size, device, bar)
             count += 1
+            if flip_tta:
+                total = total + predict_logits(model, images[:, :, ::-1], batch_size,
+                                               device, bar)[:, :, :, ::-1]
+                count += 1
     return total / count
 
 
 def predict_masks(models, images, batch_size=16, device="cpu", flip_tta=False,
-                  keep_largest=False, min_confidence=0.0):
+                  keep_largest=False, min_confidence=0.0, progress=False):
     """Label maps ``(N, H, W)`` (uint8): argmax of the class probabilities of
-    ``predict_probs`` (one model or an ensemble, ``flip_tta`` as there); post-processed by
-    ``drop_unsure_structures`` with ``min_confidence`` > 0, then by ``keep_largest_component``
-    with ``keep_largest``."""
-    probs = predict_probs(models, images, batch_size, device, flip_tta)
+    ``predict_probs`` (one model or an ensemble, ``flip_tta`` and ``progress`` as there);
+    post-processed by ``drop_unsure_structures`` with ``min_confidence`` > 0, then by
+    ``keep_largest_component`` with ``keep_largest``."""
+    probs = predict_probs(models, images, batch_size, device, flip_tta, progress)
     masks = probs.argmax(axis=1).astype(np.uint8)
     if min_confidence > 0:
         masks = drop_unsure_structures(masks, probs, min_confidence)
@@ -111,6 +119,7 @@ def add_model_arguments(parser):
     parser.add_argument("--min-confidence", type=probability, default=0.0, metavar="P",
                         help="erase a predicted structure whose mean probability over its "
                         "pixels is below P (0: off)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def keep_largest_component(masks, classes=(1, 2, 3)):
@@ -140,19 +149,16 @@ def overlay(image, mask, alpha=0.45):
 def _inputs(path):
     path = Path(path)
     if path.is_file():
-        return [path.stem], data.load_png(path, "image")[None].astype(np.float32) / 255.0
-    if (path / "image").is_dir():
-        path = path / "image"
-    if not path.is_dir():
-        raise data.CMRDataError(f"input not found: {path}")
-    files = sorted(path.glob("*.png"), key=lambda p: data.natural_key(p.stem))
-    if not files:
-        raise data.CMRDataError(f"no PNG images in {path}")
-    images = [data.load_png(f, "image") for f in files]
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:
-        raise data.CMRDataError(f"images in {path} have different sizes: {sorted(shapes)}")
-    return [f.stem for f in files], np.stack(images).astype(np.float32) / 255.0
+        files = [path]
+    else:
+        if (path / "image").is_dir():
+            path = path / "image"
+        if not path.is_dir():
+            raise data.CMRDataError(f"input not found: {path}")
+        files = sorted(path.glob("*.png"), key=lambda p: data.natural_key(p.stem))
+        if not files:
+            raise data.CMRDataError(f"no PNG images in {path}")
+    return [f.stem for f in files], data.load_images(files).astype(np.float32) / 255.0
 
 
 def main(argv=None):
@@ -164,22 +170,22 @@ def main(argv=None):
                         "with an image/ sub-folder")
     parser.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args(argv)
-    try:
+    if args.batch_size < 1:
+        parser.exit(2, f"error: --batch-size must be >= 1, got {args.batch_size}\n")
+    with one_line_errors(parser):
         device = "cuda" if args.backend == "cuda" else "cpu"
         minicnn.backend.get(device)
         models = checkpoint.load_models(args.checkpoint, device)
         names, images = _inputs(args.input)
-        masks = predict_masks(models, images, args.batch_size, device, args.flip_tta,
-                              args.keep_largest, args.min_confidence)
-    except (data.CMRDataError, checkpoint.CheckpointError, ValueError,
-            minicnn.backend.BackendUnavailable) as err:
-        parser.exit(2, f"error: {err}\n")
-    out = Path(args.out)
-    (out / "overlay").mkdir(parents=True, exist_ok=True)
-    for name, image, mask in zip(names, images, masks):
-        Image.fromarray(mask).save(out / f"{name}_mask.png")
-        Image.fromarray(overlay(image, mask)).save(out / "overlay" / f"{name}.png")
-    print(f"wrote {len(names)} masks to {out} and overlays to {out / 'overlay'}")
+        # the output folders are checked before the predictions, not after
+        with output_folder(args.out) as out, output_folder(out / "overlay") as overlays:
+            masks = predict_masks(models, images, args.batch_size, device, args.flip_tta,
+                                  args.keep_largest, args.min_confidence,
+                                  progress=not args.no_progress)
+            for name, image, mask in zip(names, images, masks):
+                Image.fromarray(mask).save(out / f"{name}_mask.png")
+                Image.fromarray(overlay(image, mask)).save(overlays / f"{name}.png")
+    print(f"wrote {len(names)} masks to {out} and overlays to {overlays}")
     return 0
 
 

@@ -6,10 +6,13 @@ Without ``--data`` it trains on synthetic phantom slices (``cmr.phantom``), so t
 sees the whole job run; real results need real data.
 
 Output folder (``--out``): ``last.npz`` (after every epoch) and ``best.npz`` (best mean
-validation Dice) checkpoints, ``log.jsonl`` (one line per epoch), ``curves.png`` and
-``config.json``. ``--resume`` continues from ``last.npz`` to the same result as an
-uninterrupted run; Ctrl-C writes ``interrupted.npz`` (the weights at that moment) and keeps
-``last.npz`` for an exact resume.
+validation Dice) checkpoints, ``log.jsonl`` (one line per epoch, strict JSON: an undefined HD95
+is ``null``), ``curves.png`` and ``config.json``. A folder that already holds a run is refused
+unless ``--resume`` (continue it) or ``--force`` (delete it first). ``--resume`` continues from
+``last.npz`` to the same result as an uninterrupted run, with the run's own settings (only
+``--epochs`` may change; a contradicting flag is refused), even after a kill in the middle of
+a checkpoint write; Ctrl-C writes ``interrupted.npz`` (the weights at that moment, for a
+look; the next resume past it removes it) and keeps ``last.npz`` for an exact resume.
 
 ``--members N`` trains an ensemble: N runs with seeds ``seed``, ``seed + 1``, ... on the same
 split (``--split-seed``, default ``--seed``), into ``OUT/member0`` ... (each a full run folder
@@ -22,6 +25,7 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -30,9 +34,11 @@ import numpy as np
 import minicnn
 from minicnn import functional as F, optim
 
-from . import checkpoint, data, phantom
+from . import checkpoint, data, phantom, runfolder
 from .augment import AugmentConfig, augment_batch
+from .cli import one_line_errors, output_folder
 from .evaluate import evaluate, format_table
+from .metrics import jsonable
 from .unet import NORMS, UNet
 
 CLASSES = ("RV", "Myo", "LV")
@@ -74,6 +80,35 @@ PRESETS["cpu16-strong-x3"] = dict(PRESETS["cpu16-strong"], members=3)
 # scored with cmr.evaluate --min-confidence 0.6
 PRESETS["gpu64-acdc-x3"] = dict(PRESETS["gpu64-strong"], epochs=30, extra_transpose=True,
                                 members=3)
+
+#: What each preset costs, as measured (the comments above; README, docs/unet.md): shown by
+#: --help next to the preset's settings.
+PRESET_TIMES = {
+    "quick": "a few minutes on a 2-core CPU (phantom data)",
+    "original": "not timed on a CPU (width 64, 31M parameters: meant for a GPU)",
+    "cpu16": "about 15 min on a 2-core CPU (the 100 coursework images)",
+    "gpu64": "CPU not timed; about 2 min on an H100 (--backend cuda)",
+    "cpu16-acdc": "22 min on 2 idle CPU cores (--data cmr --extra-data acdc96)",
+    "cpu16-acdc-strong": "45-90 min on a 2-core CPU (--data cmr --extra-data acdc96)",
+    "gpu64-strong": "CPU not timed; about 4 min on an H200 (--backend cuda)",
+    "cpu16-strong": "about 40 min on one CPU core",
+    "cpu16-strong-x3": "48 min on the CPU for the three (README's run; --jobs 2)",
+    "gpu64-acdc-x3": "CPU not timed; the three side by side in 4 min on an H200 (--jobs 3)",
+}
+
+
+def presets_help():
+    """The --help text of the presets: each one's settings (what it changes from the defaults)
+    and its expected time."""
+    lines = ["presets (--preset NAME; explicit flags override them):"]
+    for name in sorted(PRESETS):
+        changes = " ".join(f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool)
+                           else f"--{k.replace('_', '-')}"
+                           for k, v in PRESETS[name].items()) or "the defaults"
+        lines += textwrap.wrap(f"{name}: {changes}; time: {PRESET_TIMES[name]}", 92,
+                               initial_indent="  ", subsequent_indent="      ",
+                               break_on_hyphens=False)
+    return "\n".join(lines)
 
 
 def make_loss(name, class_weights):
@@ -138,12 +173,41 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def run(cfg, out, resume=False, say=print, progress=True):
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after ``interrupted.npz`` was written; the message says where
+    the weights are and how to continue."""
+
+
+def _duration(seconds):
+    """``45 s``, ``12 min``, ``2 h 05 min``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _model_mismatch(saved, built):
+    """The settings in which a checkpoint's U-Net (``saved``) and the model built
+    (``built``) differ, e.g. ``base 16 vs 32``; empty if none."""
+    return ", ".join(f"{k} {saved.get(k)} (checkpoint) vs {v} (this run)"
+                     for k, v in built.items() if saved.get(k) != v)
+
+
+def run(cfg, out, resume=False, say=print, progress=True, overwrite=False):
     """Train with configuration ``cfg`` into folder ``out``; returns the history (a list with
-    one dict per epoch)."""
+    one dict per epoch).
+
+    A folder that holds an earlier run is refused unless ``resume`` (continue it from its
+    ``last.npz``; from the start if it has only its ``config.json``) or ``overwrite`` (delete
+    its files first). Each epoch writes ``best.npz`` (when the score improved) before
+    ``last.npz``, the state that records it, so that a kill at any moment loses no model;
+    ``--resume`` removes what a killed write left behind."""
+    with output_folder(out) as out:
+        return _train(cfg, out, runfolder.prepare(out, resume, overwrite, say), say, progress)
+
+
+def _train(cfg, out, resume, say, progress):
     from tqdm import tqdm
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if cfg["backend"] == "cuda" else "cpu"
     minicnn.backend.get(device)                      # a clear error if CUDA is unusable
     train, val = load_data(cfg, say)
@@ -154,14 +218,18 @@ def run(cfg, out, resume=False, say=print, progress=True):
     history, start, best = [], 0, -1.0
     if resume:
         meta, params, opt_state = checkpoint.load(out / "last.npz")
+        mismatch = _model_mismatch(meta["model"], model.config)
+        if mismatch:
+            raise checkpoint.CheckpointError(f"{out / 'last.npz'} holds another U-Net: "
+                                             f"{mismatch}")
         model.load_state_dict(params)
         opt.load_state_dict({"hyper": meta["optimizer"]["hyper"],
                              "steps": meta["optimizer"]["steps"], "state": opt_state})
         rng.bit_generator.state = meta["rng"]
         history, start, best = meta["history"], meta["epoch"], meta["best"]
         say(f"Resuming from {out / 'last.npz'} after epoch {start}")
-    else:
-        (out / "log.jsonl").unlink(missing_ok=True)     # a new run in an old folder: a new log
+    # the log is the history of last.npz: a killed epoch's line is not repeated
+    (out / "log.jsonl").write_text("".join(_log_line(record) for record in history))
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
     say(f"U-Net base {cfg['base']}, depth {cfg['depth']}, norm {cfg['norm']}: "
         f"{model.num_parameters():,} parameters;"
@@ -169,34 +237,33 @@ def run(cfg, out, resume=False, say=print, progress=True):
     loss_fn = make_loss(cfg["loss"], cfg["class_weights"])
     aug = AugmentConfig.named(cfg["augment"])
 
-    def save(name, epoch):
+    def save(name, epoch, **extra):
         checkpoint.save(out / name, model, {"train": cfg, "epoch": epoch, "best": best,
-                                            "history": history, "rng": rng.bit_generator.state},
-                        opt)
-    epoch = start
+                                            "history": history, "rng": rng.bit_generator.state,
+                                            **extra}, opt)
+    done, seen, run_eta, session_start = start, 0, "", time.perf_counter()
     try:
         for epoch in range(start, cfg["epochs"]):
             opt.lr = learning_rate(cfg, epoch)
             model.train()
             losses, seen, t0 = [], 0, time.perf_counter()
-            bar = tqdm(total=len(train), unit="img", desc=f"epoch {epoch + 1}/{cfg['epochs']}",
-                       disable=not progress, leave=False)
-            for idx in data.iterate_minibatches(train, cfg["batch_size"], rng):
-                images, masks = augment_batch(train.images[idx], train.masks[idx], rng, aug)
-                x = minicnn.Tensor(np.ascontiguousarray(images[:, None],
-                                                        dtype=np.float32)).to(device)
-                loss = loss_fn(model(x), masks.astype(np.int64))
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise NonFiniteLoss(f"loss became {value} in epoch {epoch + 1}")
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                losses.append(value)
-                seen += len(idx)
-                bar.update(len(idx))
-                bar.set_postfix(loss=f"{value:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.1f}")
-            bar.close()
+            with tqdm(total=len(train), unit="img", desc=f"epoch {epoch + 1}/{cfg['epochs']}",
+                      disable=not progress, leave=False) as bar:
+                for idx in data.iterate_minibatches(train, cfg["batch_size"], rng):
+                    images, masks = augment_batch(train.images[idx], train.masks[idx], rng, aug)
+                    x = minicnn.Tensor(np.ascontiguousarray(images[:, None],
+                                                            dtype=np.float32)).to(device)
+                    loss = loss_fn(model(x), masks.astype(np.int64))
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise NonFiniteLoss(f"loss became {value} in epoch {epoch + 1}")
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    losses.append(value)
+                    seen += len(idx)
+                    bar.update(len(idx))
+                    bar.set_postfix_str(f"loss {value:.4f}{run_eta}")
             train_time = time.perf_counter() - t0
             model.eval()
             result = evaluate(model, val, device, flip_tta=cfg["flip_tta"])
@@ -207,25 +274,39 @@ def run(cfg, out, resume=False, say=print, progress=True):
             improved = result["dice"]["mean"] > best
             best = max(best, result["dice"]["mean"])
             with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(_log_line(record))
+            left = cfg["epochs"] - epoch - 1
+            per_epoch = (time.perf_counter() - session_start) / (epoch + 1 - start)
+            run_eta = f", run ETA {_duration(left * per_epoch)}" if left else ""
             say(f"epoch {epoch + 1:3d}/{cfg['epochs']}  loss {record['loss']:.4f}  "
                 f"val Dice RV {result['dice']['RV']:.3f} Myo {result['dice']['Myo']:.3f} "
                 f"LV {result['dice']['LV']:.3f} mean {result['dice']['mean']:.3f}  "
-                f"({record['images_per_s']:.1f} img/s, {record['epoch_s']:.0f} s)"
+                f"({record['images_per_s']:.1f} img/s, {record['epoch_s']:.0f} s{run_eta})"
                 + ("  *best*" if improved else ""))
-            save("last.npz", epoch + 1)
-            if improved:
+            if improved:                 # best.npz first: last.npz records that it exists
                 save("best.npz", epoch + 1)
+            save("last.npz", epoch + 1)
+            done, seen = epoch + 1, 0
+            if (out / "interrupted.npz").is_file():
+                (out / "interrupted.npz").unlink()
+                say("Removed interrupted.npz: last.npz is past it")
             plot_curves(history, out / "curves.png")
     except KeyboardInterrupt:
-        save("interrupted.npz", epoch)
-        say(f"\nInterrupted: weights saved to {out / 'interrupted.npz'}; "
-            f"{out / 'last.npz'} (end of the last full epoch) resumes exactly with --resume")
-        raise
+        where = (f"in epoch {done + 1}, after {seen} of its {len(train)} images"
+                 if seen else f"after epoch {done}")
+        save("interrupted.npz", done, interrupted_in_epoch=done + 1, images_seen=seen)
+        raise TrainingInterrupted(
+            f"{out / 'interrupted.npz'} holds the weights {where}; --resume continues "
+            f"exactly from {out / 'last.npz'} (end of epoch {done})") from None
     if history:
         say("Final validation:\n" + format_table({"dice": history[-1]["val_dice"],
                                                   "hd95": history[-1]["val_hd95"]}))
     return history
+
+
+def _log_line(record):
+    """One line of log.jsonl: strict JSON (an undefined HD95 is ``null``)."""
+    return json.dumps(jsonable(record), allow_nan=False) + "\n"
 
 
 def member_configs(cfg):
@@ -237,20 +318,27 @@ def member_configs(cfg):
 
 
 def _train_member(k, cfg, out, resume, progress):
-    """One member (also the entry point of a ``--jobs`` worker process)."""
+    """One member (also the entry point of a ``--jobs`` worker process); a member folder
+    without an epoch to resume from starts afresh (the ensemble's folder was claimed)."""
     def say(message):
         print(f"[member {k}] {message}", flush=True)
-    run(cfg, out, resume=resume and (Path(out) / "last.npz").is_file(), say=say,
-        progress=progress)
+    resume = resume and bool(runfolder.existing_run(out))
+    run(cfg, out, resume=resume, say=say, progress=progress, overwrite=not resume)
 
 
-def run_ensemble(cfg, out, resume=False, jobs=1, say=print, progress=True):
+def run_ensemble(cfg, out, resume=False, jobs=1, say=print, progress=True, overwrite=False):
     """Train ``cfg['members']`` models (``member_configs``) into ``out/member0``, ... ,
     ``jobs`` at a time (worker processes when more than one), then write ``out/ensemble.json``
     (the members' ``best.npz``) and score the ensemble on the validation split; returns that
-    result (``cmr.metrics.evaluate_masks``). ``resume`` continues every unfinished member."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    result (``cmr.metrics.evaluate_masks``). ``resume`` continues every unfinished member;
+    an earlier run in ``out`` is refused without ``resume`` or ``overwrite``, as in ``run``."""
+    with output_folder(out) as out:
+        if not resume:
+            runfolder.claim(out, overwrite, say)
+        return _train_ensemble(cfg, out, resume, jobs, say, progress)
+
+
+def _train_ensemble(cfg, out, resume, jobs, say, progress):
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
     configs = member_configs(cfg)
     folders = [out / f"member{k}" for k in range(len(configs))]
@@ -276,7 +364,8 @@ def run_ensemble(cfg, out, resume=False, jobs=1, say=print, progress=True):
     models = checkpoint.load_models([out / "ensemble.json"], device)
     _, val = load_data(configs[0], lambda *_: None)
     result = evaluate(models, val, device, flip_tta=cfg["flip_tta"])
-    (out / "ensemble_val.json").write_text(json.dumps(result, indent=1))
+    (out / "ensemble_val.json").write_text(json.dumps(jsonable(result), indent=1,
+                                                      allow_nan=False))
     say(f"Ensemble of the {len(models)} best.npz on the validation split:\n"
         + format_table(result))
     return result
@@ -302,6 +391,7 @@ def plot_curves(history, path):
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m cmr.train", description=__doc__,
+                                epilog=presets_help(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="data folder (coursework root, flat folder with manifest.json,"
                    " or image/+mask/); default: synthetic phantom")
@@ -313,7 +403,7 @@ def build_parser():
                    "set, which picks the best epoch (best.npz)")
     p.add_argument("--backend", choices=["numpy", "cuda"])
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults; "
-                   "explicit flags override it")
+                   "explicit flags override it (each one's settings and time: below)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -349,7 +439,11 @@ def build_parser():
                    "a time, in worker processes of one thread each (1)")
     p.add_argument("--out", default="runs/latest", help="output folder (default runs/latest)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.npz (an "
-                   "ensemble: every unfinished member)")
+                   "ensemble: every unfinished member) with the run's own settings; of the "
+                   "training flags only --epochs may change, another value is refused")
+    p.add_argument("--force", action="store_true", help="replace the run already in OUT "
+                   "(its checkpoints, log and config are deleted); without it such a folder "
+                   "is refused")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -374,33 +468,55 @@ def config_from_args(args):
     return cfg
 
 
+#: The training settings that --resume lets change; every other flag must agree with the run.
+RESUME_MAY_CHANGE = ("epochs",)
+
+
+def resumed_config(args, out):
+    """The configuration --resume continues with: the saved run's, with --epochs applied.
+    A preset or flag that contradicts the saved run raises ValueError, in one line."""
+    saved = dict(DEFAULTS, **runfolder.saved_config(out))   # a key added since the run: its default
+    given = dict(PRESETS[args.preset]) if args.preset else {}
+    given.update({k: getattr(args, k) for k in DEFAULTS if getattr(args, k, None) is not None})
+
+    def same(key, a, b):
+        if key in ("data", "extra_data") and a and b:
+            return Path(a).resolve() == Path(b).resolve()
+        return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+    clash = [f"--{k.replace('_', '-')} {v} (the run has {saved[k]})" for k, v in given.items()
+             if k not in RESUME_MAY_CHANGE and not same(k, v, saved[k])]
+    if clash:
+        raise ValueError(f"--resume continues the run in {out} with its own settings; "
+                         f"{', '.join(clash)}: only --epochs may change (a new run: another "
+                         "--out, or --force)")
+    if "epochs" in given:
+        saved["epochs"] = given["epochs"]
+    return saved
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
-    try:
+    if args.resume and args.force:
+        parser.exit(2, "error: --resume continues the run in --out and --force replaces it: "
+                       "choose one\n")
+    with one_line_errors(parser):
         cfg = config_from_args(args)
         out = Path(args.out)
         if args.resume:
-            ensemble = not (out / "last.npz").is_file() and (out / "config.json").is_file()
-            saved = (json.loads((out / "config.json").read_text()) if ensemble
-                     else checkpoint.load(out / "last.npz")[0]["train"])
-            saved.update({k: v for k, v in cfg.items() if k == "epochs" and args.epochs})
-            cfg = dict(DEFAULTS, **saved)   # a key added since the checkpoint: its default
-        if cfg["members"] > 1:
-            run_ensemble(cfg, out, resume=args.resume, jobs=min(args.jobs, cfg["members"]),
-                         progress=not args.no_progress)
-        else:
-            run(cfg, out, resume=args.resume, progress=not args.no_progress)
-    except (data.CMRDataError, checkpoint.CheckpointError, ValueError,
-            minicnn.backend.BackendUnavailable) as err:
-        parser.exit(2, f"error: {err}\n")
-    except NonFiniteLoss as err:
-        parser.exit(1, f"error: {err}; stopped. The last good checkpoint is "
-                       f"{Path(args.out) / 'last.npz'}\n")
-    except KeyboardInterrupt:
-        return 130
+            cfg = resumed_config(args, out)
+        try:
+            if cfg["members"] > 1:
+                run_ensemble(cfg, out, resume=args.resume, jobs=min(args.jobs, cfg["members"]),
+                             progress=not args.no_progress, overwrite=args.force)
+            else:
+                run(cfg, out, resume=args.resume, progress=not args.no_progress,
+                    overwrite=args.force)
+        except NonFiniteLoss as err:
+            parser.exit(1, f"error: {err}; stopped. The last good checkpoint is "
+                           f"{out / 'last.npz'}\n")
     return 0
 
 

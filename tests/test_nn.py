@@ -42,6 +42,38 @@ def test_layers_match_torch_with_copied_weights():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_a_module_takes_a_numpy_array_as_a_tensor_without_grad():
+    """issue 27, item 10: ``model(array)`` is ``model(Tensor(array))`` (no AttributeError),
+    for a layer and for a model of modules, and the array records no gradient."""
+    m = Tiny()
+    x = np.random.default_rng(1).standard_normal((2, 2, 6, 6)).astype(np.float32)
+    for module in (m, m.conv, m.body):
+        arg = x if module is not m.body else m.conv(x).numpy()
+        out = module(arg)
+        assert isinstance(out, Tensor)
+        np.testing.assert_array_equal(out.numpy(), module(Tensor(arg)).numpy())
+    seen = []
+    m.conv.forward = lambda t: seen.append(t) or nn.Conv2d.forward(m.conv, t)
+    m(x).sum().backward()
+    assert isinstance(seen[0], Tensor) and not seen[0].requires_grad and seen[0].grad is None
+    assert m.conv.weight.grad is not None                 # the parameters still learn
+
+
+def test_state_dict_errors_name_a_few_and_count():
+    """issue 27, item 6: a width mismatch names two tensors and the count, not all of them."""
+    wide = nn.Sequential(*[nn.Conv2d(4, 4, 3) for _ in range(10)])
+    narrow = nn.Sequential(*[nn.Conv2d(2, 2, 3) for _ in range(10)])
+    with pytest.raises(ValueError) as err:
+        narrow.load_state_dict(wide.state_dict())
+    message = str(err.value)
+    assert message.startswith("load_state_dict: 20 of 20 shapes differ: 0.weight: checkpoint "
+                              "(4, 4, 3, 3) vs model (2, 2, 3, 3); 0.bias") and \
+        message.endswith("and 18 more") and len(message) < 200
+    with pytest.raises(ValueError, match=r"10 missing keys \['0.weight', '1.weight', '2.weight' "
+                       r"and 7 more\]"):
+        narrow.load_state_dict({k: v for k, v in narrow.state_dict().items() if "bias" in k})
+
+
 def test_state_dict_round_trip_and_errors():
     a, b = Tiny(), Tiny()
     b.load_state_dict(a.state_dict())

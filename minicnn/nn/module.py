@@ -7,6 +7,19 @@ from .. import backend
 from ..tensor import Tensor
 
 
+def _as_input(value):
+    """A module's argument: an array becomes a Tensor (no gradient); anything else as is."""
+    if isinstance(value, np.ndarray) or hasattr(value, "__cuda_array_interface__"):
+        return Tensor(value)
+    return value
+
+
+def _listed(items, shown=3, sep=", "):
+    """The first ``shown`` of ``items`` and how many more, for a one-line message."""
+    head = sep.join(map(str, items[:shown]))
+    return head if len(items) <= shown else f"{head} and {len(items) - shown} more"
+
+
 class Parameter(Tensor):
     """A Tensor that a Module owns and an optimizer updates (``requires_grad=True``)."""
 
@@ -19,7 +32,8 @@ class Module:
 
     Assigning a Parameter or a Module to an attribute registers it, so ``parameters()``,
     ``state_dict()`` and ``to()`` find it. Subclasses define ``forward``; calling the module
-    calls ``forward``.
+    calls ``forward``, with every array argument (NumPy, or CuPy) made a Tensor without
+    gradient first, so that ``model(np_array)`` works as ``model(Tensor(np_array))``.
     """
 
     def __init__(self):
@@ -43,7 +57,8 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        return self.forward(*map(_as_input, args),
+                            **{k: _as_input(v) for k, v in kwargs.items()})
 
     # ---------------------------------------------------------------- traversal
     def children(self):
@@ -96,18 +111,20 @@ class Module:
         """Copy arrays into the parameters, keeping each parameter's dtype and device.
 
         Missing or unexpected keys (with ``strict``) and shape mismatches raise ValueError
-        naming them.
+        naming the first few and the count.
         """
         own = dict(self.named_parameters())
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         if strict and (missing or unexpected):
-            raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys "
-                             f"{unexpected}")
+            raise ValueError(f"load_state_dict: {len(missing)} missing keys "
+                             f"[{_listed([repr(k) for k in missing])}], {len(unexpected)} "
+                             f"unexpected keys [{_listed([repr(k) for k in unexpected])}]")
         wrong = [f"{k}: checkpoint {tuple(np.shape(state[k]))} vs model {own[k].shape}"
                  for k in own if k in state and tuple(np.shape(state[k])) != own[k].shape]
         if wrong:
-            raise ValueError("load_state_dict: shape mismatch: " + "; ".join(wrong))
+            raise ValueError(f"load_state_dict: {len(wrong)} of {len(own)} shapes differ: "
+                             + _listed(wrong, 2, "; "))
         for k, p in own.items():
             if k in state:
                 value = np.asarray(state[k], dtype=p.dtype)

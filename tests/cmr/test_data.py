@@ -66,7 +66,32 @@ def test_load_png_image_and_mask(tmp_path):
 
 def test_load_png_rgb_image_is_converted(tmp_path):
     Image.fromarray(np.full((4, 4, 3), 90, np.uint8)).save(tmp_path / "rgb.png")
-    assert data.load_png(tmp_path / "rgb.png").tolist() == np.full((4, 4), 90).tolist()
+    with pytest.warns(data.CMRDataWarning, match=r"rgb\.png is RGB rather than grayscale"):
+        assert data.load_png(tmp_path / "rgb.png").tolist() == np.full((4, 4), 90).tolist()
+
+
+def test_colour_images_in_a_folder_are_reported_once(tmp_path):
+    """issue 27, item 9: the conversion is said, once per folder, with the count."""
+    import warnings
+    for name in ("a", "b", "c"):
+        Image.fromarray(np.full((4, 4, 3), 90, np.uint8)).save(tmp_path / f"{name}.png")
+    write_png(tmp_path / "d.png", np.full((4, 4), 90))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images = data.load_images(sorted(tmp_path.glob("*.png")))
+    assert images.shape == (4, 4, 4) and (images == 90).all()
+    assert [str(w.message) for w in caught] == [
+        f"3 of 4 images (the first: {tmp_path / 'a.png'}) are RGB rather than grayscale: "
+        "converted to grayscale (luminance)"]
+
+
+def test_many_bad_mask_values_are_counted_not_listed(tmp_path):
+    """issue 27, item 6: a mask with 252 bad values names five and the count."""
+    write_png(tmp_path / "m.png", np.arange(256).reshape(16, 16))
+    with pytest.raises(CMRDataError) as err:
+        data.load_png(tmp_path / "m.png", "mask")
+    assert "holds values [4, 5, 6, 7, 8 and 247 more] outside the labels 0..3" in str(err.value)
+    assert len(str(err.value)) < 200 + len(str(tmp_path))
 
 
 def test_mask_value_out_of_range_names_file_and_values(tmp_path):

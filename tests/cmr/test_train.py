@@ -479,10 +479,18 @@ def test_members_cli_with_jobs_and_resume(tmp_path):
     assert r.returncode == 2 and "--members must be >= 1" in r.stderr
 
 
-def test_a_new_run_in_an_old_folder_starts_a_new_log(tmp_path):
+def test_a_new_run_in_an_old_folder_is_refused_unless_forced(tmp_path):
+    """issue 27, item 4: a finished run is never replaced silently; --force replaces it
+    (said) and starts a new log."""
     train.run(dict(TINY, epochs=2), tmp_path, say=quiet, progress=False)
-    train.run(dict(TINY, epochs=1), tmp_path, say=quiet, progress=False)
+    before = {name: (tmp_path / name).read_bytes() for name in ("best.npz", "log.jsonl")}
+    with pytest.raises(ValueError, match="already holds a run .*--resume.*--force"):
+        train.run(dict(TINY, epochs=1), tmp_path, say=quiet, progress=False)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    said = []
+    train.run(dict(TINY, epochs=1), tmp_path, say=said.append, progress=False, overwrite=True)
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 1
+    assert any(line.startswith("--force: deleted the earlier run's best.npz") for line in said)
 
 
 def test_cpu16_strong_x3_is_the_three_recorded_seeds():
