@@ -21,6 +21,7 @@ probabilities.
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ import numpy as np
 import minicnn
 from minicnn import functional as F, optim
 
-from . import checkpoint, data, phantom
+from . import checkpoint, data, distributed, phantom
 from .augment import AugmentConfig, augment_batch
 from .evaluate import evaluate, format_table
 from .unet import NORMS, UNet
@@ -138,9 +139,10 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def run(cfg, out, resume=False, say=print, progress=True):
+def run(cfg, out, resume=False, say=print, progress=True, world=distributed.OneProcess()):
     """Train with configuration ``cfg`` into folder ``out``; returns the history (a list with
-    one dict per epoch)."""
+    one dict per epoch). ``world``: this rank's share of a data-parallel run
+    (``cmr.distributed``; only rank 0 writes files)."""
     from tqdm import tqdm
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,19 +162,25 @@ def run(cfg, out, resume=False, say=print, progress=True):
         rng.bit_generator.state = meta["rng"]
         history, start, best = meta["history"], meta["epoch"], meta["best"]
         say(f"Resuming from {out / 'last.npz'} after epoch {start}")
-    else:
+    elif world.is_root:
         (out / "log.jsonl").unlink(missing_ok=True)     # a new run in an old folder: a new log
-    (out / "config.json").write_text(json.dumps(cfg, indent=1))
+    world.broadcast_parameters(model.parameters())      # every rank starts from rank 0's
+    if world.is_root:
+        (out / "config.json").write_text(json.dumps(cfg, indent=1))
     say(f"U-Net base {cfg['base']}, depth {cfg['depth']}, norm {cfg['norm']}: "
         f"{model.num_parameters():,} parameters;"
-        f" backend {cfg['backend']}; loss {cfg['loss']}; {cfg['optimizer']} lr {cfg['lr']}")
-    loss_fn = make_loss(cfg["loss"], cfg["class_weights"])
+        f" backend {cfg['backend']}; loss {cfg['loss']}; {cfg['optimizer']} lr {cfg['lr']}"
+        + (f"; {world.size} ranks" if world.size > 1 else ""))
+    loss_fn = world.loss(cfg["loss"], lambda term: make_loss(term, cfg["class_weights"]),
+                         cfg["class_weights"])     # one rank's term of the batch's loss
     aug = AugmentConfig.named(cfg["augment"])
 
     def save(name, epoch):
-        checkpoint.save(out / name, model, {"train": cfg, "epoch": epoch, "best": best,
-                                            "history": history, "rng": rng.bit_generator.state},
-                        opt)
+        if world.is_root:
+                checkpoint.save(out / name, model, {"train": cfg, "epoch": epoch, "best": best,
+                                                "history": history,
+                                                "rng": rng.bit_generator.state},
+                            opt)
     epoch = start
     try:
         for epoch in range(start, cfg["epochs"]):
@@ -183,14 +191,16 @@ def run(cfg, out, resume=False, say=print, progress=True):
                        disable=not progress, leave=False)
             for idx in data.iterate_minibatches(train, cfg["batch_size"], rng):
                 images, masks = augment_batch(train.images[idx], train.masks[idx], rng, aug)
-                x = minicnn.Tensor(np.ascontiguousarray(images[:, None],
+                mine = world.share(len(idx))        # this rank's images (all in one process)
+                x = minicnn.Tensor(np.ascontiguousarray(images[mine, None],
                                                         dtype=np.float32)).to(device)
-                loss = loss_fn(model(x), masks.astype(np.int64))
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise NonFiniteLoss(f"loss became {value} in epoch {epoch + 1}")
+                loss = loss_fn(model(x), masks[mine].astype(np.int64), masks)
                 opt.zero_grad()
                 loss.backward()
+                # the gradients and the loss summed over the ranks (one process: unchanged)
+                value = world.sum_gradients(opt.params, loss.item())
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(f"loss became {value} in epoch {epoch + 1}")
                 opt.step()
                 losses.append(value)
                 seen += len(idx)
@@ -199,15 +209,16 @@ def run(cfg, out, resume=False, say=print, progress=True):
             bar.close()
             train_time = time.perf_counter() - t0
             model.eval()
-            result = evaluate(model, val, device, flip_tta=cfg["flip_tta"])
+            result = world.evaluate(model, val, device, cfg["flip_tta"])   # split, gathered
             record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": opt.lr,
                       "images_per_s": seen / train_time, "epoch_s": time.perf_counter() - t0,
                       "val_dice": result["dice"], "val_hd95": result["hd95"]}
             history.append(record)
             improved = result["dice"]["mean"] > best
             best = max(best, result["dice"]["mean"])
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            if world.is_root:
+                with open(out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
             say(f"epoch {epoch + 1:3d}/{cfg['epochs']}  loss {record['loss']:.4f}  "
                 f"val Dice RV {result['dice']['RV']:.3f} Myo {result['dice']['Myo']:.3f} "
                 f"LV {result['dice']['LV']:.3f} mean {result['dice']['mean']:.3f}  "
@@ -216,7 +227,8 @@ def run(cfg, out, resume=False, say=print, progress=True):
             save("last.npz", epoch + 1)
             if improved:
                 save("best.npz", epoch + 1)
-            plot_curves(history, out / "curves.png")
+            if world.is_root:
+                plot_curves(history, out / "curves.png")
     except KeyboardInterrupt:
         save("interrupted.npz", epoch)
         say(f"\nInterrupted: weights saved to {out / 'interrupted.npz'}; "
@@ -351,6 +363,9 @@ def build_parser():
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.npz (an "
                    "ensemble: every unfinished member)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--mpi-timeout", type=float, default=600, help="under mpiexec (data "
+                   "parallelism, docs/data_parallel.md): seconds a rank waits for the others "
+                   "in a collective before it stops the job (600)")
     return p
 
 
@@ -375,6 +390,7 @@ def config_from_args(args):
 
 
 def main(argv=None):
+    ranks = distributed.launched_size(os.environ)   # > 1 under mpiexec: data parallelism
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.jobs < 1:
@@ -388,13 +404,16 @@ def main(argv=None):
                      else checkpoint.load(out / "last.npz")[0]["train"])
             saved.update({k: v for k, v in cfg.items() if k == "epochs" and args.epochs})
             cfg = dict(DEFAULTS, **saved)   # a key added since the checkpoint: its default
+        world = distributed.world(ranks, cfg["backend"], args.mpi_timeout)
+        world.check_launch(cfg)
         if cfg["members"] > 1:
             run_ensemble(cfg, out, resume=args.resume, jobs=min(args.jobs, cfg["members"]),
                          progress=not args.no_progress)
         else:
-            run(cfg, out, resume=args.resume, progress=not args.no_progress)
+            run(cfg, out, resume=args.resume, progress=not args.no_progress and world.is_root,
+                say=print if world.is_root else lambda *_: None, world=world)
     except (data.CMRDataError, checkpoint.CheckpointError, ValueError,
-            minicnn.backend.BackendUnavailable) as err:
+            minicnn.backend.BackendUnavailable, distributed.LaunchError) as err:
         parser.exit(2, f"error: {err}\n")
     except NonFiniteLoss as err:
         parser.exit(1, f"error: {err}; stopped. The last good checkpoint is "
