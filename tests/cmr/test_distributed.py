@@ -184,3 +184,19 @@ def test_bad_launches_give_one_clear_line(tmp_path):
                                 "-n", 1, *TRAIN, "--batch-size", "4", "--out", tmp_path))
     assert "rank 1 was started with another configuration than rank 0: batch_size 4 " \
            "(rank 0: 8)" in line
+
+
+def test_mpiexec_resume_continues_to_the_same_result(tmp_path):
+    """Every rank reloads last.npz (parameters, optimizer, random generator): two epochs in one
+    go and one epoch plus --resume give the same parameters, bit for bit."""
+    args = [*TRAIN, "--loss", "ce", "--phantom-train", "12"]
+    assert _mpi("-n", 2, *args, "--epochs", "2", "--out", tmp_path / "straight").returncode == 0
+    assert _mpi("-n", 2, *args, "--out", tmp_path / "resumed").returncode == 0
+    r = _mpi("-n", 2, *args, "--epochs", "2", "--resume", "--out", tmp_path / "resumed")
+    assert r.returncode == 0 and "Resuming" in r.stdout, r.stderr
+    (a, log_a), (b, log_b) = _trained(tmp_path / "straight"), _trained(tmp_path / "resumed")
+    assert [h["loss"] for h in log_a] == [h["loss"] for h in log_b]
+    assert a.keys() == b.keys()
+    for k in a:
+        if k != "meta":                 # (the metadata holds the epochs' timings)
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
