@@ -84,7 +84,7 @@ def share_loss(name, make_term, class_weights):
 
 
 class LaunchError(RuntimeError):
-    """A launch that cannot train (its one-line message is printed by one rank)."""
+    """Launched as several ranks, but the MPI engine is missing (a one-line message)."""
 
 
 class OneProcess:

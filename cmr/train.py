@@ -176,11 +176,11 @@ def run(cfg, out, resume=False, say=print, progress=True, world=distributed.OneP
     aug = AugmentConfig.named(cfg["augment"])
 
     def save(name, epoch):
-        if world.is_root:
-                checkpoint.save(out / name, model, {"train": cfg, "epoch": epoch, "best": best,
-                                                "history": history,
-                                                "rng": rng.bit_generator.state},
-                            opt)
+        if not world.is_root:               # rank 0 writes (every rank holds the same state)
+            return
+        checkpoint.save(out / name, model, {"train": cfg, "epoch": epoch, "best": best,
+                                            "history": history, "rng": rng.bit_generator.state},
+                        opt)
     epoch = start
     try:
         for epoch in range(start, cfg["epochs"]):
@@ -395,6 +395,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.mpi_timeout <= 0:
+        parser.error(f"--mpi-timeout must be > 0, got {args.mpi_timeout}")
     try:
         cfg = config_from_args(args)
         out = Path(args.out)
