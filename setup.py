@@ -24,6 +24,9 @@ setup(
         # torch is only the tests' oracle; install torch==2.13.0 (CPU) first to avoid a CUDA build
         "test": ["torch>=2.1", "pytest>=7", "hypothesis>=6.80", "nibabel>=5"],
         "cuda": ["cupy-cuda13x>=13"],
+        # data parallelism (mpiexec -n N python -m cmr.train; docs/data_parallel.md): mpi4py
+        # and MPICH's wheel, which brings an mpiexec; with [cuda] the gradients go over NCCL
+        "mpi": ["mpi4py>=3.1", "mpich>=4"],
         "acdc": ["nibabel>=5"],
         "docs": ["mkdocs>=1.5", "mkdocs-material>=9", "pymdown-extensions>=10"],
     },

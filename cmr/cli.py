@@ -15,11 +15,11 @@ from pathlib import Path
 
 import minicnn
 
-from . import checkpoint, data
+from . import checkpoint, data, distributed
 
 #: The failures that are the user's to fix: their message is the whole story.
 USER_ERRORS = (data.CMRDataError, checkpoint.CheckpointError, ValueError,
-               minicnn.backend.BackendUnavailable)
+               minicnn.backend.BackendUnavailable, distributed.LaunchError)
 
 
 def _note(message, category, filename, lineno, file=None, line=None):

@@ -24,6 +24,7 @@ probabilities.
 import argparse
 import json
 import math
+import os
 import sys
 import textwrap
 import time
@@ -34,7 +35,7 @@ import numpy as np
 import minicnn
 from minicnn import functional as F, optim
 
-from . import checkpoint, data, phantom, runfolder
+from . import checkpoint, data, distributed, phantom, runfolder
 from .augment import AugmentConfig, augment_batch
 from .cli import one_line_errors, output_folder
 from .evaluate import evaluate, format_table
@@ -193,9 +194,11 @@ def _model_mismatch(saved, built):
                      for k, v in built.items() if saved.get(k) != v)
 
 
-def run(cfg, out, resume=False, say=print, progress=True, overwrite=False):
+def run(cfg, out, resume=False, say=print, progress=True, overwrite=False,
+        world=distributed.OneProcess()):
     """Train with configuration ``cfg`` into folder ``out``; returns the history (a list with
-    one dict per epoch).
+    one dict per epoch). ``world``: this rank's share of a data-parallel run
+    (``cmr.distributed``; only rank 0 prepares the folder and writes files).
 
     A folder that holds an earlier run is refused unless ``resume`` (continue it from its
     ``last.npz``; from the start if it has only its ``config.json``) or ``overwrite`` (delete
@@ -203,10 +206,21 @@ def run(cfg, out, resume=False, say=print, progress=True, overwrite=False):
     ``last.npz``, the state that records it, so that a kill at any moment loses no model;
     ``--resume`` removes what a killed write left behind."""
     with output_folder(out) as out:
-        return _train(cfg, out, runfolder.prepare(out, resume, overwrite, say), say, progress)
+        ready, refused = None, None
+        if world.is_root:
+            try:
+                ready = runfolder.prepare(out, resume, overwrite, say)
+            except (ValueError, checkpoint.CheckpointError) as err:
+                refused = str(err)
+        ready, refused = world.from_root([ready, refused], "preparation of the run folder")
+        if refused is not None:
+            if not world.is_root:
+                raise SystemExit(2)             # rank 0 says why
+            raise ValueError(refused)
+        return _train(cfg, out, ready, say, progress, world)
 
 
-def _train(cfg, out, resume, say, progress):
+def _train(cfg, out, resume, say, progress, world):
     from tqdm import tqdm
     device = "cuda" if cfg["backend"] == "cuda" else "cpu"
     minicnn.backend.get(device)                      # a clear error if CUDA is unusable
@@ -228,16 +242,22 @@ def _train(cfg, out, resume, say, progress):
         rng.bit_generator.state = meta["rng"]
         history, start, best = meta["history"], meta["epoch"], meta["best"]
         say(f"Resuming from {out / 'last.npz'} after epoch {start}")
-    # the log is the history of last.npz: a killed epoch's line is not repeated
-    (out / "log.jsonl").write_text("".join(_log_line(record) for record in history))
-    (out / "config.json").write_text(json.dumps(cfg, indent=1))
+    world.broadcast_parameters(model.parameters())      # every rank starts from rank 0's
+    if world.is_root:
+        # the log is the history of last.npz: a killed epoch's line is not repeated
+        (out / "log.jsonl").write_text("".join(_log_line(record) for record in history))
+        (out / "config.json").write_text(json.dumps(cfg, indent=1))
     say(f"U-Net base {cfg['base']}, depth {cfg['depth']}, norm {cfg['norm']}: "
         f"{model.num_parameters():,} parameters;"
-        f" backend {cfg['backend']}; loss {cfg['loss']}; {cfg['optimizer']} lr {cfg['lr']}")
-    loss_fn = make_loss(cfg["loss"], cfg["class_weights"])
+        f" backend {cfg['backend']}; loss {cfg['loss']}; {cfg['optimizer']} lr {cfg['lr']}"
+        + (f"; {world.size} ranks" if world.size > 1 else ""))
+    loss_fn = world.loss(cfg["loss"], lambda term: make_loss(term, cfg["class_weights"]),
+                         cfg["class_weights"])     # one rank's term of the batch's loss
     aug = AugmentConfig.named(cfg["augment"])
 
     def save(name, epoch, **extra):
+        if not world.is_root:               # rank 0 writes (every rank holds the same state)
+            return
         checkpoint.save(out / name, model, {"train": cfg, "epoch": epoch, "best": best,
                                             "history": history, "rng": rng.bit_generator.state,
                                             **extra}, opt)
@@ -251,14 +271,16 @@ def _train(cfg, out, resume, say, progress):
                       disable=not progress, leave=False) as bar:
                 for idx in data.iterate_minibatches(train, cfg["batch_size"], rng):
                     images, masks = augment_batch(train.images[idx], train.masks[idx], rng, aug)
-                    x = minicnn.Tensor(np.ascontiguousarray(images[:, None],
+                    mine = world.share(len(idx))        # this rank's images (all: one process)
+                    x = minicnn.Tensor(np.ascontiguousarray(images[mine, None],
                                                             dtype=np.float32)).to(device)
-                    loss = loss_fn(model(x), masks.astype(np.int64))
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        raise NonFiniteLoss(f"loss became {value} in epoch {epoch + 1}")
+                    loss = loss_fn(model(x), masks[mine].astype(np.int64), masks)
                     opt.zero_grad()
                     loss.backward()
+                    # the gradients and the loss summed over the ranks (one process: unchanged)
+                    value = world.sum_gradients(opt.params, loss.item())
+                    if not math.isfinite(value):
+                        raise NonFiniteLoss(f"loss became {value} in epoch {epoch + 1}")
                     opt.step()
                     losses.append(value)
                     seen += len(idx)
@@ -266,15 +288,19 @@ def _train(cfg, out, resume, say, progress):
                     bar.set_postfix_str(f"loss {value:.4f}{run_eta}")
             train_time = time.perf_counter() - t0
             model.eval()
-            result = evaluate(model, val, device, flip_tta=cfg["flip_tta"])
+            if world.size == 1:
+                result = evaluate(model, val, device, flip_tta=cfg["flip_tta"])
+            else:                          # each rank predicts its share, rank 0 scores
+                result = world.evaluate(model, val, device, cfg["flip_tta"])
             record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": opt.lr,
                       "images_per_s": seen / train_time, "epoch_s": time.perf_counter() - t0,
                       "val_dice": result["dice"], "val_hd95": result["hd95"]}
             history.append(record)
             improved = result["dice"]["mean"] > best
             best = max(best, result["dice"]["mean"])
-            with open(out / "log.jsonl", "a") as f:
-                f.write(_log_line(record))
+            if world.is_root:
+                with open(out / "log.jsonl", "a") as f:
+                    f.write(_log_line(record))
             left = cfg["epochs"] - epoch - 1
             per_epoch = (time.perf_counter() - session_start) / (epoch + 1 - start)
             run_eta = f", run ETA {_duration(left * per_epoch)}" if left else ""
@@ -287,10 +313,11 @@ def _train(cfg, out, resume, say, progress):
                 save("best.npz", epoch + 1)
             save("last.npz", epoch + 1)
             done, seen = epoch + 1, 0
-            if (out / "interrupted.npz").is_file():
+            if world.is_root and (out / "interrupted.npz").is_file():
                 (out / "interrupted.npz").unlink()
                 say("Removed interrupted.npz: last.npz is past it")
-            plot_curves(history, out / "curves.png")
+            if world.is_root:
+                plot_curves(history, out / "curves.png")
     except KeyboardInterrupt:
         where = (f"in epoch {done + 1}, after {seen} of its {len(train)} images"
                  if seen else f"after epoch {done}")
@@ -445,6 +472,9 @@ def build_parser():
                    "(its checkpoints, log and config are deleted); without it such a folder "
                    "is refused")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--mpi-timeout", type=float, default=600, help="under mpiexec (data "
+                   "parallelism, docs/data_parallel.md): seconds a rank waits for the others "
+                   "in a collective before it stops the job (600)")
     return p
 
 
@@ -495,10 +525,13 @@ def resumed_config(args, out):
 
 
 def main(argv=None):
+    ranks = distributed.launched_size(os.environ)   # > 1 under mpiexec: data parallelism
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.mpi_timeout <= 0:
+        parser.error(f"--mpi-timeout must be > 0, got {args.mpi_timeout}")
     if args.resume and args.force:
         parser.exit(2, "error: --resume continues the run in --out and --force replaces it: "
                        "choose one\n")
@@ -507,13 +540,16 @@ def main(argv=None):
         out = Path(args.out)
         if args.resume:
             cfg = resumed_config(args, out)
+        world = distributed.world(ranks, cfg["backend"], args.mpi_timeout)
+        world.check_launch(cfg)
         try:
             if cfg["members"] > 1:
                 run_ensemble(cfg, out, resume=args.resume, jobs=min(args.jobs, cfg["members"]),
                              progress=not args.no_progress, overwrite=args.force)
             else:
-                run(cfg, out, resume=args.resume, progress=not args.no_progress,
-                    overwrite=args.force)
+                run(cfg, out, resume=args.resume, progress=not args.no_progress and world.is_root,
+                    overwrite=args.force, say=print if world.is_root else lambda *_: None,
+                    world=world)
         except NonFiniteLoss as err:
             parser.exit(1, f"error: {err}; stopped. The last good checkpoint is "
                            f"{out / 'last.npz'}\n")

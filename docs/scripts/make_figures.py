@@ -729,6 +729,44 @@ def fig_cuda_ladder_loads():
 
 
 
+# =========================================================================== data parallel
+def ring_allreduce_steps(n):
+    """Simulate the ring all-reduce of ``n`` ranks, each holding a vector cut into ``n``
+    chunks: ``[(title, counts, received)]`` after each step, where ``counts[r, c]`` is how
+    many ranks' chunk ``c`` rank ``r`` has summed, and ``received`` the cells that changed."""
+    parts = [[{r} for _ in range(n)] for r in range(n)]     # whose data each chunk holds
+    steps = [("start: each rank its own gradient", [[len(x) for x in row] for row in parts], [])]
+    for phase, rounds in (("reduce-scatter", n - 1), ("all-gather", n - 1)):
+        for s in range(rounds):
+            # rank r sends one chunk to rank r + 1: in the reduce-scatter it adds it to its
+            # own, in the all-gather (chunks already complete) it replaces its own
+            shift = s if phase == "reduce-scatter" else s - 1
+            sent = [(r, (r - shift) % n) for r in range(n)]
+            payload = {(r + 1) % n: (c, set(parts[r][c])) for r, c in sent}
+            for dst, (c, data) in payload.items():
+                parts[dst][c] = parts[dst][c] | data if phase == "reduce-scatter" else data
+            steps.append((f"{phase} {s + 1}", [[len(x) for x in row] for row in parts],
+                          [(dst, c) for dst, (c, _) in payload.items()]))
+    assert all(len(x) == n for row in parts for x in row)     # every rank holds the full sum
+    return steps
+
+
+@figure("ring_allreduce")
+def fig_ring_allreduce():
+    """The ring all-reduce of 4 ranks (rows) on a gradient cut into 4 chunks (columns): the
+    number in a cell is how many ranks' gradients that chunk sums; outlined: received."""
+    steps = ring_allreduce_steps(4)
+    fig, axes = plt.subplots(1, len(steps), figsize=(12, 2.4))
+    for ax, (title, counts, received) in zip(axes, steps):
+        grid(ax, counts, title.replace(" ", "\n", 1), highlight=received, vmin=0, vmax=6,
+             fontsize=8)
+    axes[0].set_ylabel("rank 0-3")
+    axes[0].set_xlabel("chunk 0-3")
+    fig.suptitle("Ring all-reduce, 4 ranks: each step every rank sends 1/4 of the gradient to "
+                 "the next; 2 x 3 steps", y=1.04)
+    return fig
+
+
 def main(argv):
     names = argv or list(FIGURES)
     unknown = [n for n in names if n not in FIGURES]
