@@ -17,7 +17,8 @@ setup(
     packages=["minicnn", "minicnn.backend", "minicnn.backend.cuda", "minicnn.functional",
               "minicnn.nn", "minicnn.kernels", "cmr"],
     package_dir={"minicnn.kernels": "kernels"},
-    package_data={"minicnn.kernels": ["*.cu", "*.cuh"], "cmr": ["acdc_overlap.json"]},
+    package_data={"minicnn.kernels": ["*.cu", "*.cuh"],
+                  "cmr": ["acdc_overlap.json", "models/*.npz", "models/README.md"]},
     install_requires=["numpy>=1.24", "scipy>=1.10", "pillow>=9", "tqdm>=4.60",
                       "matplotlib>=3.6"],
     extras_require={

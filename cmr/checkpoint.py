@@ -14,6 +14,11 @@ or a power cut mid-write never leaves a half-written or empty checkpoint under t
 a kill can leave the temporary file, which ``remove_stale_temporaries`` deletes. Checkpoints
 get the permissions of any other output (0666 less the umask). ``load`` reads with
 ``allow_pickle=False``; a damaged file is a one-line ``CheckpointError``.
+
+``export`` writes a model to ship: its parameters alone (float16 by default, read back as
+float32) and its metadata, no optimizer state. The package ships one (``SHIPPED``, its model
+card beside it), which ``cmr.predict`` and ``cmr.evaluate`` use when no ``--checkpoint`` is
+given.
 """
 import json
 import os
@@ -28,6 +33,10 @@ from .metrics import jsonable
 
 class CheckpointError(ValueError):
     """An unreadable, unwritable or inconsistent checkpoint (the message names the file)."""
+
+
+#: The model that ships with the package (``cmr/models/README.md`` is its model card).
+SHIPPED = Path(__file__).parent / "models" / "cpu16_acdc.npz"
 
 
 def _temporary_name(path):
@@ -126,6 +135,27 @@ def load(path):
     return meta, params, states
 
 
+def export(src, dst, dtype="float16", **card):
+    """Write the model of checkpoint ``src`` to ``dst`` for shipping: its parameters in
+    ``dtype`` (float16 halves the size; ``load_model`` reads them back as float32), its
+    model and training configuration, the epoch, and ``card`` (JSON data: what the model
+    card states, e.g. its scores) under ``meta["card"]``; no optimizer state, no history."""
+    meta, params, _ = load(src)
+    for name, value in params.items():
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value.astype(dtype))):
+            raise CheckpointError(f"{src}: parameter {name} does not fit in {dtype}")
+    arrays = {f"param/{k}": v.astype(dtype) if v.dtype.kind == "f" else v
+              for k, v in params.items()}
+    kept = {k: meta[k] for k in ("model", "train", "epoch", "best") if k in meta}
+    kept["card"] = card
+    arrays["meta"] = np.array(json.dumps(jsonable(kept), allow_nan=False))
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(dst, "wb") as f:
+        _write(f, arrays)
+    return dst
+
+
 def _damage(err):
     """What is wrong with an unreadable archive, in a few words."""
     text = str(err)
@@ -143,7 +173,12 @@ def _damage(err):
 def resolve(paths):
     """The checkpoint files that ``paths`` name: a ``.npz`` itself; an ``ensemble.json``
     (``cmr.train --members``) its members; a run folder its ``ensemble.json`` if it has one,
-    else its ``best.npz``."""
+    else its ``best.npz``; none (``None`` or empty): the shipped model, ``SHIPPED``."""
+    if not paths:
+        if not SHIPPED.is_file():
+            raise CheckpointError(f"no --checkpoint given and the shipped model {SHIPPED} is "
+                                  "missing from this installation")
+        return [SHIPPED]
     files = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -164,6 +199,8 @@ def load_model(path, device="cpu"):
     """The UNet stored in ``path``, weights loaded, on ``device``, in eval mode."""
     from .unet import UNet
     meta, params, _ = load(path)
+    params = {k: v.astype(np.float32) if v.dtype == np.float16 else v    # an exported model
+              for k, v in params.items()}
     try:
         model = UNet(**meta["model"])
         model.load_state_dict(params)

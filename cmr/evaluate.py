@@ -1,4 +1,4 @@
-"""Score a trained U-Net: ``python -m cmr.evaluate --checkpoint C --data DIR [--json P] [--csv P]``.
+"""Score a trained U-Net: ``python -m cmr.evaluate [--checkpoint C] --data DIR [--json P]``.
 
 Dice and the 95th-percentile Hausdorff distance (pixels) per class (RV, Myo, LV) and per image,
 with the mean over the three classes. Dice follows the original work: computed per image, then
@@ -7,6 +7,8 @@ folder with ``image/`` and ``mask/`` or a coursework root (its ``val`` split is 
 ``--checkpoint C1 C2 ...`` scores an ensemble: the models' class probabilities are averaged.
 ``--checkpoint RUN`` (a ``cmr.train`` output folder) scores its ``best.npz``, or every member
 of a ``--members`` ensemble.
+Without ``--checkpoint`` the model that ships with the package is scored
+(``cmr/models/README.md``).
 
 Where the slices are named ``patientPPP_frameFF_sliceSS`` (acdc96, acdc96vol, cmr.prepare's
 output), ACDC's own metric is reported too: Dice per structure over each 3-D volume, the
@@ -25,7 +27,7 @@ import minicnn
 
 from . import checkpoint, data, metrics
 from .cli import one_line_errors
-from .predict import add_model_arguments, overlay, predict_masks
+from .predict import add_model_arguments, overlay, predict_masks, say_model
 
 CLASSES = ("RV", "Myo", "LV")
 
@@ -145,7 +147,8 @@ def format_table(result):
 def figure_title(args, result):
     """What ``--figure`` shows above its grid: the models (the last two parts of each path),
     the data, the split, the post-processing flags and the mean Dice."""
-    models = " + ".join("/".join(Path(c).parts[-2:]) for c in args.checkpoint)
+    models = (" + ".join("/".join(Path(c).parts[-2:]) for c in args.checkpoint)
+              if args.checkpoint else "the shipped model")
     rules = "".join(f", {flag}" for flag, on in (
         ("--flip-tta", args.flip_tta), ("--keep-largest", args.keep_largest),
         (f"--min-confidence {args.min_confidence:g}", args.min_confidence > 0)) if on)
@@ -203,6 +206,7 @@ def main(argv=None):
         device = "cuda" if args.backend == "cuda" else "cpu"
         minicnn.backend.get(device)
         models = checkpoint.load_models(args.checkpoint, device)
+        say_model(args.checkpoint)
         split = load_split(args.data, args.split, args.seed)
         if not split.has_masks:
             raise data.CMRDataError(f"{args.data}: the {args.split} split has no masks to score")

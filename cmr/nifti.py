@@ -32,7 +32,7 @@ from .data import CMRDataError
 from .predict import predict_masks
 from .prepare import CROP, SCALE
 
-__all__ = ["is_nifti", "nifti_inputs", "scale_slices", "normalise_crop", "crop_at",
+__all__ = ["is_nifti", "stem", "nifti_inputs", "scale_slices", "normalise_crop", "crop_at",
            "find_heart", "segment_crops", "paste_back", "segment_volume", "predict_file"]
 
 DEPTH_MULTIPLE = 16        # the U-Net halves the size four times: sizes must divide by 16
@@ -42,6 +42,12 @@ def is_nifti(path) -> bool:
     """Whether ``path`` names a NIfTI file (``.nii`` or ``.nii.gz``)."""
     name = str(path).lower()
     return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def stem(path) -> str:
+    """A NIfTI file's name without ``.nii`` / ``.nii.gz``."""
+    name = Path(path).name
+    return name[:-7] if name.lower().endswith(".nii.gz") else name[:-4]
 
 
 def nifti_inputs(path) -> list[Path]:

@@ -1,11 +1,19 @@
-"""Apply a trained U-Net: ``python -m cmr.predict --checkpoint C --input DIR_or_PNG --out DIR``.
+"""Apply a trained U-Net: ``python -m cmr.predict --input DIR_or_PNG --out DIR``.
 
-``--checkpoint C1 C2 ...`` predicts with an ensemble: the models' class probabilities are
-averaged before the argmax.
+Without ``--checkpoint`` the model that ships with the package segments (a width-16 U-Net
+trained on the coursework set and acdc96: ``cmr/models/README.md`` is its card);
+``--checkpoint C`` uses a checkpoint of ``cmr.train``, ``--checkpoint C1 C2 ...`` an
+ensemble (the models' class probabilities are averaged before the argmax).
 
-Writes one mask per image as an 8-bit PNG holding the labels 0..3 (``NAME_mask.png``, as in
-the data sets) and a colour overlay for looking at (``overlay/NAME.png``: RV red, Myo green,
-LV blue).
+96x96 PNG crops (a file, or a folder): writes one mask per image as an 8-bit PNG holding the
+labels 0..3 (``NAME_mask.png``, as in the data sets) and a colour overlay for looking at
+(``overlay/NAME.png``: RV red, Myo green, LV blue).
+
+NIfTI volumes (``.nii``/``.nii.gz``, a file or a folder of them; needs nibabel): each whole
+short-axis volume is segmented as ``cmr.nifti`` describes (scaled in-plane by ``--scale``,
+the heart found by the model, 96x96 crops segmented, the labels pasted back) and written as
+a label volume with the input's grid, affine and header: ``--out seg.nii.gz`` for one file,
+else ``--out DIR`` gets ``NAME_seg.nii.gz`` per input.
 """
 import argparse
 import sys
@@ -106,10 +114,11 @@ def probability(text):
 def add_model_arguments(parser):
     """The flags that ``cmr.predict`` and ``cmr.evaluate`` share: which model(s), where they run,
     and how their probabilities become masks."""
-    parser.add_argument("--checkpoint", required=True, nargs="+",
+    parser.add_argument("--checkpoint", nargs="+",
                         help="a .npz written by cmr.train, a run folder (its best.npz, or "
                         "every member of a --members ensemble), or several: an ensemble (their "
-                        "class probabilities averaged)")
+                        "class probabilities averaged); default: the shipped model "
+                        "(cmr/models/README.md)")
     parser.add_argument("--backend", choices=["numpy", "cuda"], default="numpy")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--flip-tta", action="store_true",
@@ -146,6 +155,15 @@ def overlay(image, mask, alpha=0.45):
     return np.clip(blend, 0, 255).astype(np.uint8)
 
 
+def say_model(paths):
+    """One line naming the model used when ``--checkpoint`` is not given."""
+    if not paths:
+        meta = checkpoint.load(checkpoint.SHIPPED)[0]
+        card = meta.get("card", {})
+        print(f"model: the shipped {card.get('name', checkpoint.SHIPPED.stem)} "
+              f"({checkpoint.SHIPPED.name}; its card: cmr/models/README.md)")
+
+
 def _inputs(path):
     path = Path(path)
     if path.is_file():
@@ -166,16 +184,30 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cmr.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
-    parser.add_argument("--input", required=True, help="a PNG, a folder of PNGs, or a folder "
-                        "with an image/ sub-folder")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--input", required=True, help="a PNG, a folder of PNGs, a folder "
+                        "with an image/ sub-folder, or NIfTI: a .nii/.nii.gz volume or a "
+                        "folder of them")
+    parser.add_argument("--out", required=True, help="output folder (NIfTI: a .nii.gz file "
+                        "for one input volume, or a folder)")
+    parser.add_argument("--scale", type=float, default=None, metavar="S",
+                        help="NIfTI: in-plane factor to the training scale (default 0.85, "
+                        "cmr.prepare's for ACDC)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.exit(2, f"error: --batch-size must be >= 1, got {args.batch_size}\n")
+    if args.scale is not None and not args.scale > 0:
+        parser.exit(2, f"error: --scale must be > 0, got {args.scale}\n")
     with one_line_errors(parser):
         device = "cuda" if args.backend == "cuda" else "cpu"
         minicnn.backend.get(device)
         models = checkpoint.load_models(args.checkpoint, device)
+        say_model(args.checkpoint)
+        from . import nifti
+        volumes = nifti.nifti_inputs(args.input)
+        if volumes:
+            return predict_volumes(args, models, device, volumes)
+        if args.scale is not None:
+            raise ValueError("--scale applies to NIfTI volumes only")
         names, images = _inputs(args.input)
         # the output folders are checked before the predictions, not after
         with output_folder(args.out) as out, output_folder(out / "overlay") as overlays:
@@ -186,6 +218,27 @@ def main(argv=None):
                 Image.fromarray(mask).save(out / f"{name}_mask.png")
                 Image.fromarray(overlay(image, mask)).save(overlays / f"{name}.png")
     print(f"wrote {len(names)} masks to {out} and overlays to {overlays}")
+    return 0
+
+
+def predict_volumes(args, models, device, volumes):
+    """The NIfTI branch of ``main``: each volume segmented by ``cmr.nifti.predict_file``."""
+    from . import nifti
+    out = Path(args.out)
+    single = len(volumes) == 1 and Path(args.input).is_file() and nifti.is_nifti(out)
+    if not single and nifti.is_nifti(out):
+        raise ValueError(f"--out {out} names one NIfTI file, but --input holds "
+                         f"{len(volumes)} volumes: give a folder")
+    scale = nifti.SCALE if args.scale is None else args.scale
+    options = dict(batch_size=args.batch_size, device=device, flip_tta=args.flip_tta,
+                   keep_largest=args.keep_largest, min_confidence=args.min_confidence)
+    with output_folder(out.parent if single else out) as folder:
+        for path in volumes:
+            target = out if single else folder / (nifti.stem(path) + "_seg.nii.gz")
+            labels = nifti.predict_file(models, path, target, scale, **options)
+            counts = ", ".join(f"{name} {int((labels == c).sum()):,}"
+                               for c, name in ((1, "RV"), (2, "Myo"), (3, "LV")))
+            print(f"{path.name}: {labels.shape} -> {target} (voxels: {counts})")
     return 0
 
 
