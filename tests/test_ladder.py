@@ -72,6 +72,7 @@ def test_launchers_use_the_kernels_tiling():
     tf32 = launch.cu_constants("conv_6_tf32.cu")
     assert (tf32["BM"], tf32["BN"], tf32["THREADS"]) == \
         (launch.BM, launch.BN, launch.TC_THREADS)
+    assert tf32["BK"] == launch.BK
     assert tf32["THREADS"] % 32 == 0 and tf32["WM"] % 16 == 0 and tf32["WN"] % 8 == 0
 
 
@@ -253,6 +254,23 @@ def test_rung_agrees_with_numpy_in_the_emulator(rung, what, inputs, tmp_path_fac
         if in_tf32 and inputs == "fp32":     # and it does round: not fp32's accuracy
             assert err > TF32_EXACT_TOL, (rung, what, (N, C, H, W, O), err)
     assert rt.launched == {k for k in _kernels(file) if what.split("_")[0] in k}
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
+@pytest.mark.parametrize("target, splits", [(1, 1), (3, 3), (1056, 11)])
+def test_tf32_weight_grad_splits_k(target, splits, monkeypatch, tmp_path_factory):
+    """Rung 6's weight gradient with K = 84 split into 1 block (one range of 88),
+    3 (ranges of 32: several steps of BK each) and 11 (one step each, the last
+    one short), inputs already TF32: each within 1e-5 of NumPy."""
+    monkeypatch.setattr(launch, "TARGET_BLOCKS", target)
+    rt = EmulatorRuntime(str(tmp_path_factory.getbasetemp()))
+    rng = np.random.default_rng(target)
+    x, gy = tf32(rng.standard_normal((2, 3, 7, 6))), tf32(rng.standard_normal((2, 5, 7, 6)))
+    got = launch.tf32_weight_grad(rt, rt.upload(x), rt.upload(gy))
+    ref = nb.conv2d_backward_weight(gy, x, (5, 3, 3, 3), (1, 1), (1, 1))
+    assert rt.outputs[-1].size - 2 * GUARD == splits * got.size      # the partial sums
+    assert rt.guards_intact()
+    assert np.abs(got - ref).max() <= TF32_EXACT_TOL * max(1.0, np.abs(ref).max())
 
 
 # ------------------------------------------------------------------ the tensor-core instruction

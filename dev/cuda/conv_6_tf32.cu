@@ -33,8 +33,9 @@
 // Bs[t][g]), and without the padding the 4 values of t, 64 floats apart, fall
 // in the same bank (a 4-way conflict); with rows of 72 floats they do not.
 //
-// Passes: the forward and the input gradient (rung 3's FLIP). The weight
-// gradient (K = N*H*W, split-K) is not written yet.
+// Passes: all three, as one GEMM engine over three problem structs: the
+// forward, the input gradient (rung 3's FLIP) and the weight gradient (K =
+// N*H*W, split over blocks; the launcher adds their partial sums).
 
 constexpr int BM = 64, BN = 64, BK = 8;   // block tile and K step
 constexpr int WM = 32, WN = 32;           // a warp's tile
@@ -106,29 +107,71 @@ __device__ __forceinline__ float weight(const float* __restrict__ w, int m,
     return FLIP ? w[(k / 9 * Cout + m) * 9 + 8 - k % 9] : w[m * Cin * 9 + k];
 }
 
+// The passes as one GEMM, Out (M x Ncols) = A (M x K) B (K x Ncols): each a
+// struct that says where A[m][k] and B[k][col] come from (0 outside) and
+// where Out[m][col] goes. The forward and the input gradient are rung 3's.
 template <bool FLIP>
-__device__ void conv6_gemm(const float* __restrict__ x,
-                           const float* __restrict__ w,
-                           const float* __restrict__ b, float* __restrict__ y,
-                           int N, int Cin, int H, int W, int Cout)
+struct ConvGemm {            // M = Cout, K = Cin*9, Ncols = N*H*W
+    const float *x, *w, *b;
+    float* y;
+    int N, Cin, H, W, Cout;
+    __device__ int M() const { return Cout; }
+    __device__ int K() const { return Cin * 9; }
+    __device__ int cols() const { return N * H * W; }
+    __device__ float a(int m, int k) const { return weight<FLIP>(w, m, k, Cin, Cout); }
+    __device__ float bk(int k, int col) const { return im2col(x, k, col, N, Cin, H, W); }
+    __device__ void store(int m, int col, float v) const   // y[n, m, p, q] + bias
+    {
+        int n = col / (H * W), pq = col % (H * W);
+        y[(n * Cout + m) * H * W + pq] = v + (b ? b[m] : 0.0f);
+    }
+};
+
+// The weight gradient, gw[o, (c, i, j)] = sum over (n, p, q) of gy[n, o, p, q]
+// x[n, c, p+i-1, q+j-1]: M = O, K = N*H*W (huge), Ncols = C*9 (small). B is
+// the forward's im2col with the roles of k and col swapped. K is split over
+// gridDim.z blocks (split-K): block z sums its own range of K into its own
+// slice of `parts` (splits, O, C*9); the launcher adds the slices.
+struct WeightGradGemm {
+    const float *x, *gy;
+    float* parts;
+    int N, C, H, W, O;
+    __device__ int M() const { return O; }
+    __device__ int K() const { return N * H * W; }
+    __device__ int cols() const { return C * 9; }
+    __device__ float a(int m, int k) const
+    {
+        if (m >= O || k >= N * H * W) return 0.0f;
+        return gy[(k / (H * W) * O + m) * H * W + k % (H * W)];
+    }
+    __device__ float bk(int k, int col) const { return im2col(x, col, k, N, C, H, W); }
+    __device__ void store(int m, int col, float v) const
+    {
+        parts[(blockIdx.z * O + m) * C * 9 + col] = v;
+    }
+};
+
+// The block's BM x BN tile of Out, summed over k in [k_begin, k_end), in
+// steps of BK: k_begin must be a multiple of BK, and k_end either one too or
+// K (past K, a() and bk() give 0), so that no step reaches into another
+// block's range.
+template <class Gemm>
+__device__ void tf32_gemm(const Gemm& G, int k_begin, int k_end)
 {
     __shared__ unsigned As[BK][BM + PAD];   // A's slice, transposed, in TF32
     __shared__ unsigned Bs[BK][BN + PAD];
-    const int K = Cin * 9;
     const int m0 = blockIdx.y * BM, col0 = blockIdx.x * BN;
     const int t = threadIdx.x, lane = t % 32, warp = t / 32;
     const int g = lane / 4, tg = lane % 4;            // groupID, threadID_in_group
     const int wm = warp / (BN / WN) * WM, wn = warp % (BN / WN) * WN;
     float acc[MI][NJ][4] = {};
     // --8<-- [start:loop]
-    for (int k0 = 0; k0 < K; k0 += BK) {
+    for (int k0 = k_begin; k0 < k_end; k0 += BK) {
         // 1. copy the slices, rounded to TF32 (4 + 4 elements per thread)
         for (int e = t; e < BM * BK; e += THREADS)
-            As[e / BM][e % BM] = to_tf32(weight<FLIP>(w, m0 + e % BM,
-                                                      k0 + e / BM, Cin, Cout));
+            As[e / BM][e % BM] = to_tf32(G.a(m0 + e % BM, k0 + e / BM));
         for (int e = t; e < BK * BN; e += THREADS)
-            Bs[e / BN][e % BN] = to_tf32(im2col(x, k0 + e / BN, col0 + e % BN,
-                                                N, Cin, H, W));
+            Bs[e / BN][e % BN] = to_tf32(G.bk(k0 + e / BN, col0 + e % BN));
         __syncthreads();
         // 2. the warp tile: load each fragment (the layout table above),
         //    then MI x NJ tensor-core instructions
@@ -155,7 +198,7 @@ __device__ void conv6_gemm(const float* __restrict__ x,
     }
     // --8<-- [end:loop]
     // 3. the epilogue: accumulator r of fragment (i, j) is C[g + 8 (r / 2)]
-    //    [2 tg + r % 2] of that fragment; Out[m, (n, p, q)] + bias -> y
+    //    [2 tg + r % 2] of that fragment
     //    (unrolled: acc stays in registers only if every index is a constant)
 #pragma unroll
     for (int i = 0; i < MI; ++i)
@@ -165,9 +208,7 @@ __device__ void conv6_gemm(const float* __restrict__ x,
             for (int r = 0; r < 4; ++r) {
                 int m = m0 + wm + i * 16 + g + 8 * (r / 2);
                 int col = col0 + wn + j * 8 + 2 * tg + r % 2;
-                if (m >= Cout || col >= N * H * W) continue;
-                int n = col / (H * W), pq = col % (H * W);
-                y[(n * Cout + m) * H * W + pq] = acc[i][j][r] + (b ? b[m] : 0.0f);
+                if (m < G.M() && col < G.cols()) G.store(m, col, acc[i][j][r]);
             }
 }
 
@@ -177,7 +218,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) conv6_forward(
     const float* __restrict__ b, float* __restrict__ y,
     int N, int C, int H, int W, int O)
 {
-    conv6_gemm<false>(x, w, b, y, N, C, H, W, O);
+    const ConvGemm<false> G{x, w, b, y, N, C, H, W, O};
+    tf32_gemm(G, 0, G.K());
 }
 
 // grid (ceil(N*H*W / 64), ceil(C / 64)), block 128
@@ -185,5 +227,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) conv6_input_gr
     const float* __restrict__ gy, const float* __restrict__ w,
     float* __restrict__ gx, int N, int C, int H, int W, int O)
 {
-    conv6_gemm<true>(gy, w, nullptr, gx, N, O, H, W, C);
+    const ConvGemm<true> G{gy, w, nullptr, gx, N, O, H, W, C};
+    tf32_gemm(G, 0, G.K());
+}
+
+// grid (ceil(C*9 / 64), ceil(O / 64), splits), block 128; block z sums
+// k in [z * chunk, (z + 1) * chunk) (chunk a multiple of BK) into parts[z]
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) conv6_weight_grad(
+    const float* __restrict__ x, const float* __restrict__ gy,
+    float* __restrict__ parts, int N, int C, int H, int W, int O, int chunk)
+{
+    const WeightGradGemm G{x, gy, parts, N, C, H, W, O};
+    const int k_begin = blockIdx.z * chunk;
+    tf32_gemm(G, k_begin, min(G.K(), k_begin + chunk));
 }

@@ -162,6 +162,24 @@ def _implicit_gemm(file, prefix, threads):
 regblock_forward, regblock_input_grad = _implicit_gemm("conv_3_regblock.cu", "conv3",
                                                        THREADS)
 tf32_forward, tf32_input_grad = _implicit_gemm("conv_6_tf32.cu", "conv6", TC_THREADS)
+BK = 8                 # rung 6: its K step (a split of K is a multiple of it)
+TARGET_BLOCKS = 1056   # rung 6's weight gradient: about 8 blocks per SM of an H100/H200
+
+
+def tf32_weight_grad(rt, x, gy):
+    """Split-K: the grid's z blocks each sum a range of K = N*H*W into their own
+    (O, C, 3, 3) slice of a buffer, enough splits for about TARGET_BLOCKS
+    blocks; the runtime's sum over the slices is the gradient."""
+    N, C, H, W, O = _dims(x=x, gy=gy)
+    K, tiles = N * H * W, _blocks(C * 9, BN) * _blocks(O, BM)
+    splits = min(_blocks(K, BK), max(1, TARGET_BLOCKS // tiles))
+    chunk = _blocks(_blocks(K, splits), BK) * BK        # a multiple of BK
+    splits = _blocks(K, chunk)                          # none of them empty
+    parts = rt.empty((splits, O, C, 3, 3))
+    rt.kernel("conv_6_tf32.cu", "conv6_weight_grad")(
+        (_blocks(C * 9, BN), _blocks(O, BM), splits), (TC_THREADS,),
+        (x, gy, parts) + _args(N, C, H, W, O, chunk))
+    return parts.sum(axis=0)
 
 
 # rung number -> (name, source file, {pass: launcher}); rungs 4 and 5 are not
@@ -176,5 +194,6 @@ RUNGS = {
     3: ("regblock", "conv_3_regblock.cu", {"forward": regblock_forward,
                                            "input_grad": regblock_input_grad}),
     6: ("tf32", "conv_6_tf32.cu", {"forward": tf32_forward,
-                                   "input_grad": tf32_input_grad}),
+                                   "input_grad": tf32_input_grad,
+                                   "weight_grad": tf32_weight_grad}),
 }
