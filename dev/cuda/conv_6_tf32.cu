@@ -10,10 +10,11 @@
 // range, fp16's precision), converted from fp32 by cvt.rna (round to nearest,
 // ties away from zero); the products and the sums are in fp32.
 //
-// Tiling: a block computes BM x BN = 64 output channels x 64 pixels, as rung 3,
-// with 4 warps. Each warp owns a WM x WN = 32 x 32 warp tile: 2 x 4 fragments
-// of 16 x 8, i.e. 8 mma per K step of 8, and 2 x 4 x 4 = 32 fp32 accumulators
-// per thread. The block walks K = C*9 in steps of BK = 8 through shared
+// Tiling: a block computes a BM x BN = 64 x 64 tile of the GEMM's output (in
+// the forward, 64 output channels x 64 pixels, as rung 3) with 4 warps. Each
+// warp owns a WM x WN = 32 x 32 warp tile: 2 x 4 fragments of 16 x 8, i.e. 8
+// mma per K step of 8, and 2 x 4 x 4 = 32 fp32 accumulators per thread. The
+// block walks K (C*9 in the forward) in steps of BK = 8 through shared
 // memory, as rung 3; each value is rounded to TF32 once, when it is staged.
 //
 // The fragment layout (which lane holds which element), from the PTX ISA,
