@@ -1,15 +1,19 @@
 """The ladder of convolution kernels (``dev/cuda/``), checked without a GPU.
 
-* every rung of ``dev/cuda/launch.py`` (1-3) compiles with NVRTC, the compiler CuPy runs
-  on the GPU machine, and its PTX has exactly the entry points its source
-  declares (skipped without the ``nvidia-cuda-nvrtc`` wheel);
+* every rung of ``dev/cuda/launch.py`` (1-3, 6) compiles with NVRTC, the compiler CuPy
+  runs on the GPU machine, and its PTX has exactly the entry points its source
+  declares (skipped without the ``nvidia-cuda-nvrtc`` wheel); with nvcc, rungs 3 and 6
+  assemble for sm_80/sm_90 (rung 6's tensor-core PTX included) without spills;
 * every rung runs in the CPU emulator (``tests/kernel_emu/cuda_emu.h``, driven
   by ``tests/kernel_emu/ladder_check.cpp``) through the launchers the GPU uses
   (``dev/cuda/launch.py``), and each pass it implements agrees with minicnn's
   NumPy backend on small random shapes: outputs start as NaN (an element not
   written is caught), inputs sit between NaN guard zones (a read out of bounds
   poisons the result) and outputs between sentinel zones (a write out of
-  bounds is caught);
+  bounds is caught); rung 6 (TF32 tensor cores) twice: with inputs rounded to
+  TF32 beforehand (only the fp32 sums' order differs) and with fp32 inputs
+  (within ``ladder.TF32_TOL``); and the emulated tensor-core instruction alone
+  against a plain 16x8x8 matrix product (the fragment layout);
 * the launchers refuse shapes they cannot run, with a one-line message; the
   runner ``dev/cuda/ladder.py`` answers ``--help`` without CuPy, and its
   ``--check --bench`` runs end to end on the emulator (CuPy and the GPU replaced).
@@ -33,13 +37,15 @@ DEV = os.path.join(ROOT, "dev", "cuda")
 EMU = os.path.join(ROOT, "tests", "kernel_emu")
 CXX = shutil.which(os.environ.get("CXX", "g++"))
 sys.path.insert(0, DEV)
+import ladder  # noqa: E402  (dev/cuda/ladder.py: the runner, its tolerances)
 import launch  # noqa: E402  (dev/cuda/launch.py)
 
 RUNG_FILES = sorted(f for f in os.listdir(DEV) if re.fullmatch(r"conv_\d_\w+\.cu", f))
 # the rungs that launch.py launches (rung 5, dev/cuda/winograd.py, has its own tests)
 OURS = sorted(f for _, f, _ in launch.RUNGS.values())
-KERNEL = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\(\w+\) )?(\w+)\(')
+KERNEL = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\([\w, ]+\) )?(\w+)\(')
 TOL = 2e-5       # max |ours - numpy| / max(1, max |numpy|): float32 sums of <= 810 terms
+TF32_EXACT_TOL = 1e-5   # TF32 rung, inputs already TF32: only the fp32 sums differ
 GUARD = 1024     # elements of guard zone on each side of every array
 
 
@@ -49,7 +55,8 @@ def _kernels(file):
 
 
 def test_the_ladder_is_complete():
-    assert {"conv_1_naive.cu", "conv_2_smem.cu", "conv_3_regblock.cu"} <= set(RUNG_FILES)
+    assert {"conv_1_naive.cu", "conv_2_smem.cu", "conv_3_regblock.cu",
+            "conv_6_tf32.cu"} <= set(RUNG_FILES)
     assert set(OURS) <= set(RUNG_FILES)
     for file in OURS:
         assert _kernels(file), f"no kernels found in {file}"
@@ -62,18 +69,28 @@ def test_launchers_use_the_kernels_tiling():
     regblock = launch.cu_constants("conv_3_regblock.cu")
     assert (regblock["BM"], regblock["BN"], regblock["THREADS"]) == \
         (launch.BM, launch.BN, launch.THREADS)
+    tf32 = launch.cu_constants("conv_6_tf32.cu")
+    assert (tf32["BM"], tf32["BN"], tf32["THREADS"]) == \
+        (launch.BM, launch.BN, launch.TC_THREADS)
+    assert tf32["BK"] == launch.BK
+    assert tf32["THREADS"] % 32 == 0 and tf32["WM"] % 16 == 0 and tf32["WN"] % 8 == 0
 
 
 NVCC = shutil.which("nvcc")
 
 
-@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH: cannot compile for sm_90")
-def test_register_blocks_stay_in_registers(tmp_path):
-    """Rung 3 by nvcc for sm_90 (ptxas, as the driver compiles NVRTC's PTX):
-    no register spills. Its 4x4 block spilled would live in local memory,
-    slower than the shared memory it is there to save."""
-    file = "conv_3_regblock.cu"
-    cmd = [NVCC, "-std=c++17", "-arch=sm_90", "--cubin", "-Xptxas", "-v",
+# rung 6's mma.sync ... .tf32 needs sm_80 or later (tensor cores with TF32:
+# Ampere); no arch below that is compiled here, for any rung
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH: cannot compile for sm_80/90")
+@pytest.mark.parametrize("file, arch", [("conv_3_regblock.cu", "sm_90"),
+                                        ("conv_6_tf32.cu", "sm_80"),
+                                        ("conv_6_tf32.cu", "sm_90")])
+def test_register_blocks_stay_in_registers(file, arch, tmp_path):
+    """Rungs 3 and 6 by nvcc (ptxas, as the driver compiles NVRTC's PTX; for
+    rung 6 this also assembles its inline tensor-core PTX): no register
+    spills. A register block or accumulator fragment spilled would live in
+    local memory, slower than the shared memory it is there to save."""
+    cmd = [NVCC, "-std=c++17", f"-arch={arch}", "--cubin", "-Xptxas", "-v",
            os.path.join(DEV, file), "-o", str(tmp_path / "rung.cubin")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -196,16 +213,36 @@ def _reference(what, x, w, b, gy):
     return nb.conv2d_backward_weight(gy, x, w.shape, one, one)
 
 
+def tf32(a):
+    """``a`` rounded to TF32 as ``cvt.rna.tf32.f32`` does (10 mantissa bits, to
+    nearest, ties away from zero; infinities and NaNs kept), as float64."""
+    u = np.asarray(a, np.float32).view(np.uint32)
+    r = (u + np.uint32(0x1000)) & np.uint32(0xFFFFE000)
+    r = np.where((u & 0x7F800000) == 0x7F800000, u, r)
+    return r.view(np.float32).astype(np.float64)
+
+
+# the inputs each pass is checked with: "fp32" for every rung; a TF32 rung also
+# with "tf32" inputs (rounded beforehand: the kernel's rounding then changes
+# nothing, and only the order of its fp32 sums differs from the reference)
+CASES = [(n, p, inputs) for n, p in PASSES
+         for inputs in (("tf32", "fp32") if n in ladder.TF32_RUNGS else ("fp32",))]
+
+
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
-@pytest.mark.parametrize("rung, what", PASSES)
-def test_rung_agrees_with_numpy_in_the_emulator(rung, what, tmp_path_factory):
+@pytest.mark.parametrize("rung, what, inputs", CASES)
+def test_rung_agrees_with_numpy_in_the_emulator(rung, what, inputs, tmp_path_factory):
     rt = EmulatorRuntime(str(tmp_path_factory.getbasetemp()))
     name, file, fns = launch.RUNGS[rung]
     rng = np.random.default_rng(rung)
+    in_tf32 = rung in ladder.TF32_RUNGS
+    tol = TOL if not in_tf32 else TF32_EXACT_TOL if inputs == "tf32" else ladder.TF32_TOL
     for N, C, H, W, O in SHAPES:
         # float32 values, the reference in float64 from the same values
         x, gy, w, b = (rng.standard_normal(s).astype(np.float32).astype(np.float64)
                        for s in ((N, C, H, W), (N, O, H, W), (O, C, 3, 3), (O,)))
+        if inputs == "tf32":                 # the bias is added in fp32: not rounded
+            x, gy, w = tf32(x), tf32(gy), tf32(w)
         args = {"forward": (x, w, b), "input_grad": (gy, w), "weight_grad": (x, gy)}[what]
         got = fns[what](rt, *(rt.upload(a) for a in args))
         ref = _reference(what, x, w, b, gy)
@@ -213,8 +250,94 @@ def test_rung_agrees_with_numpy_in_the_emulator(rung, what, tmp_path_factory):
         assert not np.isnan(got).any(), f"rung {rung} {what}: NaN (unwritten or bad read)"
         assert rt.guards_intact(), f"rung {rung} {what}: a write out of bounds"
         err = float(np.abs(got - ref).max() / max(1.0, np.abs(ref).max()))
-        assert err <= TOL, (rung, what, (N, C, H, W, O), err)
+        assert err <= tol, (rung, what, inputs, (N, C, H, W, O), err)
+        if in_tf32 and inputs == "fp32":     # and it does round: not fp32's accuracy
+            assert err > TF32_EXACT_TOL, (rung, what, (N, C, H, W, O), err)
     assert rt.launched == {k for k in _kernels(file) if what.split("_")[0] in k}
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
+@pytest.mark.parametrize("target, splits", [(1, 1), (3, 3), (1056, 11)])
+def test_tf32_weight_grad_splits_k(target, splits, monkeypatch, tmp_path_factory):
+    """Rung 6's weight gradient with K = 84 split into 1 block (one range of 88),
+    3 (ranges of 32: several steps of BK each) and 11 (one step each, the last
+    one short), inputs already TF32: each within 1e-5 of NumPy."""
+    monkeypatch.setattr(launch, "TARGET_BLOCKS", target)
+    rt = EmulatorRuntime(str(tmp_path_factory.getbasetemp()))
+    rng = np.random.default_rng(target)
+    x, gy = tf32(rng.standard_normal((2, 3, 7, 6))), tf32(rng.standard_normal((2, 5, 7, 6)))
+    got = launch.tf32_weight_grad(rt, rt.upload(x), rt.upload(gy))
+    ref = nb.conv2d_backward_weight(gy, x, (5, 3, 3, 3), (1, 1), (1, 1))
+    assert rt.outputs[-1].size - 2 * GUARD == splits * got.size      # the partial sums
+    assert rt.guards_intact()
+    assert np.abs(got - ref).max() <= TF32_EXACT_TOL * max(1.0, np.abs(ref).max())
+
+
+# ------------------------------------------------------------------ the tensor-core instruction
+def _mma_library(build_dir):
+    lib = os.path.join(build_dir, "mma_check.so")
+    build = [CXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-I", EMU,
+             os.path.join(EMU, "mma_check.cpp"), "-o", lib]
+    r = subprocess.run(build, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"{' '.join(build)}:\n{r.stderr[-4000:]}"
+    return ctypes.CDLL(lib)
+
+
+def fragments(A, B, C):
+    """The per-lane registers of ``mma.m16n8k8`` with .tf32 operands, from the
+    PTX ISA's table ("Matrix Fragments for mma.m16n8k8"): g = lane // 4,
+    t = lane % 4; a = A[g, t], A[g+8, t], A[g, t+4], A[g+8, t+4];
+    b = B[t, g], B[t+4, g]; c = C[g, 2t], C[g, 2t+1], C[g+8, 2t], C[g+8, 2t+1].
+    Also the (row, col) of each c register, where the lane's d lands."""
+    lanes = np.arange(32)
+    g, t = lanes // 4, lanes % 4
+    a = np.stack([A[g, t], A[g + 8, t], A[g, t + 4], A[g + 8, t + 4]], axis=1)
+    b = np.stack([B[t, g], B[t + 4, g]], axis=1)
+    rows = np.stack([g, g, g + 8, g + 8], axis=1)
+    cols = np.stack([2 * t, 2 * t + 1, 2 * t, 2 * t + 1], axis=1)
+    return a, b, C[rows, cols], (rows, cols)
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
+def test_emulated_mma_is_a_16x8x8_matrix_product(tmp_path):
+    """Two warps (each its own staging area) with random 16x8, 8x8 and 16x8
+    matrices laid out in fragments by the ISA's table: each warp's D is A B + C,
+    to fp32 rounding, with A and B rounded to TF32 first. A layout slip in the
+    emulator (a1 and a2 swapped, say) fails here; one in rung 6's loads fails
+    the rung's own tests above."""
+    lib = _mma_library(str(tmp_path))
+    rng = np.random.default_rng(6)
+    warps = 2
+    mats = [(rng.standard_normal((16, 8)), rng.standard_normal((8, 8)),
+             rng.standard_normal((16, 8))) for _ in range(warps)]
+    frags = [fragments(tf32(A), tf32(B), C.astype(np.float32)) for A, B, C in mats]
+    a, b = (np.ascontiguousarray(np.stack([f[i] for f in frags]).astype(np.float32)
+                                 .view(np.uint32)) for i in (0, 1))
+    c = np.ascontiguousarray(np.stack([f[2] for f in frags]), np.float32)
+    d = np.full(c.shape, np.nan, np.float32)
+    ptr = lambda arr: arr.ctypes.data_as(ctypes.c_void_p)    # noqa: E731
+    lib.mma_check(ctypes.c_int(warps), ptr(a), ptr(b), ptr(c), ptr(d))
+    for k, (A, B, C) in enumerate(mats):
+        rows, cols = frags[k][3]
+        D = np.full((16, 8), np.nan)
+        D[rows, cols] = d[k]
+        want = tf32(A) @ tf32(B) + C.astype(np.float32)
+        assert np.abs(D - want).max() <= 1e-5 * np.abs(want).max(), (k, D - want)
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
+def test_emulated_tf32_rounding(tmp_path):
+    """to_tf32 in the emulator and ``tf32`` above: to nearest, ties away from 0."""
+    lib = _mma_library(str(tmp_path))
+    lib.tf32_bits.restype, lib.tf32_bits.argtypes = ctypes.c_uint, [ctypes.c_float]
+    ulp = 2.0 ** -10                                         # TF32's, at 1
+    cases = {1 + ulp / 2: 1 + ulp, -(1 + ulp / 2): -(1 + ulp),   # ties: away from 0
+             1 + ulp * 1.5: 1 + 2 * ulp, 1 + ulp / 2 - 2.0 ** -23: 1.0,
+             float("inf"): float("inf"), float("-inf"): float("-inf")}
+    for x, want in cases.items():
+        got = np.uint32(lib.tf32_bits(x)).view(np.float32)
+        assert got == tf32(np.float32(x)) == np.float32(want), (x, got, want)
+    assert np.isnan(np.uint32(lib.tf32_bits(float("nan"))).view(np.float32))
 
 
 def test_every_kernel_has_a_launcher():
@@ -293,7 +416,6 @@ def test_ladder_checks_and_times_on_the_emulator(monkeypatch, tmp_path, tmp_path
     written, and a rung that is off by 1 % makes the run fail."""
     import json
     import torch
-    import ladder
     from minicnn import backend
     fake = _fake_cupy()
     monkeypatch.setattr(ladder, "_cupy", lambda: fake)
@@ -308,7 +430,7 @@ def test_ladder_checks_and_times_on_the_emulator(monkeypatch, tmp_path, tmp_path
                         lambda fn, n, warmup=3: ladder.common.time_host(fn, n, warmup))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.Tensor, "cuda", lambda self: self, raising=False)
-    argv = ["--check", "--bench", "--rungs", "1", "2", "3", "4", "--layers", "4",
+    argv = ["--check", "--bench", "--rungs", "1", "2", "3", "4", "6", "--layers", "4",
             "--batch", "2", "--repeats", "1", "--warmup", "0", "--budget", "0",
             "--out", str(tmp_path)]
     flags = torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32
@@ -320,7 +442,9 @@ def test_ladder_checks_and_times_on_the_emulator(monkeypatch, tmp_path, tmp_path
     assert sorted((r["pass"], r["rung"]) for r in ours) == \
         sorted((p, n) for n, fns in passes.items() for p in fns)
     assert {r["layer"] for r in rows} == {"8->8 @4px"}
-    assert all(r["agree"] and r["rel_err"] < 1e-5 and r["runs"] == 1 for r in ours)
+    assert all(r["agree"] and r["runs"] == 1 for r in ours)
+    assert all(r["rel_err"] < (ladder.TF32_TOL if r["rung"] in ladder.TF32_RUNGS else 1e-5)
+               for r in ours)
     assert all((r["speedup_vs_below"] is None) == (r["rung"] == 1) for r in ours)
     assert all(r["vs_cudnn_fp32"] > 0 and r["vs_cudnn_tf32"] > 0 for r in ours)
     assert sum(r["name"].startswith("cuDNN") for r in rows) == 3 * 2

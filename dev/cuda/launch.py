@@ -1,4 +1,4 @@
-"""The launchers of the ladder's own rungs (1-3): shapes, grids, arguments.
+"""The launchers of the ladder's own rungs (1-3 and 6): shapes, grids, arguments.
 
 Each rung ``dev/cuda/conv_<n>_<name>.cu`` holds kernels of one 3x3, stride-1,
 padding-1 convolution of NCHW float32 tensors. A launcher here turns arrays into
@@ -23,7 +23,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 THREADS = 256          # the 1-D blocks of rungs 1 and 3, and of rung 2's gw
 TILE = 16              # rung 2: a block computes TILE x TILE output pixels
-BM = BN = 64           # rung 3: a block computes BM channels x BN pixels
+BM = BN = 64           # rungs 3 and 6: a block computes BM channels x BN pixels
+TC_THREADS = 128       # rung 6: 4 warps of tensor-core instructions
 
 
 def _dims(x=None, w=None, gy=None, b=None):
@@ -134,23 +135,51 @@ def smem_weight_grad(rt, x, gy):
     return gw
 
 
-# ------------------------------------------------------------ rung 3: register blocks
-def regblock_forward(rt, x, w, b):
-    N, C, H, W, O = _dims(x=x, w=w, b=b)
-    y = rt.empty((N, O, H, W))
-    rt.kernel("conv_3_regblock.cu", "conv3_forward")(
-        (_blocks(N * H * W, BN), _blocks(O, BM)), (THREADS,),
-        (x, w, b, y) + _args(N, C, H, W, O))
-    return y
+# ------------------------------------------------------------ rungs 3 and 6: implicit GEMM
+def _implicit_gemm(file, prefix, threads):
+    """The forward and input-gradient launchers of an implicit-GEMM rung: one
+    block of ``threads`` per BM output channels x BN pixels (the input
+    gradient's "output channels" are the input's)."""
+    def forward(rt, x, w, b):
+        N, C, H, W, O = _dims(x=x, w=w, b=b)
+        y = rt.empty((N, O, H, W))
+        rt.kernel(file, f"{prefix}_forward")(
+            (_blocks(N * H * W, BN), _blocks(O, BM)), (threads,),
+            (x, w, b, y) + _args(N, C, H, W, O))
+        return y
+
+    def input_grad(rt, gy, w):
+        N, C, H, W, O = _dims(w=w, gy=gy)
+        gx = rt.empty((N, C, H, W))
+        rt.kernel(file, f"{prefix}_input_grad")(
+            (_blocks(N * H * W, BN), _blocks(C, BM)), (threads,),
+            (gy, w, gx) + _args(N, C, H, W, O))
+        return gx
+    return forward, input_grad
 
 
-def regblock_input_grad(rt, gy, w):
-    N, C, H, W, O = _dims(w=w, gy=gy)
-    gx = rt.empty((N, C, H, W))
-    rt.kernel("conv_3_regblock.cu", "conv3_input_grad")(
-        (_blocks(N * H * W, BN), _blocks(C, BM)), (THREADS,),
-        (gy, w, gx) + _args(N, C, H, W, O))
-    return gx
+# rung 3: register blocks; rung 6: the same GEMM on tensor cores, in TF32
+regblock_forward, regblock_input_grad = _implicit_gemm("conv_3_regblock.cu", "conv3",
+                                                       THREADS)
+tf32_forward, tf32_input_grad = _implicit_gemm("conv_6_tf32.cu", "conv6", TC_THREADS)
+BK = 8                 # rung 6: its K step (a split of K is a multiple of it)
+TARGET_BLOCKS = 1056   # rung 6's weight gradient: about 8 blocks per SM of an H100/H200
+
+
+def tf32_weight_grad(rt, x, gy):
+    """Split-K: the grid's z blocks each sum a range of K = N*H*W into their own
+    (O, C, 3, 3) slice of a buffer, enough splits for about TARGET_BLOCKS
+    blocks; the runtime's sum over the slices is the gradient."""
+    N, C, H, W, O = _dims(x=x, gy=gy)
+    K, tiles = N * H * W, _blocks(C * 9, BN) * _blocks(O, BM)
+    splits = min(_blocks(K, BK), max(1, TARGET_BLOCKS // tiles))
+    chunk = _blocks(_blocks(K, splits), BK) * BK        # a multiple of BK
+    splits = _blocks(K, chunk)                          # none of them empty
+    parts = rt.empty((splits, O, C, 3, 3))
+    rt.kernel("conv_6_tf32.cu", "conv6_weight_grad")(
+        (_blocks(C * 9, BN), _blocks(O, BM), splits), (TC_THREADS,),
+        (x, gy, parts) + _args(N, C, H, W, O, chunk))
+    return parts.sum(axis=0)
 
 
 # rung number -> (name, source file, {pass: launcher}); rungs 4 and 5 are not
@@ -164,4 +193,7 @@ RUNGS = {
                                    "weight_grad": smem_weight_grad}),
     3: ("regblock", "conv_3_regblock.cu", {"forward": regblock_forward,
                                            "input_grad": regblock_input_grad}),
+    6: ("tf32", "conv_6_tf32.cu", {"forward": tf32_forward,
+                                   "input_grad": tf32_input_grad,
+                                   "weight_grad": tf32_weight_grad}),
 }

@@ -729,6 +729,94 @@ def fig_cuda_ladder_loads():
 
 
 
+def _tf32(value):
+    """float32 ``value`` rounded to TF32 as cvt.rna.tf32.f32 does (rung 6): 10
+    mantissa bits, to nearest, ties away from zero."""
+    bits = np.array([value], np.float32).view(np.uint32)
+    return ((bits + 0x1000) & 0xFFFFE000).astype(np.uint32).view(np.float32)[0]
+
+
+@figure("cuda_tf32_bits")
+def fig_cuda_tf32_bits():
+    """The 32 bits of pi in fp32 and rounded to TF32: the same sign and exponent,
+    10 of the 23 mantissa bits kept, the 13 others zero."""
+    fig, ax = plt.subplots(figsize=(10, 2.4))
+    colors = {"sign": "tab:red", "exponent": "tab:blue", "mantissa": "tab:green",
+              "dropped": "0.85"}
+    for row, (name, value) in enumerate((("fp32", np.float32(np.pi)),
+                                         ("TF32", _tf32(np.float32(np.pi))))):
+        word = int(np.array([value], np.float32).view(np.uint32)[0])
+        y = 1 - row
+        for i in range(32):                       # bit 31 (sign) on the left
+            bit = (word >> (31 - i)) & 1
+            part = "sign" if i == 0 else "exponent" if i < 9 else "mantissa"
+            if name == "TF32" and i >= 19:
+                part = "dropped"
+            ax.add_patch(Rectangle((i, y), 0.95, 0.8, color=colors[part]))
+            ax.text(i + 0.47, y + 0.4, str(bit), ha="center", va="center", fontsize=8,
+                    color="black" if part == "dropped" else "white")
+        ax.text(-0.5, y + 0.4, f"{name}\n{value:.9g}", ha="right", va="center", fontsize=9)
+    for part, (x0, x1) in (("sign", (0, 1)), ("exponent: 8 bits", (1, 9)),
+                           ("mantissa: 10 bits (TF32)", (9, 19)),
+                           ("13 more mantissa bits (fp32 only)", (19, 32))):
+        ax.text((x0 + x1) / 2, 2.0, part, ha="center", va="bottom", fontsize=8)
+    ax.set_xlim(-5, 32)
+    ax.set_ylim(-0.1, 2.4)
+    ax.axis("off")
+    ax.set_title("pi in fp32 and in TF32 (cvt.rna: rounded to nearest, ties away from "
+                 "zero): fp32's range, fp16's precision", fontsize=9)
+    return fig
+
+
+def mma_fragments():
+    """``{"A": (lane, register) arrays 16x8, "B": 8x8, "C": 16x8}`` of
+    mma.m16n8k8 with .tf32 operands, from the PTX ISA's table (the layout table
+    of dev/cuda/conv_6_tf32.cu): g = lane / 4, t = lane % 4."""
+    out = {"A": np.zeros((2, 16, 8), int), "B": np.zeros((2, 8, 8), int),
+           "C": np.zeros((2, 16, 8), int)}
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        for reg, (r, c) in enumerate(((g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4))):
+            out["A"][:, r, c] = lane, reg
+        for reg, (r, c) in enumerate(((t, g), (t + 4, g))):
+            out["B"][:, r, c] = lane, reg
+        for reg, (r, c) in enumerate(((g, 2 * t), (g, 2 * t + 1), (g + 8, 2 * t),
+                                      (g + 8, 2 * t + 1))):
+            out["C"][:, r, c] = lane, reg
+    return out
+
+
+@figure("cuda_mma_fragments")
+def fig_cuda_mma_fragments():
+    """Which lane holds which element of A (16x8), B (8x8) and C/D (16x8) in
+    mma.m16n8k8 with TF32 operands; the colour is the register (a0..a3, ...)."""
+    frags = mma_fragments()
+    cmap = matplotlib.colors.ListedColormap(["#9ecae1", "#fdae6b", "#a1d99b", "#d4b9da"])
+    fig, axes = plt.subplots(1, 3, figsize=(11, 4.6),
+                             gridspec_kw={"width_ratios": [8, 8, 8]})
+    titles = {"A": "A: 16 x 8 (row), a0..a3", "B": "B: 8 x 8 (col), b0, b1",
+              "C": "C and D: 16 x 8, c0..c3"}
+    for ax, key in zip(axes, ("A", "B", "C")):
+        lanes, regs = frags[key]
+        ax.imshow(regs, cmap=cmap, vmin=0, vmax=3)
+        for (r, c), lane in np.ndenumerate(lanes):
+            ax.text(c, r, str(lane), ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(lanes.shape[1]))
+        ax.set_yticks(range(lanes.shape[0]))
+        ax.tick_params(labelsize=7, length=0)
+        ax.set_xlabel({"A": "k", "B": "n", "C": "n"}[key])
+        ax.set_ylabel({"A": "m", "B": "k", "C": "m"}[key])
+        ax.set_title(titles[key], fontsize=9)
+    handles = [Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(4)]
+    fig.legend(handles, [f"register {i}" for i in range(4)], loc="lower center", ncol=4,
+               frameon=False, fontsize=8)
+    fig.suptitle("mma.sync.aligned.m16n8k8 with .tf32 operands: the lane (number) and "
+                 "register (colour) of each element; g = lane / 4, t = lane % 4",
+                 fontsize=10)
+    return fig
+
+
+
 # =========================================================================== data parallel
 def ring_allreduce_steps(n):
     """Simulate the ring all-reduce of ``n`` ranks, each holding a vector cut into ``n``

@@ -14,9 +14,12 @@
 //
 // What this checks: index arithmetic, tiling, bounds, split-K, shared-memory use and barrier
 // placement of the real kernel source, on small shapes, against plain loops. What it cannot:
-// speed, warp-level operations (our kernels use none), or the GPU's rounding where the
-// compiler contracts a*b + c into one FMA (the tolerances allow for it).
+// speed, warp-level operations (our kernels use none, except the tensor-core mma of the
+// ladder's rung 6, emulated by mma_emu.h under a restriction stated there), or the GPU's
+// rounding where the compiler contracts a*b + c into one FMA (the tolerances allow for it).
+// A kernel source can tell it is compiled here: MINICNN_EMU is defined.
 #pragma once
+#define MINICNN_EMU 1
 #include <math.h>
 #include <string.h>
 
@@ -94,3 +97,5 @@ void emu_launch(dim3 grid, dim3 block, Kernel kernel, Args... args)
         }
     }
 }
+
+#include "mma_emu.h"   // to_tf32, mma_tf32_m16n8k8 (rung 6's tensor-core instruction)
