@@ -288,10 +288,7 @@ def _train(cfg, out, resume, say, progress, world):
                     bar.set_postfix_str(f"loss {value:.4f}{run_eta}")
             train_time = time.perf_counter() - t0
             model.eval()
-            if world.size == 1:
-                result = evaluate(model, val, device, flip_tta=cfg["flip_tta"])
-            else:                          # each rank predicts its share, rank 0 scores
-                result = world.evaluate(model, val, device, cfg["flip_tta"])
+            result = world.evaluate(model, val, device, cfg["flip_tta"])   # split, gathered
             record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": opt.lr,
                       "images_per_s": seen / train_time, "epoch_s": time.perf_counter() - t0,
                       "val_dice": result["dice"], "val_hd95": result["hd95"]}

@@ -315,18 +315,19 @@ def test_ctrl_c_in_training_labels_and_later_removes_interrupted_npz(tmp_path, m
     monkeypatch.setattr(train, "plot_curves", lambda *_: None)
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
-    real = train.evaluate
+    from cmr import evaluate as evaluate_module      # the validation of every epoch
+    real = evaluate_module.evaluate
 
     def interrupt(*a, **k):           # Ctrl-C once epoch 2's images were trained on
         raise KeyboardInterrupt
-    monkeypatch.setattr(train, "evaluate", interrupt)
+    monkeypatch.setattr(evaluate_module, "evaluate", interrupt)
     line = refused(capsys, train.main, ["--resume", "--epochs", "2", "--out", out], status=130)
     assert line == (f"error: interrupted (Ctrl-C): {out / 'interrupted.npz'} holds the weights "
                     f"in epoch 2, after 4 of its 4 images; --resume continues exactly from "
                     f"{out / 'last.npz'} (end of epoch 1)")
     meta = checkpoint.load(out / "interrupted.npz")[0]
     assert (meta["epoch"], meta["interrupted_in_epoch"], meta["images_seen"]) == (1, 2, 4)
-    monkeypatch.setattr(train, "evaluate", real)
+    monkeypatch.setattr(evaluate_module, "evaluate", real)
     said = []
     train.run(dict(TINY, epochs=2), out, resume=True, say=said.append, progress=True)
     assert not (out / "interrupted.npz").exists()
