@@ -31,21 +31,22 @@ from cmr import checkpoint, metrics  # noqa: E402
 from cmr.evaluate import evaluate, load_split  # noqa: E402
 
 NAME = "cpu16-acdc"
+VOLUMES = "acdc96vol test (volumes)"    # the one set of whole volumes: ACDC's 3-D Dice
 
 
 def scores(models, root):
     """{set: result} for the three scored sets (slice Dice; 3-D where volumes are whole)."""
     sets = {"cmr/val": load_split(root / "cmr", "val"),
             "acdc96 test (slices)": load_split(root / "acdc96", "test").transposed(),
-            "acdc96vol test (volumes)": load_split(root / "acdc96vol", "test")}
+            VOLUMES: load_split(root / "acdc96vol", "test")}
     return {name: evaluate(models, split) for name, split in sets.items()}
 
 
 def row(name, result):
     d = result["dice"]
     cells = [f"{d['RV']:.3f}", f"{d['Myo']:.3f}", f"{d['LV']:.3f}", f"**{d['mean']:.3f}**"]
-    vol = result.get("volumes") if "volumes" in name else None   # acdc96 lacks end slices
-    if vol is not None:
+    if name == VOLUMES:                 # acdc96's volumes lack their end slices
+        vol = result["volumes"]
         v = vol["dice"]
         ed, es = (vol["phases"][p]["dice"]["mean"] for p in ("ED", "ES"))
         cells += [f"{v['RV']:.3f}", f"{v['Myo']:.3f}", f"{v['LV']:.3f}", f"**{v['mean']:.3f}**",
@@ -86,8 +87,7 @@ def main(argv=None):
             "parameters_dtype": "float16", "made": datetime.date.today().isoformat(),
             "commit": commit,
             "scores": {s: {"slice_dice": r["dice"],
-                           "volume_dice": (r["volumes"]["dice"] if "volumes" in s
-                                           else None)}
+                           "volume_dice": r["volumes"]["dice"] if s == VOLUMES else None}
                        for s, r in results["float16 export"].items()}}
     checkpoint.export(src, args.dst, **card)
     size = args.dst.stat().st_size
