@@ -12,7 +12,8 @@
 # Steps, in order of value (what the budget cuts first comes last):
 #   1. versions: nvidia-smi, python, numpy, cupy (+ its CUDA runtime), torch, nvcc
 #   2. a direct self-check of every shipped kernel against numpy_backend (all conv tile
-#      shapes, split-K, U-Net-sized layers, pool / relu / loss / optimizers bit for bit)
+#      shapes, split-K, U-Net-sized layers, pool / relu / loss / optimizers bit for bit);
+#      2b. the same with every untimed change on (MINICNN_CUDA_UNTIMED=all: NOTES 16-23)
 #   3. the CUDA tests against PyTorch (ops, optimizers, the U-Net, the first training steps
 #      against the NumPy backend):  MINICNN_TEST_CUDA=1 pytest -q tests -k "cuda and not emulator"
 #      (the CPU emulator of the kernels is for machines without a GPU)
@@ -23,10 +24,15 @@
 #      also under memcheck when the sanitizer runs here
 #   6. bench_train.py --tf32: the U-Net's training step against PyTorch/cuDNN fp32 (the
 #      target) and PyTorch with TF32 (informational rows)                    ($OUT/train)
+#   6a. bench_train.py with every untimed change on (MINICNN_CUDA_UNTIMED=all), against
+#      PyTorch fp32 in the same run: step 6's ratio against this one decides NOTES 30
+#                                                                     ($OUT/train_untimed)
 #   6b. dev/cuda/ladder.py --check --bench: every rung of the ladder checked, then timed
 #      against the rung below and cuDNN fp32 / TF32 (--checks-only: checked only)  ($OUT/ladder)
 #   7. bench_ops.py --tf32: every op of a step against cuDNN fp32, the 3x3 convolutions also
 #      against cuDNN with TF32                                               ($OUT/ops)
+#   7a. bench_ops.py with every untimed change on: the rows each change touches (ReLU, pool,
+#      CE, up-convolution, head) against step 7's                      ($OUT/ops_untimed)
 #   8. bench_winograd.py: rung 5 against the shipped kernels and cuDNN fp32 / TF32, at the
 #      U-Net's 3x3 layers, all three passes                                  ($OUT/winograd)
 #   9. a short training on real data with --backend cuda (3 epochs of the cpu16 preset),
@@ -152,7 +158,8 @@ from minicnn import backend
 from minicnn.backend import numpy_backend as nb
 from minicnn.backend.cuda import planner, runtime
 cb = backend.get("cuda")
-print("conv build:", cb.current_config().variant, flush=True)
+print("conv build:", cb.current_config().variant, "untimed changes:",
+      cb.current_config().untimed_name, flush=True)
 FAKE = cupy.__version__ == "fake"     # a CPU stand-in used to test this script itself
 TOL = {np.float32: 3e-4, np.float64: 1e-10}
 fails, checks = [], [0]
@@ -277,8 +284,9 @@ for dtype in (np.float32, np.float64):
     gy = rng.standard_normal(x.shape).astype(dtype)
     close("relu bwd", cb.relu_backward(cb.asarray(gy), cb.relu_forward(cb.asarray(x))),
           nb.relu_backward(gy, nb.relu_forward(x)), dtype, exact=True)
-    # long arrays: the 16-byte kernels (aligned) and, on a view that starts 1 element in,
-    # the element-wise ones; NaN, inf and -0.0 scattered through, gy inf where y == 0
+    # long arrays: the 16-byte kernels (aligned, with relu_vec16 on) and, on a view that
+    # starts 1 element in, the element-wise ones; NaN, inf and -0.0 scattered through, gy inf
+    # where y == 0
     big = rng.standard_normal(100003).astype(dtype)
     big[::97], big[5::89], big[7::83] = np.nan, -0.0, np.inf
     gbig = rng.standard_normal(big.shape).astype(dtype)
@@ -545,6 +553,7 @@ export CMR_DATA
 
 step "versions" 30 bash -c versions
 step "kernel self-check vs numpy_backend" 60 bash -c selfcheck
+step "kernel self-check, untimed changes on" 60 env MINICNN_CUDA_UNTIMED=all bash -c selfcheck
 step "pytest -k cuda" 150 "$PYTHON" -m pytest -q -p no:cacheprovider tests -k "cuda and not emulator" -rs --tb=short
 if command -v compute-sanitizer >/dev/null; then
     step "compute-sanitizer memcheck (test_ops -k cuda)" 90 bash -c sanitized_ops
@@ -563,12 +572,18 @@ if [ "$BENCH" = 1 ]; then
     # full-size benchmarks (U-Net base 64, batch 25, 96x96), fp32 against cuDNN fp32, TF32 rows
     step "bench_train --device cuda --tf32" 100 \
         "$PYTHON" benchmarks/bench_train.py --device cuda --tf32 ${OUT:+--out "$OUT/train"}
+    step "bench_train --device cuda, untimed changes on" 60 \
+        env MINICNN_CUDA_UNTIMED=all "$PYTHON" benchmarks/bench_train.py --device cuda \
+        ${OUT:+--out "$OUT/train_untimed"}
     # the ladder (dev/cuda): every rung checked against numpy_backend, then timed at the
     # U-Net's 3x3 layers against the rung below and cuDNN fp32 / TF32   ($OUT/ladder)
     step "ladder: check and time every rung (dev/cuda/ladder.py)" 150 \
         "$PYTHON" dev/cuda/ladder.py --check --bench --budget 0.5 ${OUT:+--out "$OUT/ladder"}
     step "bench_ops --device cuda --tf32" 100 \
         "$PYTHON" benchmarks/bench_ops.py --device cuda --tf32 ${OUT:+--out "$OUT/ops"}
+    step "bench_ops --device cuda, untimed changes on" 100 \
+        env MINICNN_CUDA_UNTIMED=all "$PYTHON" benchmarks/bench_ops.py --device cuda \
+        ${OUT:+--out "$OUT/ops_untimed"}
     step "bench_winograd (rung 5 vs shipped vs cuDNN)" 100 \
         "$PYTHON" benchmarks/bench_winograd.py ${OUT:+--out "$OUT/winograd"}
 fi

@@ -192,10 +192,11 @@ def emulated_kernel(source, variant, build_dir, name):
     return launch
 
 
-def use_the_emulator(monkeypatch, variant, build_dir):
-    """The CUDA backend with the conv build ``variant`` in force, CuPy replaced by EmuCupy and
-    each kernel by the emulator's (132 SMs, as an H100's)."""
-    monkeypatch.setattr(config, "_current", config.CudaConfig.from_variant(variant))
+def use_the_emulator(monkeypatch, variant, build_dir, untimed=()):
+    """The CUDA backend with the conv build ``variant`` and the ``untimed`` changes in force,
+    CuPy replaced by EmuCupy and each kernel by the emulator's (132 SMs, as an H100's)."""
+    monkeypatch.setattr(config, "_current", config.CudaConfig(
+        features=config.CudaConfig.from_variant(variant).features, untimed=untimed))
     monkeypatch.setattr(runtime, "cupy", EmuCupy)
     monkeypatch.setattr(runtime, "kernel", lambda module, name: emulated_kernel(
         module, variant if module == "conv" else "plain", build_dir, name))

@@ -107,8 +107,9 @@ def test_agreement_measure():
 
 
 def test_machine_line_names_the_conv_build(monkeypatch):
-    """A CUDA report names the conv build it timed: the configuration in force, made from
-    MINICNN_CONV_VARIANT once (gpu_check.sh times each build in its own process)."""
+    """A CUDA report names the conv build and the untimed changes it timed: the configuration
+    in force, made from MINICNN_CONV_VARIANT and MINICNN_CUDA_UNTIMED once (gpu_check.sh
+    times each configuration in its own process)."""
     sys.path.insert(0, BENCH)
     try:
         import common
@@ -118,8 +119,13 @@ def test_machine_line_names_the_conv_build(monkeypatch):
     monkeypatch.setattr(config, "_current", None)
     monkeypatch.setenv("MINICNN_CONV_VARIANT", "vec4+fastdiv")
     meta = common.machine_info("cuda", query_gpu=False)
-    assert meta["conv_variant"] == "fastdiv+vec4"
-    assert "conv kernels 'fastdiv+vec4'" in common.machine_line(meta)
+    assert meta["conv_variant"] == "fastdiv+vec4" and meta["untimed"] == "none"
+    assert "conv kernels 'fastdiv+vec4', untimed changes 'none'" in common.machine_line(meta)
+    monkeypatch.setattr(config, "_current", None)
+    monkeypatch.setenv("MINICNN_CUDA_UNTIMED", "all")            # gpu_check's steps 6a / 7a
+    meta = common.machine_info("cuda", query_gpu=False)
+    assert meta["untimed"] == "all" and "untimed changes 'all'" in common.machine_line(meta)
+    monkeypatch.delenv("MINICNN_CUDA_UNTIMED")
     monkeypatch.setattr(config, "_current", None)
     monkeypatch.setenv("MINICNN_CONV_VARIANT", "winograd")       # left the library: refused
     with pytest.raises(ValueError, match="MINICNN_CONV_VARIANT='winograd'"):

@@ -145,11 +145,11 @@ def test_tiles_feature_reaches_the_planner(monkeypatch):
         assert seen.pop() == tiles
 
 
-def _run_conv_launchers(variant, monkeypatch):
-    """Run the conv launchers of build ``variant`` at U-Net sizes on NumPy arrays with a
-    stand-in for CuPy, checking each launch's arguments against its kernel's parameter types
-    without running it. Returns the kinds of kernel launched (names without tile and dtype
-    suffixes)."""
+def _run_conv_launchers(variant, untimed, monkeypatch):
+    """Run the conv launchers of build ``variant`` (``untimed`` changes on) at U-Net sizes on
+    NumPy arrays with a stand-in for CuPy, checking each launch's arguments against its
+    kernel's parameter types without running it. Returns the kinds of kernel launched (names
+    without tile and dtype suffixes)."""
     sigs = emu.kernel_signatures("conv", variant)
     launched = []
 
@@ -161,9 +161,11 @@ def _run_conv_launchers(variant, monkeypatch):
             launched.append(name)
         return launch
 
-    monkeypatch.setattr(config, "_current", CudaConfig.from_variant(variant))
+    monkeypatch.setattr(config, "_current", CudaConfig(
+        features=CudaConfig.from_variant(variant).features, untimed=untimed))
     monkeypatch.setattr(runtime, "cupy", emu.EmuCupy)
     monkeypatch.setattr(runtime, "kernel", fake_kernel)
+    monkeypatch.setattr(ops, "relu_forward", lambda y: launched.append("relu_forward") or y)
     monkeypatch.setattr(runtime, "num_sms", lambda: 132)
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
@@ -174,36 +176,46 @@ def _run_conv_launchers(variant, monkeypatch):
             x = rng.standard_normal((N, C, H, W)).astype(dtype)
             w = rng.standard_normal((O, C, k, k)).astype(dtype)
             s2, p2 = (s, s), (p, p)
-            y = cb.conv2d_forward(x, w, np.zeros(O, dtype), s2, p2)
-            cb.conv2d_backward_input(y, w, x.shape, s2, p2)
+            y = cb.conv2d_forward(x, w, np.zeros(O, dtype), s2, p2, relu=True)
+            cb.conv2d_backward_input(y, w, x.shape, s2, p2, bias=np.zeros(C, dtype))
             cb.conv2d_backward_weight(y, x, w.shape, s2, p2)
     return {re.sub(r"_m\d+n\d+_f\d+$", "", n) for n in launched}
 
 
+# (conv build, untimed changes on): the shipped path, the same with every untimed change, and
+# the build without features with them
+LAUNCH_CONFIGS = [(DEFAULT, ()), (DEFAULT, config.UNTIMED), ("plain", config.UNTIMED)]
+NARROW = {"conv1x1_forward_f32", "conv1x1_backward_input_f64", "conv1x1_backward_weight_f32"}
+
+
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to read the signatures")
-@pytest.mark.parametrize("variant", [DEFAULT, "plain"])
-def test_conv_launchers_match_the_kernel_signatures(variant, monkeypatch):
+@pytest.mark.filterwarnings("ignore:invalid value encountered")   # kernels not run: empty arrays
+@pytest.mark.parametrize("variant, untimed", LAUNCH_CONFIGS)
+def test_conv_launchers_match_the_kernel_signatures(variant, untimed, monkeypatch):
     """Every argument the conv launchers pass has the type of its kernel parameter (CuPy
     passes a RawKernel's arguments by position, unchecked), for every kernel kind of the
-    build; what the kernels compute is the GPU's and the emulator's business."""
-    kinds = _run_conv_launchers(variant, monkeypatch)
+    build; what the kernels compute is the GPU's and the emulator's business. The narrow 1x1
+    kernels and the fused ReLU only with their untimed changes on."""
+    kinds = _run_conv_launchers(variant, untimed, monkeypatch)
     assert {"conv2d_forward", "conv2d_backward_input", "conv2d_backward_input_partition",
-            "conv2d_backward_weight", "splitk_reduce_f32", "splitk_reduce_f64",
-            "conv1x1_forward_f32", "conv1x1_backward_input_f64",
-            "conv1x1_backward_weight_f32"} <= kinds
+            "conv2d_backward_weight", "splitk_reduce_f32", "splitk_reduce_f64"} <= kinds
+    assert (NARROW <= kinds) == ("narrow_1x1" in untimed)
+    assert not (NARROW & kinds) or "narrow_1x1" in untimed
+    assert ("relu_forward" in kinds) == ("conv_relu" not in untimed)
 
 
 @pytest.mark.skipif(CXX is None, reason=NO_CXX)
-@pytest.mark.parametrize("variant", [DEFAULT, "plain"])
-def test_conv_launchers_compute_the_convolution_in_the_emulator(variant, monkeypatch,
+@pytest.mark.parametrize("variant, untimed", LAUNCH_CONFIGS)
+def test_conv_launchers_compute_the_convolution_in_the_emulator(variant, untimed, monkeypatch,
                                                                tmp_path_factory):
     """The conv primitives of the CUDA backend, launchers and kernels together, run on the
     CPU: CuPy replaced by NumPy and each launch by the emulator running the kernel the launcher
     names, with the grid, block and arguments it passes. Against numpy_backend, forward and
     both gradients, on shapes that take each path (split K, stride 2, the up-convolution's
-    partition, 1x1). This is what catches a launcher that passes arguments in the wrong order
-    or plans a grid its kernel does not expect."""
-    emu.use_the_emulator(monkeypatch, variant, str(tmp_path_factory.getbasetemp()))
+    partition, 1x1), with the untimed changes off (the shipped path) and on. This is what
+    catches a launcher that passes arguments in the wrong order or plans a grid its kernel
+    does not expect."""
+    emu.use_the_emulator(monkeypatch, variant, str(tmp_path_factory.getbasetemp()), untimed)
     rng = np.random.default_rng(1)
     for dtype, tol in ((np.float32, 2e-5), (np.float64, 1e-12)):
         for (N, C, H, W, O, k, s, p) in [(2, 16, 6, 8, 17, 3, 1, 1),
@@ -237,13 +249,16 @@ def test_conv_launchers_compute_the_convolution_in_the_emulator(variant, monkeyp
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
-def test_other_launchers_compute_their_primitives_in_the_emulator(monkeypatch, tmp_path_factory):
+@pytest.mark.parametrize("untimed", [(), config.UNTIMED])
+def test_other_launchers_compute_their_primitives_in_the_emulator(untimed, monkeypatch,
+                                                                  tmp_path_factory):
     """As above for the other primitives: ReLU (an aligned array, which takes the 16-byte
-    kernels, and a view one element in, which does not), max-pool (ties, NaN, overlapping
-    and partitioning windows), the cross-entropy (class weights or none, a dense and a
-    broadcast upstream gradient) and the three optimizers, against numpy_backend, bit for bit
-    as gpu_check.sh's self-check on a GPU (the forward loss to rounding)."""
-    emu.use_the_emulator(monkeypatch, DEFAULT, str(tmp_path_factory.getbasetemp()))
+    kernels when ``relu_vec16`` is on, and a view one element in, which does not), max-pool
+    (ties, NaN, overlapping and partitioning windows), the cross-entropy (class weights or
+    none, a dense and a broadcast upstream gradient) and the three optimizers, against
+    numpy_backend, bit for bit as gpu_check.sh's self-check on a GPU (the forward loss to
+    rounding); with the untimed changes off (the shipped path) and on."""
+    emu.use_the_emulator(monkeypatch, DEFAULT, str(tmp_path_factory.getbasetemp()), untimed)
     launched, kernel = set(), runtime.kernel
     monkeypatch.setattr(runtime, "kernel", lambda module, name: launched.add(name) or
                         kernel(module, name))
@@ -329,10 +344,17 @@ def test_other_launchers_compute_their_primitives_in_the_emulator(monkeypatch, t
             nb.adagrad_update(Pr, g0, Sr, clr=0.01, eps=1e-10, weight_decay=wd)
             same(P, Pr, "adagrad p")
             same(S, Sr, "adagrad s")
-    assert {f"relu_{d}{v}_{t}" for d in ("forward", "backward") for v in ("", "_vec")
-            for t in ("f32", "f64")} <= launched
-    assert {"maxpool2d_forward_u8_f32", "maxpool2d_backward_u8_f64", "softmax_xent_forward_f32",
-            "softmax_xent_backward_f64", "softmax_xent_reduce_f32", "adam_update_f32",
+    on = set(untimed)
+    vec = {f"relu_{d}_vec_{t}" for d in ("forward", "backward") for t in ("f32", "f64")}
+    assert {f"relu_{d}_{t}" for d in ("forward", "backward") for t in ("f32", "f64")} <= launched
+    assert (vec <= launched) == ("relu_vec16" in on)
+    assert not (vec & launched) or "relu_vec16" in on
+    pool = "_div32" if "pool_div32" in on else ""
+    assert {f"maxpool2d_forward_u8_f32{pool}", f"maxpool2d_backward_u8_f64{pool}"} <= launched
+    assert not any(n.startswith("maxpool2d") and n.endswith("_div32") != bool(pool)
+                   for n in launched)
+    assert ("softmax_xent_reduce_f32" in launched) == ("xent_sums" in on)
+    assert {"softmax_xent_forward_f32", "softmax_xent_backward_f64", "adam_update_f32",
             "sgd_update_f64", "adagrad_update_f32"} <= launched
 
 
@@ -379,7 +401,7 @@ def test_narrow_1x1_rule_and_the_kernels_constants():
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
-@pytest.mark.parametrize("check, count", [("activation_check", 120), ("pool_check", 32)])
+@pytest.mark.parametrize("check, count", [("activation_check", 120), ("pool_check", 64)])
 def test_elementwise_kernels_in_the_emulator(check, count, tmp_path):
     """activation_check.cpp: kernels/activation.cu's 16-byte ReLU kernels give what the
     element-wise ones and a separate reference give, bit for bit, for lengths 0-40 and 1003
@@ -391,9 +413,16 @@ def test_elementwise_kernels_in_the_emulator(check, count, tmp_path):
 
 
 def test_relu_launcher_takes_the_vector_kernel_only_when_aligned(monkeypatch):
-    """16-byte kernels for arrays that start on a 16-byte boundary, with one grid item per
-    whole vector (or per tail element, if more); the element-wise kernel otherwise."""
+    """With ``relu_vec16``: 16-byte kernels for arrays that start on a 16-byte boundary, with
+    one grid item per whole vector (or per tail element, if more); the element-wise kernel
+    otherwise, and always on the shipped path."""
     monkeypatch.setattr(runtime, "kernel", lambda module, name: (module, name))
+    monkeypatch.setattr(config, "_current", CudaConfig())
+    aligned = (type("A", (), {"data": type("Mem", (), {"ptr": 4096})(),
+                              "dtype": np.dtype(np.float32)})(),)
+    assert ops._elementwise_kernel("relu_forward", "f32", 1003, aligned) == \
+        (("activation", "relu_forward_f32"), 1003)
+    monkeypatch.setattr(config, "_current", CudaConfig(untimed=("relu_vec16",)))
 
     class Arr:
         def __init__(self, ptr, dtype):
@@ -482,6 +511,35 @@ def test_config_refuses_bad_features_in_one_line(bad, match):
         CudaConfig().has("ktable")
     with pytest.raises(TypeError, match="expected a CudaConfig, got str"):
         config.configure("fastdiv")
+
+
+def test_untimed_changes_are_off_by_default_and_named_once():
+    """The shipped path holds only measured wins: no untimed change is on by default; each
+    names its NOTES entry; MINICNN_CUDA_UNTIMED takes none, all or a '+'-joined set, and
+    refuses anything else in one line."""
+    assert CudaConfig().untimed == () and CudaConfig().untimed_name == "none"
+    assert set(config.UNTIMED_ENTRIES) == set(config.UNTIMED)
+    assert tuple(sorted(config.UNTIMED)) == config.UNTIMED
+    assert all(16 <= entry <= 23 for entry, _ in config.UNTIMED_ENTRIES.values())
+    on = CudaConfig(untimed=("xent_sums", "conv_relu"))
+    assert on.untimed == ("conv_relu", "xent_sums") and on.untimed_name == "conv_relu+xent_sums"
+    assert on.tries("conv_relu") and not on.tries("narrow_1x1") and on.variant == DEFAULT
+    assert CudaConfig(untimed=config.UNTIMED).untimed_name == "all"
+    env = {"MINICNN_CUDA_UNTIMED": "all", "MINICNN_CONV_VARIANT": "plain"}
+    assert CudaConfig.from_env(env) == CudaConfig(features=(), untimed=config.UNTIMED)
+    assert CudaConfig.from_env({"MINICNN_CUDA_UNTIMED": "none"}) == CudaConfig()
+    assert CudaConfig.from_env({"MINICNN_CUDA_UNTIMED": "xent_sums+pool_div32"}).untimed == \
+        ("pool_div32", "xent_sums")
+    for bad in ("", "ALL", "xent_sums+", "winograd", "relu_vec16+relu_vec16"):
+        with pytest.raises(ValueError, match=re.escape(f"MINICNN_CUDA_UNTIMED={bad!r}")) as err:
+            CudaConfig.from_env({"MINICNN_CUDA_UNTIMED": bad})
+        assert "\n" not in str(err.value) and "narrow_1x1" in str(err.value)
+    for bad, match in ((("tf32",), r"unknown: \['tf32'\]"), ("all", "must be a sequence"),
+                       (("conv_relu", "conv_relu"), "a name repeats")):
+        with pytest.raises(ValueError, match=match):
+            CudaConfig(untimed=bad)
+    with pytest.raises(ValueError, match="unknown change 'vec4'"):
+        CudaConfig().tries("vec4")
 
 
 def test_config_is_read_from_the_environment_once(monkeypatch):

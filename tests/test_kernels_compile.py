@@ -127,8 +127,8 @@ def test_kernels_compile_with_nvrtc(name, variant, monkeypatch):
                 for k in ("x", "dy", "out", "in", "filter", "conv_out") for t in dts} \
         | {"winograd_gemm_m128n64_f32", "winograd_gemm_m64n64_f64"}
     expected = {
-        "pool": {f"maxpool2d_{d}_{i}_{t}" for d in ("forward", "backward") for i in ("u8", "i32")
-                 for t in dts},
+        "pool": {f"maxpool2d_{d}_{i}_{t}{w}" for d in ("forward", "backward")
+                 for i in ("u8", "i32") for t in dts for w in ("", "_div32")},
         "activation": {f"relu_{d}{v}_{t}" for d in ("forward", "backward") for v in ("", "_vec")
                        for t in dts},
         "loss": {f"softmax_xent_{k}_{t}" for k in ("forward", "backward", "reduce") for t in dts},

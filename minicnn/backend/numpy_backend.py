@@ -313,8 +313,8 @@ def softmax_cross_entropy_forward(x, t, w, check_target=True, reduction="none"):
     ``t.shape``, and the probabilities ``p = softmax(x)`` kept for the backward pass.
     Uses the stable ``log softmax = x - max - log(sum(exp(x - max)))``. With
     ``reduction="sum"`` loss and wt are their sums (0-d arrays), with ``"mean"`` loss is
-    ``sum loss / sum wt`` (PyTorch's weighted mean); the CUDA backend then adds them up in
-    its kernels instead of storing every position's.
+    ``sum loss / sum wt`` (PyTorch's weighted mean); the CUDA backend can add them up in
+    its kernels instead of storing every position's (its untimed ``xent_sums``).
     A target outside ``[0, C)`` raises ValueError; ``check_target=False`` is for a caller that
     has checked already (``functional.cross_entropy``), and saves the CUDA backend a sync.
     """

@@ -4,8 +4,9 @@
 // input pixel's sum over the windows whose argmax it is, added in window-offset order i, j
 // ascending, as numpy_backend adds them) for float and double, uint8 and int32 indexes, on
 // shapes with overlapping and non-overlapping windows, many ties (values from {-1, 0, 1})
-// and some NaNs; compared bit for bit. Outputs start as a sentinel and are followed by a
-// guard zone. Prints failures and "<checks> checks, <failures> failures" last.
+// and some NaNs; both widths of the index decomposition (the timed 64-bit kernels and the
+// untimed `_div32` ones); compared bit for bit. Outputs start as a sentinel and are followed
+// by a guard zone. Prints failures and "<checks> checks, <failures> failures" last.
 //
 //   g++ -std=c++20 -O2 -I tests/kernel_emu -I kernels -x c++ \
 //       tests/kernel_emu/pool_check.cpp -o pool_check && ./pool_check
@@ -104,6 +105,7 @@ int main()
                           {1, 3, 6, 10, 2, 5, 3, 1}};   // gaps between windows
     unsigned long long seed = 1;
     for (const Case& c : cases) {
+        // the kernels the H200 timed (64-bit index arithmetic) and the untimed _div32 ones
         check_case<float, unsigned char>(c, ++seed, maxpool2d_forward_u8_f32,
                                          maxpool2d_backward_u8_f32);
         check_case<double, unsigned char>(c, ++seed, maxpool2d_forward_u8_f64,
@@ -111,6 +113,14 @@ int main()
         check_case<float, int>(c, ++seed, maxpool2d_forward_i32_f32, maxpool2d_backward_i32_f32);
         check_case<double, int>(c, ++seed, maxpool2d_forward_i32_f64,
                                 maxpool2d_backward_i32_f64);
+        check_case<float, unsigned char>(c, ++seed, maxpool2d_forward_u8_f32_div32,
+                                         maxpool2d_backward_u8_f32_div32);
+        check_case<double, unsigned char>(c, ++seed, maxpool2d_forward_u8_f64_div32,
+                                          maxpool2d_backward_u8_f64_div32);
+        check_case<float, int>(c, ++seed, maxpool2d_forward_i32_f32_div32,
+                               maxpool2d_backward_i32_f32_div32);
+        check_case<double, int>(c, ++seed, maxpool2d_forward_i32_f64_div32,
+                                maxpool2d_backward_i32_f64_div32);
     }
     std::printf("%d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;

@@ -1,23 +1,31 @@
-"""The CUDA backend's configuration: which build of ``kernels/conv.cu`` the backend compiles.
+"""The CUDA backend's configuration: which build of ``kernels/conv.cu`` the backend compiles,
+and which untimed changes it tries.
 
 One typed, frozen object, validated when it is made, read by the launchers through
 ``current()``. It is set explicitly (``configure`` or the ``configured`` context manager) or,
-if nothing set it before the first convolution, made once from the environment variable
-``MINICNN_CONV_VARIANT`` (a start-up default for the benchmarks, which time each build in its
-own process; read once per process, never per launch)::
+if nothing set it before the first launch, made once from the environment variables
+``MINICNN_CONV_VARIANT`` and ``MINICNN_CUDA_UNTIMED`` (start-up defaults for the benchmarks,
+which time each configuration in its own process; read once per process, never per launch)::
 
     from minicnn.backend.cuda import CudaConfig, configure, configured
-    configure(CudaConfig())                                  # the shipped build
+    configure(CudaConfig())                                  # the shipped path
     configure(CudaConfig.from_variant("fastdiv+vec4"))       # two features only
     with configured(CudaConfig(features=())):                # "plain": no feature
         ...
+    configure(CudaConfig(untimed=UNTIMED))                   # every untimed change on
 
 Every feature is a compile-time switch of kernels/conv.cu that a GPU run measured faster
 (benchmarks/NOTES.md entries 11 and 15): ``prefetch`` (the K loop software-pipelined),
 ``vec4`` (16-byte shared-memory reads of the register block's operands), ``fastdiv``
 (divisions by multiply-high and shift), ``tiles`` (the 128x64 and 64x128 tiles and the
 planner's cost model). The default is all four: on an H200 the U-Net's training step took
-93.5 ms without any, 54.3 ms with the first three and 50.4 ms with all four. Pure Python.
+93.5 ms without any, 54.3 ms with the first three and 50.4 ms with all four.
+
+``untimed`` names changes built after that last GPU run, checked against numpy_backend in the
+CPU emulator and compiled by NVRTC, but never run on a GPU (benchmarks/NOTES.md entries
+16-23). The shipped path holds only measured wins, so each is off by default and lives beside
+the path that was timed; the first GPU run (benchmarks/gpu_check.sh) times them all on
+against all off, and each that pays joins the default (its switch then goes). Pure Python.
 """
 import contextlib
 import dataclasses
@@ -30,23 +38,48 @@ ENV_VARIANT = "MINICNN_CONV_VARIANT"
 # none, each feature alone, the default of entry 11 and the shipped default.
 VARIANTS = ("plain",) + CONV_FEATURES + ("fastdiv+prefetch+vec4", "+".join(DEFAULT_FEATURES))
 
+# The untimed changes (sorted), each with its NOTES entry and what it does when on; off, the
+# launchers take the path an H200 timed (entry 15, git 38d50f0).
+UNTIMED = ("conv_relu", "narrow_1x1", "pool_div32", "relu_vec16", "upconv_bias", "xent_sums")
+UNTIMED_ENTRIES = {
+    "relu_vec16": (16, "ReLU kernels with 16-byte loads and stores (off: one element per thread)"),
+    "pool_div32": (17, "max-pool index decomposed in 32 bits (off: 64-bit divisions)"),
+    "xent_sums": (20, "the cross-entropy's sums in its own kernels (off: per-position loss, "
+                      "then CuPy sums)"),
+    "conv_relu": (21, "the ReLU after a convolution fused into its store (off: a separate "
+                      "ReLU launch)"),
+    "upconv_bias": (22, "the up-convolution's bias added in its kernel's store (off: a CuPy "
+                        "broadcast add)"),
+    "narrow_1x1": (23, "1x1 convolutions of at most 8 channels on per-pixel kernels (off: the "
+                       "GEMM kernels)"),
+}
+ENV_UNTIMED = "MINICNN_CUDA_UNTIMED"
+
+
+def _sorted_names(field, names, allowed):
+    """``names`` (a sequence of distinct names from ``allowed``) sorted; ValueError naming
+    CudaConfig's ``field`` otherwise, in one line."""
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"CudaConfig: {field} must be a sequence of names from "
+                         f"{list(allowed)}, got {names!r}")
+    unknown = sorted(set(names) - set(allowed))
+    if unknown or len(set(names)) != len(names):
+        raise ValueError(f"CudaConfig: {field} {list(names)!r} must be distinct names from "
+                         f"{list(allowed)}" +
+                         (f" (unknown: {unknown})" if unknown else " (a name repeats)"))
+    return tuple(sorted(names))
+
 
 @dataclasses.dataclass(frozen=True)
 class CudaConfig:
-    """The conv build: ``features``, a subset of CONV_FEATURES (any order; kept sorted)."""
+    """The conv build: ``features``, a subset of CONV_FEATURES; and ``untimed``, a subset of
+    UNTIMED (default none). Any order; both kept sorted."""
     features: tuple = DEFAULT_FEATURES
+    untimed: tuple = ()
 
     def __post_init__(self):
-        features = self.features
-        if isinstance(features, str) or not all(isinstance(f, str) for f in features):
-            raise ValueError(f"CudaConfig: features must be a sequence of names from "
-                             f"{list(CONV_FEATURES)}, got {features!r}")
-        unknown = sorted(set(features) - set(CONV_FEATURES))
-        if unknown or len(set(features)) != len(features):
-            raise ValueError(f"CudaConfig: features {list(features)!r} must be distinct names "
-                             f"from {list(CONV_FEATURES)}" +
-                             (f" (unknown: {unknown})" if unknown else " (a name repeats)"))
-        object.__setattr__(self, "features", tuple(sorted(features)))
+        for field, allowed in (("features", CONV_FEATURES), ("untimed", UNTIMED)):
+            object.__setattr__(self, field, _sorted_names(field, getattr(self, field), allowed))
 
     @classmethod
     def from_variant(cls, variant):
@@ -63,13 +96,31 @@ class CudaConfig:
             raise ValueError(f"{ENV_VARIANT}={variant!r}: expected 'plain' or a '+'-joined set "
                              f"of {list(CONV_FEATURES)}") from None
 
+    @staticmethod
+    def parse_untimed(text):
+        """The untimed changes named by ``text``: ``"none"``, ``"all"`` or a ``+``-joined set
+        of UNTIMED, as MINICNN_CUDA_UNTIMED and the benchmark reports write them."""
+        if text == "none":
+            return ()
+        if text == "all":
+            return UNTIMED
+        names = tuple(text.split("+")) if isinstance(text, str) else ()
+        if not names or not set(names) <= set(UNTIMED) or len(set(names)) != len(names):
+            raise ValueError(f"{ENV_UNTIMED}={text!r}: expected 'none', 'all' or a '+'-joined "
+                             f"set of {list(UNTIMED)}")
+        return names
+
     @classmethod
     def from_env(cls, environ=None):
-        """The build named by MINICNN_CONV_VARIANT in ``environ`` (default ``os.environ``),
-        the default build where it is not set."""
+        """The configuration named by MINICNN_CONV_VARIANT and MINICNN_CUDA_UNTIMED in
+        ``environ`` (default ``os.environ``); the default where they are not set."""
         environ = os.environ if environ is None else environ
         variant = environ.get(ENV_VARIANT)
-        return cls() if variant is None else cls.from_variant(variant)
+        config = cls() if variant is None else cls.from_variant(variant)
+        untimed = environ.get(ENV_UNTIMED)
+        if untimed is None:
+            return config
+        return dataclasses.replace(config, untimed=cls.parse_untimed(untimed))
 
     @property
     def variant(self):
@@ -82,6 +133,21 @@ class CudaConfig:
             raise ValueError(f"CudaConfig.has: unknown feature {feature!r}; expected one of "
                              f"{list(CONV_FEATURES)}")
         return feature in self.features
+
+    def tries(self, change):
+        """Whether the untimed ``change`` (a name of UNTIMED) is on."""
+        if change not in UNTIMED:
+            raise ValueError(f"CudaConfig.tries: unknown change {change!r}; expected one of "
+                             f"{list(UNTIMED)}")
+        return change in self.untimed
+
+    @property
+    def untimed_name(self):
+        """The untimed changes on, as MINICNN_CUDA_UNTIMED writes them: ``"none"``, ``"all"``
+        or their names joined by ``+``."""
+        if not self.untimed:
+            return "none"
+        return "all" if self.untimed == UNTIMED else "+".join(self.untimed)
 
     def conv_options(self):
         """The NVRTC options of this build of kernels/conv.cu: every switch set, on or off."""

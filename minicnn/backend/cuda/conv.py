@@ -3,21 +3,27 @@
 =====================================  ==========================================
 primitive                              kernel(s) (``<name>_<tile>_<f32|f64>``)
 =====================================  ==========================================
-conv2d_forward                         conv2d_forward_<tile>  (bias, ReLU fused)
+conv2d_forward                         conv2d_forward_<tile>  (bias fused)
 conv2d_backward_input                  conv2d_backward_input_<tile>, or
                                        conv2d_backward_input_partition_<tile> when the
                                        windows partition the input (up-convolution)
 conv2d_backward_weight                 conv2d_backward_weight_<tile> + splitk_reduce
-  all three, 1x1 with at most NARROW_MAX channels (the head): conv1x1_forward,
-  conv1x1_backward_input, conv1x1_backward_weight + splitk_reduce (planner.narrow_1x1)
 =====================================  ==========================================
 
 The tile, grid and K slices come from ``planner.plan_gemm``; the build (which features, so
-which tiles) from ``config.current()``.
+which tiles) from ``config.current()``. So do three untimed changes (``config.UNTIMED``), off
+unless named, each beside the path the H200 timed:
+
+* ``conv_relu``: ``relu=True`` applied in the forward kernel's store (off: a ReLU launch);
+* ``upconv_bias``: the input gradient's ``bias`` added in its kernel's store (off: a CuPy
+  broadcast add after it);
+* ``narrow_1x1``: 1x1 / stride 1 / unpadded convolutions of at most NARROW_MAX channels (the
+  head) on per-pixel kernels, ``conv1x1_forward``, ``conv1x1_backward_input``,
+  ``conv1x1_backward_weight`` + splitk_reduce (``planner.narrow_1x1``; off: the GEMMs).
 """
 import numpy as np
 
-from . import checks, config, planner, runtime
+from . import checks, config, ops, planner, runtime
 from .checks import i32
 
 
@@ -43,9 +49,18 @@ def _plan(M, Ncols, K, sfx, split_k=False):
                              tiles=config.current().has("tiles"))
 
 
+def _narrow(kH, kW, sH, sW, pH, pW, channels):
+    """Whether the narrow 1x1 kernels take this convolution (only with ``narrow_1x1`` on)."""
+    return (config.current().tries("narrow_1x1")
+            and planner.narrow_1x1(kH, kW, sH, sW, pH, pW, channels))
+
+
 def conv2d_forward(x, w, b, stride, padding, relu=False):
     """``y = W * x + b`` (cross-correlation). x ``(N,C,H,W)``, w ``(O,C,kH,kW)`` -> ``(N,O,Ho,Wo)``.
-    With ``relu``, ``max(y, 0)`` in the same store (as relu_forward, NaN kept)."""
+    With ``relu``, ``max(y, 0)`` (as relu_forward, NaN kept): in the same store with the
+    untimed ``conv_relu``, else by relu_forward after it."""
+    if relu and not config.current().tries("conv_relu"):
+        return ops.relu_forward(conv2d_forward(x, w, b, stride, padding))
     op = "conv2d_forward"
     x = checks.operand(op, x, "input")
     w = checks.operand(op, w, "weight", x.dtype)
@@ -67,7 +82,7 @@ def conv2d_forward(x, w, b, stride, padding, relu=False):
     y = runtime.cupy.empty((N, O, Ho, Wo), dtype=x.dtype)
     if y.size == 0:
         return y
-    if planner.narrow_1x1(kH, kW, sH, sW, pH, pW, O):
+    if _narrow(kH, kW, sH, sW, pH, pW, O):
         runtime.launch_1d(runtime.kernel("conv", f"conv1x1_forward_{sfx}"), N * H * W,
                          (x, w, w if b is None else b, i32(b is not None), i32(bool(relu)), y,
                           i32(N), i32(C), i32(O), i32(H * W)))
@@ -84,7 +99,8 @@ def conv2d_forward(x, w, b, stride, padding, relu=False):
 def conv2d_backward_input(gy, w, x_shape, stride, padding, bias=None):
     """``dL/dx[n,c,h,v] = sum_{o,i,j} W[o,c,i,j] gy[n,o,p,q]`` over the (p, q) with
     ``h + pH = p*sH + i`` and ``v + pW = q*sW + j`` (col2im, computed as a gather), plus
-    ``bias[c]`` when given (the transposed convolution's forward), in the same store."""
+    ``bias[c]`` when given (the transposed convolution's forward): in the same store with the
+    untimed ``upconv_bias``, else by a CuPy broadcast add after it."""
     op = "conv2d_backward_input"
     gy = checks.operand(op, gy, "output gradient")
     w = checks.operand(op, w, "weight", gy.dtype)
@@ -102,13 +118,17 @@ def conv2d_backward_input(gy, w, x_shape, stride, padding, bias=None):
                          f"{(N, C, H, W)} do not match (stride {(sH, sW)}, padding "
                          f"{(pH, pW)}: expected output gradient {(N, O, Ho, Wo)})")
     bias = checks.bias(op, bias, C, gy.dtype)
+    if bias is not None and not config.current().tries("upconv_bias"):
+        gx = conv2d_backward_input(gy, w, x_shape, stride, padding)
+        gx += bias.reshape(1, C, 1, 1)
+        return gx
     desc = f"input {(N, C, H, W)} with weight {w.shape}"
     checks.conv_sizes(op, desc, N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)
     sfx = checks.suffix(op, gy.dtype, "output gradient")
     gx = runtime.cupy.empty((N, C, H, W), dtype=gy.dtype)
     if gx.size == 0:
         return gx
-    if planner.narrow_1x1(kH, kW, sH, sW, pH, pW, O):
+    if _narrow(kH, kW, sH, sW, pH, pW, O):
         runtime.launch_1d(runtime.kernel("conv", f"conv1x1_backward_input_{sfx}"), N * H * W,
                          (gy, w, gy if bias is None else bias, i32(bias is not None), gx,
                           i32(N), i32(C), i32(O), i32(H * W)))
@@ -153,7 +173,7 @@ def conv2d_backward_weight(gy, x, w_shape, stride, padding):
     gw = runtime.cupy.empty((O, C, kH, kW), dtype=gy.dtype)
     if gw.size == 0:
         return gw
-    if planner.narrow_1x1(kH, kW, sH, sW, pH, pW, O):
+    if _narrow(kH, kW, sH, sW, pH, pW, O):
         return _narrow_weight(op, desc, gy, x, gw, sfx)
     tile, grid, k_chunk = _plan(O, C * kH * kW, N * Ho * Wo, sfx, split_k=True)
     splits = grid[2]

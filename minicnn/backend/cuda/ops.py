@@ -5,23 +5,33 @@ CuPy arrays (the convolutions are in ``conv.py``).
 primitive                              kernel(s) (``<name>_<f32|f64>``)
 =====================================  ==========================================
 maxpool2d_forward / _backward          pool.cu  maxpool2d_{forward,backward}_{u8,i32}
-relu_forward / relu_backward           activation.cu  relu_*, relu_*_vec (16-byte loads)
-softmax_cross_entropy_forward / _bwd   loss.cu  softmax_xent_{forward,backward}
-                                       (+ softmax_xent_reduce for the sum and the mean)
+                                       (``_div32``: untimed ``pool_div32``)
+relu_forward / relu_backward           activation.cu  relu_* (``relu_*_vec``, 16-byte
+                                       loads: untimed ``relu_vec16``)
+softmax_cross_entropy_forward / _bwd   loss.cu  softmax_xent_{forward,backward} (+ CuPy
+                                       sums; ``softmax_xent_reduce``: untimed ``xent_sums``)
 adam_update, sgd_update, adagrad_update  optim.cu (compiled with --fmad=false)
 =====================================  ==========================================
+
+The untimed changes (``config.UNTIMED``) are off unless ``config.current()`` names them.
 """
 import math
 
 import numpy as np
 
-from . import checks, planner, runtime
+from . import checks, config, planner, runtime
 from .checks import i32
 
 SCE_THREADS = 256    # kernels/loss.cu's SCE_THREADS: the block of its reductions
 
 
 # =========================================================================== pooling
+def _pool_width():
+    """The pool kernels' name suffix: ``_div32`` (index in 32 bits) when the untimed
+    ``pool_div32`` is on, else none (64-bit index arithmetic, as the H200 timed)."""
+    return "_div32" if config.current().tries("pool_div32") else ""
+
+
 def maxpool2d_forward(x, kernel, stride):
     """Max over each window; also returns, per output, the window offset ``i*kW + j`` of the
     max (uint8 when kH*kW <= 256, else int32, as numpy_backend)."""
@@ -35,7 +45,7 @@ def maxpool2d_forward(x, kernel, stride):
         raise ValueError(f"{op}: kernel {(kH, kW)} is larger than the input {x.shape}")
     checks.index_range(op, f"input {x.shape}", x_size=x.size, height_plus_stride=H + sH,
                        width_plus_stride=W + sW, window=kH * kW)
-    sfx = checks.suffix(op, x.dtype, "input")
+    sfx = checks.suffix(op, x.dtype, "input") + _pool_width()
     itype, isfx = (np.uint8, "u8") if kH * kW <= 256 else (np.int32, "i32")
     y = runtime.cupy.empty((N, C, Ho, Wo), dtype=x.dtype)
     idx = runtime.cupy.empty((N, C, Ho, Wo), dtype=itype)
@@ -70,7 +80,7 @@ def maxpool2d_backward(gy, idx, x_shape, kernel, stride):
                          f"stride {(sH, sW)}")
     checks.index_range(op, f"input {(N, C, H, W)}", x_size=N * C * H * W,
                        height_plus_stride=H + sH, width_plus_stride=W + sW, window=kH * kW)
-    sfx = checks.suffix(op, gy.dtype, "output gradient")
+    sfx = checks.suffix(op, gy.dtype, "output gradient") + _pool_width()
     gx = runtime.cupy.empty((N, C, H, W), dtype=gy.dtype)
     runtime.launch_1d(runtime.kernel("pool", f"maxpool2d_backward_{isfx}_{sfx}"), gx.size,
                (gy, idx, gx, i32(N * C), i32(H), i32(W), i32(Ho), i32(Wo),
@@ -81,9 +91,10 @@ def maxpool2d_backward(gy, idx, x_shape, kernel, stride):
 # =========================================================================== activations
 def _elementwise_kernel(name, sfx, n, arrays):
     """The kernel ``name`` of activation.cu and the number of grid items for ``n`` elements:
-    its ``_vec`` version (16 bytes per load, one thread per 16 bytes) when every array starts
-    on a 16-byte boundary (CuPy's allocations do; a view may not), else the plain one."""
-    if all(a.data.ptr % 16 == 0 for a in arrays):
+    with the untimed ``relu_vec16``, its ``_vec`` version (16 bytes per load, one thread per
+    16 bytes) when every array starts on a 16-byte boundary (CuPy's allocations do; a view
+    may not); else the plain one (one element per thread, as the H200 timed)."""
+    if config.current().tries("relu_vec16") and all(a.data.ptr % 16 == 0 for a in arrays):
         width = 16 // arrays[0].dtype.itemsize
         return runtime.kernel("activation", f"{name}_vec_{sfx}"), max(n // width, n % width)
     return runtime.kernel("activation", f"{name}_{sfx}"), n
@@ -145,10 +156,12 @@ def softmax_cross_entropy_forward(x, t, w, check_target=True, reduction="none"):
 
     Returns ``(loss, wt, p)``: ``loss = -w[t] * log softmax(x)[t]`` and ``wt = w[t]`` of shape
     ``t.shape``, and ``p = softmax(x)``. With ``reduction="sum"`` loss and wt are their sums
-    (0-d), with ``"mean"`` loss is ``sum loss / sum wt``: one more launch adds the blocks'
-    partial sums in a fixed order. A target outside ``[0, C)`` raises ValueError (the kernel's
-    flag or count, read back: one sync); with ``check_target=False`` (the caller checked) it
-    is not read, and such a position would get NaN loss.
+    (0-d), with ``"mean"`` loss is ``sum loss / sum wt``: CuPy sums of the per-position
+    values, or, with the untimed ``xent_sums``, no per-position values and one more launch
+    that adds the blocks' partial sums in a fixed order. A target outside ``[0, C)`` raises
+    ValueError (the kernel's flag or count, read back: one sync); with
+    ``check_target=False`` (the caller checked) it is not read, and such a position would
+    get NaN loss.
     """
     op = "softmax_cross_entropy_forward"
     if reduction not in ("none", "sum", "mean"):
@@ -163,7 +176,7 @@ def softmax_cross_entropy_forward(x, t, w, check_target=True, reduction="none"):
         total, wsum = runtime.cupy.zeros((), dtype=x.dtype), runtime.cupy.zeros((), dtype=x.dtype)
         return (total / wsum if reduction == "mean" else total), wsum, p
     kernel = runtime.kernel("loss", f"softmax_xent_forward_{sfx}")
-    if not reduce:
+    if not reduce or not config.current().tries("xent_sums"):
         loss = runtime.cupy.empty(t.shape, dtype=x.dtype)
         wt = runtime.cupy.empty(t.shape, dtype=x.dtype)
         bad = runtime.cupy.zeros((1,), dtype=np.int32)
@@ -173,6 +186,9 @@ def softmax_cross_entropy_forward(x, t, w, check_target=True, reduction="none"):
         if check_target and int(bad[0]):   # one flag read (a sync) instead of a min/max pass
             raise ValueError(f"{op}: target values must be in [0, {C}), found values outside "
                              f"(target shape {t.shape})")
+        if reduce:                      # the path the H200 timed: CuPy's sums
+            total, wsum = loss.sum(), wt.sum()
+            return (total / wsum if reduction == "mean" else total), wsum, p
         return loss, wt, p
     blocks = min(planner.cdiv(t.size, SCE_THREADS), 65535)          # as _launch_1d's grid
     partial = runtime.cupy.empty((blocks, 3), dtype=x.dtype)
