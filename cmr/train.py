@@ -22,6 +22,7 @@ as above; ``--jobs 2`` trains two at a time), then writes ``OUT/ensemble.json`` 
 probabilities.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -34,6 +35,7 @@ import numpy as np
 
 import minicnn
 from minicnn import functional as F, optim
+from minicnn.backend import numpy_backend
 
 from . import checkpoint, data, distributed, phantom, runfolder
 from .augment import AugmentConfig, augment_batch
@@ -48,7 +50,7 @@ DEFAULTS = dict(data=None, backend="numpy", epochs=50, batch_size=25, lr=2e-4, b
                 depth=4, init="torch", norm="none", augment="default", seed=0,
                 schedule="constant", weight_decay=0.0, phantom_train=200, phantom_val=40,
                 extra_data=None, extra_transpose=False, extra_val=False, flip_tta=False,
-                split_seed=None, members=1)
+                split_seed=None, members=1, precision="fp32")
 PRESETS = {
     # the README's first command: a few minutes on a 2-core CPU, on the phantom
     "quick": dict(epochs=8, base=8, batch_size=8, lr=3e-3, loss="ce+dice", init="he",
@@ -217,7 +219,20 @@ def run(cfg, out, resume=False, say=print, progress=True, overwrite=False,
             if not world.is_root:
                 raise SystemExit(2)             # rank 0 says why
             raise ValueError(refused)
-        return _train(cfg, out, ready, say, progress, world)
+        with precision(cfg):
+            return _train(cfg, out, ready, say, progress, world)
+
+
+@contextlib.contextmanager
+def precision(cfg):
+    """The run's precision of the convolutions, ``cfg["precision"]``, while it trains:
+    ``tf32`` is the NumPy backend's emulation of tensor-core rounding
+    (``numpy_backend.set_precision``); the setting before is restored after."""
+    previous = numpy_backend.set_precision(cfg["precision"])
+    try:
+        yield
+    finally:
+        numpy_backend.set_precision(previous)
 
 
 def _train(cfg, out, resume, say, progress, world):
@@ -249,7 +264,9 @@ def _train(cfg, out, resume, say, progress, world):
         (out / "config.json").write_text(json.dumps(cfg, indent=1))
     say(f"U-Net base {cfg['base']}, depth {cfg['depth']}, norm {cfg['norm']}: "
         f"{model.num_parameters():,} parameters;"
-        f" backend {cfg['backend']}; loss {cfg['loss']}; {cfg['optimizer']} lr {cfg['lr']}"
+        f" backend {cfg['backend']}"
+        + ("; TF32 convolutions (emulated)" if cfg["precision"] == "tf32" else "")
+        + f"; loss {cfg['loss']}; {cfg['optimizer']} lr {cfg['lr']}"
         + (f"; {world.size} ranks" if world.size > 1 else ""))
     loss_fn = world.loss(cfg["loss"], lambda term: make_loss(term, cfg["class_weights"]),
                          cfg["class_weights"])     # one rank's term of the batch's loss
@@ -426,6 +443,11 @@ def build_parser():
                    help="add the --extra-data folder's validation split to the validation "
                    "set, which picks the best epoch (best.npz)")
     p.add_argument("--backend", choices=["numpy", "cuda"])
+    p.add_argument("--precision", choices=numpy_backend.PRECISIONS,
+                   help="of the convolutions: fp32 (default), or tf32, their float32 operands "
+                   "rounded to TF32's 10 mantissa bits as tensor cores do (emulated on the "
+                   "NumPy backend, to measure what it costs in accuracy; the CUDA backend "
+                   "has no TF32 kernels yet: they are rung 6 of dev/cuda, untimed)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults; "
                    "explicit flags override it (each one's settings and time: below)")
     p.add_argument("--epochs", type=int)
@@ -489,6 +511,10 @@ def config_from_args(args):
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
     if cfg["lr"] <= 0:
         raise ValueError(f"--lr must be > 0, got {cfg['lr']}")
+    if cfg["precision"] == "tf32" and cfg["backend"] == "cuda":
+        raise ValueError("--precision tf32 runs on the NumPy backend only (an emulation): "
+                         "the CUDA TF32 kernels are rung 6 of dev/cuda, not yet in the "
+                         "library (no GPU has timed them)")
     if cfg["extra_val"] and not cfg["extra_data"]:
         raise ValueError("--extra-val needs --extra-data (the folder whose validation split "
                          "it adds)")

@@ -413,3 +413,70 @@ def test_group_norm_rejects_bad_arguments():
         F.group_norm(x, 3, minicnn.Tensor(np.ones(3, np.float32)))
     with pytest.raises(ValueError, match="4-D"):
         F.group_norm(minicnn.Tensor(np.zeros((6, 3), np.float32)), 3)
+
+
+# ---------------------------------------------------------------- TF32 (emulated on the CPU)
+def _tf32_oracle(a):
+    """``a`` rounded to TF32 (10 mantissa bits, to nearest, ties away from zero), computed
+    independently of the backend: from the float's exponent, in float64."""
+    a = np.asarray(a, np.float64)
+    ulp = np.ldexp(1.0, np.frexp(a)[1] - 11)          # the last kept bit's value, per element
+    return np.sign(a) * np.floor(np.abs(a) / ulp + 0.5) * ulp
+
+
+def test_to_tf32_rounds_as_tensor_cores_do():
+    from minicnn.backend import numpy_backend as nb
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(10000) * 10.0 ** rng.integers(-30, 30, 10000)).astype(np.float32)
+    ties = np.array([1 + 2**-11, -(1 + 2**-11), 1 + 3 * 2**-11, 2 - 2**-12, 1 + 2**-10],
+                    np.float32)
+    for a in (x, ties):
+        got = nb.to_tf32(a)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got.astype(np.float64), _tf32_oracle(a))
+    assert list(nb.to_tf32(ties)) == [1 + 2**-10, -(1 + 2**-10), 1 + 2 * 2**-10, 2.0, 1 + 2**-10]
+    assert np.all(np.abs(nb.to_tf32(x) - x) <= np.abs(x) * 2.0**-11)
+    special = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0], np.float32)
+    np.testing.assert_array_equal(nb.to_tf32(special), special)
+    np.testing.assert_array_equal(nb.to_tf32(x.astype(np.float64)), x.astype(np.float64))
+
+
+@pytest.mark.parametrize("stride, padding", [((1, 1), (1, 1)), ((2, 2), (1, 1))])
+def test_tf32_precision_rounds_every_convolution_pass(stride, padding):
+    """With ``set_precision("tf32")`` the NumPy backend's convolution, forward and both
+    gradients, is PyTorch's (float64) on operands rounded to TF32: x and W, then the output
+    gradient with W (input gradient) and with x (weight gradient); fp32 sums, so within
+    float32 rounding. It differs from the fp32 result by more than that, and float64 is not
+    rounded."""
+    from minicnn.backend import numpy_backend as nb
+    rng = np.random.default_rng(1)
+    x, w = (rng.standard_normal(s).astype(np.float32) for s in ((2, 5, 9, 9), (6, 5, 3, 3)))
+    b = rng.standard_normal(6).astype(np.float32)
+
+    def ours(dtype):
+        ts = [minicnn.Tensor(a.astype(dtype), requires_grad=True) for a in (x, w, b)]
+        y = F.conv2d(*ts, stride=stride, padding=padding)
+        gy = np.random.default_rng(2).standard_normal(y.shape).astype(dtype)
+        y.backward(gy)
+        return [y.numpy(), ts[0].grad, ts[1].grad], gy
+
+    fp32, gy = ours(np.float32)
+    f64_exact, _ = ours(np.float64)
+    previous = nb.set_precision("tf32")
+    try:
+        tf32, _ = ours(np.float32)
+        f64, _ = ours(np.float64)
+    finally:
+        nb.set_precision(previous)
+    xt, wt = (torch.tensor(_tf32_oracle(a), requires_grad=True) for a in (x, w))
+    yt = TF.conv2d(xt, wt, torch.tensor(b, dtype=torch.float64), stride, padding)
+    gx, gw = torch.autograd.grad(yt, (xt, wt), torch.tensor(_tf32_oracle(gy)))
+    for name, got, ref, exact in zip(("y", "dx", "dW"), tf32, (yt, gx, gw), fp32):
+        ref = ref.detach().numpy()
+        scale = np.abs(ref).max()
+        assert np.abs(got - ref).max() <= 1e-5 * scale, name
+        assert np.abs(exact - ref).max() > 1e-5 * scale, name     # the rounding is there
+    for a, e in zip(f64, f64_exact):
+        np.testing.assert_array_equal(a, e)
+    with pytest.raises(ValueError, match=r"set_precision: expected one of \['fp32', 'tf32'\]"):
+        nb.set_precision("bf16")

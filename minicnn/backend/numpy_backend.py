@@ -26,6 +26,13 @@ when another process wants the same cores: its threads meet at a barrier after e
 so one thread that loses its core stalls the others (benchmarks/NOTES.md, entry 25). Set
 ``MINICNN_NUM_THREADS`` to choose how many threads (default: the cores this process may use,
 at most 8); it is read once, at import.
+
+Precision. ``set_precision("tf32")`` makes the three convolution primitives round their
+float32 operands to TF32 first (``to_tf32``: 10 mantissa bits, as a tensor core's
+``cvt.rna.tf32.f32``), and sum in fp32 as before: what training on tensor cores does to the
+numbers (the GPU sums in another order), emulated on the CPU, so that its cost in accuracy can
+be measured without a GPU. ``"fp32"`` (the default) leaves them exact; float64 is never
+rounded.
 """
 import math
 import os
@@ -45,6 +52,8 @@ xp = np
 _THREADS = max(1, int(os.environ.get("MINICNN_NUM_THREADS", 0)) or min(8, len(
     getattr(os, "sched_getaffinity", lambda _: range(os.cpu_count() or 1))(0))))
 _PARALLEL_MIN_ELEMENTS = 1 << 19    # below ~0.5 M elements, threads cost more than they save
+PRECISIONS = ("fp32", "tf32")
+_precision = "fp32"                 # of the convolutions' products (set_precision)
 _PARTS_PER_THREAD = 4               # a convolution's tasks per thread (see _over_parts)
 _pool = None
 
@@ -93,6 +102,35 @@ def _over_parts(fn, n):
                    for lo, hi in zip(bounds[:-1], bounds[1:])]
         for f in futures:
             f.result()
+
+
+def set_precision(precision):
+    """The convolutions' precision from now on: ``"fp32"`` (exact float32 operands, the
+    default) or ``"tf32"`` (float32 operands rounded by ``to_tf32`` first). Returns the
+    previous one."""
+    global _precision
+    if precision not in PRECISIONS:
+        raise ValueError(f"set_precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+    previous, _precision = _precision, precision
+    return previous
+
+
+def to_tf32(a):
+    """``a`` (float32) rounded to TF32 as ``cvt.rna.tf32.f32`` does: the 13 low mantissa bits
+    dropped after adding half of the last kept bit (to nearest, ties away from zero; a carry
+    into the exponent is the correct rounding up); infinities and NaNs kept. TF32 has fp32's
+    8 exponent bits and 10 of its 23 mantissa bits, so the relative error is at most 2^-11.
+    Other dtypes are returned as they are."""
+    if a.dtype != np.float32:
+        return a
+    u = np.ascontiguousarray(a).view(np.uint32)
+    r = (u + np.uint32(0x1000)) & np.uint32(0xFFFFE000)
+    return np.where((u & 0x7F800000) == 0x7F800000, u, r).view(np.float32)
+
+
+def _operands(*arrays):
+    """The convolution's operands as the precision in force wants them."""
+    return tuple(to_tf32(a) for a in arrays) if _precision == "tf32" else arrays
 
 
 def asarray(a, dtype=None):
@@ -153,7 +191,8 @@ def _im2col(x, kernel, stride, padding, out_hw, channels_first=False):
 
 def conv2d_forward(x, w, b, stride, padding, relu=False):
     """``y = W * x + b`` (cross-correlation). x ``(N,C,H,W)``, w ``(O,C,kH,kW)`` -> ``(N,O,Ho,Wo)``.
-    With ``relu``, ``max(y, 0)`` as relu_forward (the CUDA kernels fuse it into the store)."""
+    With ``relu``, ``max(y, 0)`` as relu_forward (the CUDA kernels can fuse it into the store)."""
+    x, w = _operands(x, w)
     N, C, H, W = x.shape
     O, _, kH, kW = w.shape
     Ho = (H + 2 * padding[0] - kH) // stride[0] + 1
@@ -184,6 +223,7 @@ def conv2d_backward_input(gy, w, x_shape, stride, padding, bias=None):
     with in/out channels swapped, i.e. one more forward convolution (padding ``k - 1 - p``).
     Otherwise: one matrix product ``W^T gy`` and one strided add per kernel offset (col2im).
     """
+    gy, w = _operands(gy, w)
     N, C, H, W = x_shape
     O, _, kH, kW = w.shape
     _, _, Ho, Wo = gy.shape
@@ -214,6 +254,7 @@ def conv2d_backward_weight(gy, x, w_shape, stride, padding):
     channels ``c`` (its columns, its slice ``dW[:, c]``), so the parts never add up and the
     sum over the images is BLAS's, in one order, as with one product.
     """
+    gy, x = _operands(gy, x)
     O, C, kH, kW = w_shape
     N, _, Ho, Wo = gy.shape
     gy_t = gy.reshape(N, O, Ho * Wo).transpose(1, 0, 2).reshape(O, N * Ho * Wo)
