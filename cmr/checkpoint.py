@@ -139,7 +139,9 @@ def export(src, dst, dtype="float16", **card):
     """Write the model of checkpoint ``src`` to ``dst`` for shipping: its parameters in
     ``dtype`` (float16 halves the size; ``load_model`` reads them back as float32), its
     model and training configuration, the epoch, and ``card`` (JSON data: what the model
-    card states, e.g. its scores) under ``meta["card"]``; no optimizer state, no history."""
+    card states, e.g. its scores) under ``meta["card"]``; no optimizer state, no history.
+    The data folders of the training configuration keep their last part only
+    (``DATA/cmr``): a shipped file names no path of the machine that trained it."""
     meta, params, _ = load(src)
     for name, value in params.items():
         if value.dtype.kind == "f" and not np.all(np.isfinite(value.astype(dtype))):
@@ -147,6 +149,9 @@ def export(src, dst, dtype="float16", **card):
     arrays = {f"param/{k}": v.astype(dtype) if v.dtype.kind == "f" else v
               for k, v in params.items()}
     kept = {k: meta[k] for k in ("model", "train", "epoch", "best") if k in meta}
+    if "train" in kept:
+        kept["train"] = {k: f"DATA/{Path(v).name}" if k in ("data", "extra_data") and v else v
+                         for k, v in kept["train"].items()}
     kept["card"] = card
     arrays["meta"] = np.array(json.dumps(jsonable(kept), allow_nan=False))
     dst = Path(dst)

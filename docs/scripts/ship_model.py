@@ -1,15 +1,16 @@
 """Make the model that ships with cmr, and the figures of its model card.
 
-    python docs/scripts/ship_model.py RUN --data DATA [--out benchmarks/results/cpu/shipped_model]
+    python docs/scripts/ship_model.py RUN [RUN ...] --data DATA \
+        [--out benchmarks/results/cpu/shipped_model]
 
-``RUN`` is a ``cmr.train`` run folder trained with acdc96 (``--preset cpu16-acdc --data
-DATA/cmr --extra-data DATA/acdc96``); ``DATA`` holds ``cmr/``, ``acdc96/`` and
-``acdc96vol/``. Steps:
+Each ``RUN`` is a ``cmr.train`` run folder trained with acdc96 (``--preset cpu16-acdc --data
+DATA/cmr --extra-data DATA/acdc96``, one per seed, ``--split-seed 0``); ``DATA`` holds
+``cmr/``, ``acdc96/`` and ``acdc96vol/``. Steps:
 
-1. Of the run's ``best.npz`` (chosen on ``cmr/val`` during training) and ``last.npz``, keep
-   the one with the higher ACDC mean Dice (3-D, per volume) on acdc96vol's *validation*
-   patients: patients the run did not train on and that are not the test patients. The
-   test patients play no part in any choice.
+1. Of every run's ``best.npz`` (chosen on ``cmr/val`` during training) and ``last.npz``,
+   keep the one with the highest ACDC mean Dice (3-D, per volume) on acdc96vol's
+   *validation* patients: patients no run trained on and that are not the test patients.
+   The test patients play no part in any choice.
 2. Export it with float16 parameters (``cmr.checkpoint.export``) to ``cmr/models/``.
 3. Score the float32 checkpoint and the float16 export side by side on ``cmr/val`` (slice
    Dice), acdc96's held-out test patients (slice Dice, ``--transpose``) and acdc96vol's
@@ -59,7 +60,7 @@ def row(name, result):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path)
+    parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/cpu/shipped_model")
     parser.add_argument("--dst", type=Path, default=checkpoint.SHIPPED)
@@ -67,22 +68,25 @@ def main(argv=None):
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
 
-    # 1. best.npz or last.npz, chosen on acdc96vol's validation patients
+    # 1. a run's best.npz or last.npz, chosen on acdc96vol's validation patients
     val = load_split(args.data / "acdc96vol", "val")
-    choice = {}
-    for name in ("best.npz", "last.npz"):
-        model = checkpoint.load_model(args.run / name)[0]
-        choice[name] = evaluate(model, val)["volumes"]["dice"]["mean"]
-        print(f"{name}: acdc96vol val patients, 3-D mean Dice {choice[name]:.4f}")
+    choice, paths = {}, {}
+    for run in args.runs:
+        for name in ("best.npz", "last.npz"):
+            key = f"{run.name}/{name}"
+            paths[key] = run / name
+            choice[key] = evaluate(checkpoint.load_model(paths[key])[0], val)["volumes"][
+                "dice"]["mean"]
+            print(f"{key}: acdc96vol val patients, 3-D mean Dice {choice[key]:.4f}")
     chosen = max(choice, key=choice.get)
-    src = args.run / chosen
+    src = paths[chosen]
 
     # 2. the float16 export, 3. both scored
     checkpoint.export(src, args.dst)
-    results = {"float32 " + chosen: scores([checkpoint.load_model(src)[0]], args.data),
+    results = {"float32 " + chosen.split("/")[-1]: scores([checkpoint.load_model(src)[0]], args.data),
                "float16 export": scores([checkpoint.load_model(args.dst)[0]], args.data)}
     meta = checkpoint.load(src)[0]
-    card = {"name": NAME, "source": f"{args.run.name}/{chosen}", "epoch": meta["epoch"],
+    card = {"name": NAME, "source": chosen, "epoch": meta["epoch"],
             "chosen_by": {k: round(v, 4) for k, v in choice.items()},
             "parameters_dtype": "float16", "made": datetime.date.today().isoformat(),
             "commit": commit,
@@ -93,11 +97,13 @@ def main(argv=None):
     size = args.dst.stat().st_size
 
     lines = [f"# The shipped model ({NAME})", "",
-             f"`python docs/scripts/ship_model.py {args.run.name} --data DATA`  ",
+             f"`python docs/scripts/ship_model.py {' '.join(str(r) for r in args.runs)} "
+             "--data DATA`  ",
              f"date: {card['made']}; git {commit}; CPU (NumPy backend)  ",
-             f"source: `{args.run.name}/{chosen}` (epoch {meta['epoch']}), chosen over the "
-             "other checkpoint of the run by the 3-D mean Dice on acdc96vol's validation "
-             "patients: " + ", ".join(f"{k} {v:.4f}" for k, v in choice.items()) + "  ",
+             f"source: `{chosen}` (epoch {meta['epoch']}, seed {meta['train']['seed']}), "
+             "chosen over the other checkpoints by the 3-D mean Dice on acdc96vol's "
+             "validation patients: " + ", ".join(f"{k} {v:.4f}" for k, v in choice.items())
+             + "  ",
              f"export: `{args.dst.relative_to(ROOT) if args.dst.is_relative_to(ROOT) else args.dst}`"
              f", float16 parameters, {size / 1e6:.2f} MB", "",
              "| weights | set | slices | RV | Myo | LV | slice mean | RV 3-D | Myo 3-D | "

@@ -15,10 +15,12 @@ def test_export_keeps_the_weights_in_float16_and_drops_the_optimizer(tmp_path):
     from minicnn import optim
     opt = optim.Adam(model.parameters(), lr=1e-3)
     src, dst = tmp_path / "run.npz", tmp_path / "ship.npz"
-    checkpoint.save(src, model, {"train": {"seed": 0}, "epoch": 3, "history": [1, 2]}, opt)
+    train = {"seed": 0, "data": str(tmp_path / "data" / "cmr"), "extra_data": None}
+    checkpoint.save(src, model, {"train": train, "epoch": 3, "history": [1, 2]}, opt)
     checkpoint.export(src, dst, name="tiny", scores={"x": float("nan")})
     meta, params, optim_state = checkpoint.load(dst)
     assert optim_state == [] and "history" not in meta and meta["epoch"] == 3
+    assert meta["train"] == {"seed": 0, "data": "DATA/cmr", "extra_data": None}   # no path
     assert meta["card"] == {"name": "tiny", "scores": {"x": None}}
     assert all(p.dtype == np.float16 for p in params.values())
     loaded, _ = checkpoint.load_model(dst)
@@ -36,6 +38,7 @@ def test_no_checkpoint_means_the_shipped_model(tmp_path, capsys):
     assert checkpoint.resolve(None) == checkpoint.resolve([]) == [checkpoint.SHIPPED]
     meta = checkpoint.load(checkpoint.SHIPPED)[0]
     assert meta["model"]["base"] == 16 and meta["card"]["name"] == "cpu16-acdc"
+    assert meta["train"]["data"] == "DATA/cmr" and '"/' not in json.dumps(meta)  # no path
     assert checkpoint.SHIPPED.stat().st_size <= 10e6
     assert (checkpoint.SHIPPED.parent / "README.md").is_file()            # its model card
     from PIL import Image
