@@ -439,6 +439,9 @@ def build_parser():
     p.add_argument("--extra-data", help="a second data folder whose training split is added")
     p.add_argument("--extra-transpose", action="store_const", const=True,
                    help="transpose the --extra-data slices (acdc96 vs the coursework set)")
+    p.add_argument("--no-extra-transpose", dest="extra_transpose", action="store_const",
+                   const=False, help="do not (a folder in the coursework orientation, e.g. "
+                   "acdc96vol, with a preset that transposes)")
     p.add_argument("--extra-val", action="store_const", const=True,
                    help="add the --extra-data folder's validation split to the validation "
                    "set, which picks the best epoch (best.npz)")

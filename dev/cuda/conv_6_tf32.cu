@@ -62,9 +62,9 @@ __device__ __forceinline__ unsigned to_tf32(float f)
 
 // d = a b + c for one warp's 16x8x8 tile; every lane of the warp must call it
 // together (".sync.aligned"), each with its fragments (the table above).
-__device__ __forceinline__ void mma_tf32_m16n8k8(float d[4], const unsigned a[4],
-                                                 const unsigned b[2],
-                                                 const float c[4])
+__device__ __forceinline__ void
+mma_tf32_m16n8k8(float d[4], const unsigned a[4], const unsigned b[2],
+                 const float c[4])
 {
     asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
                  "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "

@@ -85,6 +85,9 @@ def test_augment_flag_and_presets_reach_the_config(tmp_path):
     assert best == dict(train.DEFAULTS, base=16, init="he", loss="ce+dice", schedule="cosine",
                         lr=1e-3, batch_size=10, epochs=50, norm="instance",
                         extra_transpose=True)          # the recipe of the README's best run
+    vol = train.config_from_args(parser.parse_args(["--preset", "cpu16-acdc",
+                                                    "--no-extra-transpose"]))
+    assert vol == dict(best, extra_transpose=False)   # acdc96vol: the coursework orientation
     # each preset is the configuration that its recorded run wrote (gpu64-strong: the GPU run
     # A7; cpu16-acdc-strong: the CPU run on the corrected acdc96 split)
     strong = train.config_from_args(parser.parse_args(["--preset", "gpu64-strong"]))
