@@ -441,41 +441,61 @@ def test_to_tf32_rounds_as_tensor_cores_do():
     np.testing.assert_array_equal(nb.to_tf32(x.astype(np.float64)), x.astype(np.float64))
 
 
-@pytest.mark.parametrize("stride, padding", [((1, 1), (1, 1)), ((2, 2), (1, 1))])
-def test_tf32_precision_rounds_every_convolution_pass(stride, padding):
-    """With ``set_precision("tf32")`` the NumPy backend's convolution, forward and both
-    gradients, is PyTorch's (float64) on operands rounded to TF32: x and W, then the output
-    gradient with W (input gradient) and with x (weight gradient); fp32 sums, so within
-    float32 rounding. It differs from the fp32 result by more than that, and float64 is not
-    rounded."""
+def _conv_and_grads(x, w, b, stride, padding, seed):
+    """minicnn's conv2d of float arrays: the output and the gradients of x, W and b for a
+    random output gradient (returned too)."""
+    ts = [minicnn.Tensor(a, requires_grad=True) for a in (x, w, b)]
+    y = F.conv2d(*ts, stride=stride, padding=padding)
+    gy = np.random.default_rng(seed).standard_normal(y.shape).astype(x.dtype)
+    y.backward(gy)
+    return [y.numpy()] + [t.grad for t in ts], gy
+
+
+@given(case=conv_case(), seed=seeds)
+def test_tf32_precision_rounds_every_convolution_pass(case, seed):
+    """With ``set_precision("tf32")`` the NumPy backend's convolution, forward and every
+    gradient, is PyTorch's (float64) on operands rounded to TF32 by an independent oracle:
+    x and W, then the output gradient with W (input gradient) and with x (weight gradient);
+    its sums are fp32, so within float32 rounding. The bias gradient, a plain sum of the
+    output gradient and no convolution, is not rounded."""
     from minicnn.backend import numpy_backend as nb
-    rng = np.random.default_rng(1)
-    x, w = (rng.standard_normal(s).astype(np.float32) for s in ((2, 5, 9, 9), (6, 5, 3, 3)))
-    b = rng.standard_normal(6).astype(np.float32)
-
-    def ours(dtype):
-        ts = [minicnn.Tensor(a.astype(dtype), requires_grad=True) for a in (x, w, b)]
-        y = F.conv2d(*ts, stride=stride, padding=padding)
-        gy = np.random.default_rng(2).standard_normal(y.shape).astype(dtype)
-        y.backward(gy)
-        return [y.numpy(), ts[0].grad, ts[1].grad], gy
-
-    fp32, gy = ours(np.float32)
-    f64_exact, _ = ours(np.float64)
+    N, C, O, H, W, kH, kW, stride, padding = case
+    rng = np.random.default_rng(seed)
+    x, w, b = (rng.standard_normal(s).astype(np.float32)
+               for s in ((N, C, H, W), (O, C, kH, kW), (O,)))
     previous = nb.set_precision("tf32")
     try:
-        tf32, _ = ours(np.float32)
-        f64, _ = ours(np.float64)
+        got, gy = _conv_and_grads(x, w, b, stride, padding, seed)
     finally:
         nb.set_precision(previous)
     xt, wt = (torch.tensor(_tf32_oracle(a), requires_grad=True) for a in (x, w))
     yt = TF.conv2d(xt, wt, torch.tensor(b, dtype=torch.float64), stride, padding)
-    gx, gw = torch.autograd.grad(yt, (xt, wt), torch.tensor(_tf32_oracle(gy)))
-    for name, got, ref, exact in zip(("y", "dx", "dW"), tf32, (yt, gx, gw), fp32):
+    refs = (yt,) + torch.autograd.grad(yt, (xt, wt), torch.tensor(_tf32_oracle(gy))) \
+        + (torch.tensor(gy.astype(np.float64).sum(axis=(0, 2, 3))),)   # a sum: not rounded
+    for name, a, ref in zip(("y", "dx", "dW", "db"), got, refs):
         ref = ref.detach().numpy()
-        scale = np.abs(ref).max()
-        assert np.abs(got - ref).max() <= 1e-5 * scale, name
-        assert np.abs(exact - ref).max() > 1e-5 * scale, name     # the rounding is there
+        assert a.shape == ref.shape and a.dtype == np.float32, name
+        assert np.abs(a - ref).max() <= 1e-5 * max(np.abs(ref).max(), 1.0), name
+
+
+def test_tf32_precision_changes_float32_only():
+    """The rounding is there (fp32 results differ from TF32 ones by more than float32
+    rounding), float64 is never rounded, and another precision is refused by name."""
+    from minicnn.backend import numpy_backend as nb
+    rng = np.random.default_rng(1)
+    x, w = (rng.standard_normal(s).astype(np.float32) for s in ((2, 5, 9, 9), (6, 5, 3, 3)))
+    b = rng.standard_normal(6).astype(np.float32)
+    args = ((1, 1), (1, 1), 2)
+    fp32, _ = _conv_and_grads(x, w, b, *args)
+    f64_exact, _ = _conv_and_grads(*(a.astype(np.float64) for a in (x, w, b)), *args)
+    previous = nb.set_precision("tf32")
+    try:
+        tf32, _ = _conv_and_grads(x, w, b, *args)
+        f64, _ = _conv_and_grads(*(a.astype(np.float64) for a in (x, w, b)), *args)
+    finally:
+        nb.set_precision(previous)
+    for name, a, e in zip(("y", "dx", "dW"), tf32, fp32):
+        assert np.abs(a - e).max() > 1e-5 * np.abs(e).max(), name     # the rounding is there
     for a, e in zip(f64, f64_exact):
         np.testing.assert_array_equal(a, e)
     with pytest.raises(ValueError, match=r"set_precision: expected one of \['fp32', 'tf32'\]"):

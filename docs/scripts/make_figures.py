@@ -732,8 +732,8 @@ def fig_cuda_ladder_loads():
 def _tf32(value):
     """float32 ``value`` rounded to TF32 as cvt.rna.tf32.f32 does (rung 6): 10
     mantissa bits, to nearest, ties away from zero."""
-    bits = np.array([value], np.float32).view(np.uint32)
-    return ((bits + 0x1000) & 0xFFFFE000).astype(np.uint32).view(np.float32)[0]
+    from minicnn.backend import numpy_backend
+    return numpy_backend.to_tf32(np.array([value], np.float32))[0]
 
 
 @figure("cuda_tf32_bits")
