@@ -172,6 +172,7 @@ def machine_info(device, query_gpu=True):
         from minicnn.backend.cuda import config   # importable without CuPy
         info["conv_variant"] = config.current().variant   # the build in force (read once)
         info["untimed"] = config.current().untimed_name   # untimed changes on (none: shipped)
+        info["precision"] = config.current().precision    # of our convolutions (fp32: default)
         if query_gpu:
             info["gpu"] = gpu_name()
     return info
@@ -180,7 +181,10 @@ def machine_info(device, query_gpu=True):
 def machine_line(meta):
     """One line naming the machine, for table headers."""
     where = f"{meta.get('gpu')}, conv kernels '{meta.get('conv_variant', 'plain')}', " \
-        f"untimed changes '{meta.get('untimed', 'none')}'" if meta.get("device") == "cuda" else f"{meta['cpu']} ({meta['cores']} cores)" + (
+        f"untimed changes '{meta.get('untimed', 'none')}'" + (
+            f", our convolutions in {meta['precision'].upper()}"
+            if meta.get("precision", "fp32") != "fp32" else "") \
+        if meta.get("device") == "cuda" else f"{meta['cpu']} ({meta['cores']} cores)" + (
             f", OpenBLAS kernels {meta['openblas_core']}" if meta.get("openblas_core") else "")
     load = meta.get("load_average_1_5_15min")
     load = f", load {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}" if load else ""

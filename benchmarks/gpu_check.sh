@@ -14,6 +14,8 @@
 #   2. a direct self-check of every shipped kernel against numpy_backend (all conv tile
 #      shapes, split-K, U-Net-sized layers, pool / relu / loss / optimizers bit for bit);
 #      2b. the same with every untimed change on (MINICNN_CUDA_UNTIMED=all: NOTES 16-23)
+#      2c. the same with our convolutions on the tensor cores (MINICNN_CUDA_PRECISION=tf32,
+#      kernels/conv_tf32.cu), against numpy_backend's TF32 emulation (NOTES 31)
 #   3. the CUDA tests against PyTorch (ops, optimizers, the U-Net, the first training steps
 #      against the NumPy backend):  MINICNN_TEST_CUDA=1 pytest -q tests -k "cuda and not emulator"
 #      (the CPU emulator of the kernels is for machines without a GPU)
@@ -27,7 +29,10 @@
 #   6a. bench_train.py with every untimed change on (MINICNN_CUDA_UNTIMED=all), against
 #      PyTorch fp32 in the same run: step 6's ratio against this one decides NOTES 30
 #                                                                     ($OUT/train_untimed)
-#   6b. dev/cuda/ladder.py --check --bench: every rung of the ladder checked, then timed
+#   6b. bench_train.py --tf32 with our convolutions in TF32 (MINICNN_CUDA_PRECISION=tf32):
+#      the step against PyTorch's default (cuDNN TF32), side by side (NOTES 31's target:
+#      <= 1.0x), and the first-step loss                                ($OUT/train_tf32)
+#   6c. dev/cuda/ladder.py --check --bench: every rung of the ladder checked, then timed
 #      against the rung below and cuDNN fp32 / TF32 (--checks-only: checked only)  ($OUT/ladder)
 #   7. bench_ops.py --tf32: every op of a step against cuDNN fp32, the 3x3 convolutions also
 #      against cuDNN with TF32                                               ($OUT/ops)
@@ -159,7 +164,8 @@ from minicnn.backend import numpy_backend as nb
 from minicnn.backend.cuda import planner, runtime
 cb = backend.get("cuda")
 print("conv build:", cb.current_config().variant, "untimed changes:",
-      cb.current_config().untimed_name, flush=True)
+      cb.current_config().untimed_name, "precision:", cb.current_config().precision, flush=True)
+nb.set_precision(cb.current_config().precision)   # TF32: the same operands, rounded the same
 FAKE = cupy.__version__ == "fake"     # a CPU stand-in used to test this script itself
 TOL = {np.float32: 3e-4, np.float64: 1e-10}
 fails, checks = [], [0]
@@ -554,6 +560,7 @@ export CMR_DATA
 step "versions" 30 bash -c versions
 step "kernel self-check vs numpy_backend" 60 bash -c selfcheck
 step "kernel self-check, untimed changes on" 60 env MINICNN_CUDA_UNTIMED=all bash -c selfcheck
+step "kernel self-check, TF32 tensor cores" 60 env MINICNN_CUDA_PRECISION=tf32 bash -c selfcheck
 step "pytest -k cuda" 150 "$PYTHON" -m pytest -q -p no:cacheprovider tests -k "cuda and not emulator" -rs --tb=short
 if command -v compute-sanitizer >/dev/null; then
     step "compute-sanitizer memcheck (test_ops -k cuda)" 90 bash -c sanitized_ops
@@ -575,6 +582,9 @@ if [ "$BENCH" = 1 ]; then
     step "bench_train --device cuda, untimed changes on" 60 \
         env MINICNN_CUDA_UNTIMED=all "$PYTHON" benchmarks/bench_train.py --device cuda \
         ${OUT:+--out "$OUT/train_untimed"}
+    step "bench_train --device cuda --tf32, our convolutions in TF32" 100 \
+        env MINICNN_CUDA_PRECISION=tf32 "$PYTHON" benchmarks/bench_train.py --device cuda \
+        --tf32 ${OUT:+--out "$OUT/train_tf32"}
     # the ladder (dev/cuda): every rung checked against numpy_backend, then timed at the
     # U-Net's 3x3 layers against the rung below and cuDNN fp32 / TF32   ($OUT/ladder)
     step "ladder: check and time every rung (dev/cuda/ladder.py)" 150 \

@@ -23,6 +23,7 @@ probabilities.
 """
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -225,9 +226,17 @@ def run(cfg, out, resume=False, say=print, progress=True, overwrite=False,
 
 @contextlib.contextmanager
 def precision(cfg):
-    """The run's precision of the convolutions, ``cfg["precision"]``, while it trains:
-    ``tf32`` is the NumPy backend's emulation of tensor-core rounding
-    (``numpy_backend.set_precision``); the setting before is restored after."""
+    """The run's precision of the convolutions, ``cfg["precision"]``, while it trains: on the
+    CUDA backend ``tf32`` runs the float32 convolutions on the tensor cores
+    (``CudaConfig(precision="tf32")``, kernels/conv_tf32.cu); on the NumPy backend it is the
+    emulation of their rounding (``numpy_backend.set_precision``). The setting before is
+    restored after."""
+    if cfg["backend"] == "cuda":
+        from minicnn.backend.cuda import config as cuda_config
+        with cuda_config.configured(dataclasses.replace(cuda_config.current(),
+                                                        precision=cfg["precision"])):
+            yield
+        return
     previous = numpy_backend.set_precision(cfg["precision"])
     try:
         yield
@@ -265,7 +274,8 @@ def _train(cfg, out, resume, say, progress, world):
     say(f"U-Net base {cfg['base']}, depth {cfg['depth']}, norm {cfg['norm']}: "
         f"{model.num_parameters():,} parameters;"
         f" backend {cfg['backend']}"
-        + ("; TF32 convolutions (emulated)" if cfg["precision"] == "tf32" else "")
+        + ("" if cfg["precision"] == "fp32" else "; TF32 convolutions"
+           + (" (tensor cores)" if cfg["backend"] == "cuda" else " (emulated)"))
         + f"; loss {cfg['loss']}; {cfg['optimizer']} lr {cfg['lr']}"
         + (f"; {world.size} ranks" if world.size > 1 else ""))
     loss_fn = world.loss(cfg["loss"], lambda term: make_loss(term, cfg["class_weights"]),
@@ -448,9 +458,10 @@ def build_parser():
     p.add_argument("--backend", choices=["numpy", "cuda"])
     p.add_argument("--precision", choices=numpy_backend.PRECISIONS,
                    help="of the convolutions: fp32 (default), or tf32, their float32 operands "
-                   "rounded to TF32's 10 mantissa bits as tensor cores do (emulated on the "
-                   "NumPy backend, to measure what it costs in accuracy; the CUDA backend "
-                   "has no TF32 kernels yet: they are rung 6 of dev/cuda, untimed)")
+                   "rounded to TF32's 10 mantissa bits: on the CUDA backend the tensor-core "
+                   "kernels (kernels/conv_tf32.cu; no GPU has timed them yet), on the NumPy "
+                   "backend an emulation of their rounding (to measure what it costs in "
+                   "accuracy)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults; "
                    "explicit flags override it (each one's settings and time: below)")
     p.add_argument("--epochs", type=int)
@@ -514,10 +525,6 @@ def config_from_args(args):
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
     if cfg["lr"] <= 0:
         raise ValueError(f"--lr must be > 0, got {cfg['lr']}")
-    if cfg["precision"] == "tf32" and cfg["backend"] == "cuda":
-        raise ValueError("--precision tf32 runs on the NumPy backend only (an emulation): "
-                         "the CUDA TF32 kernels are rung 6 of dev/cuda, not yet in the "
-                         "library (no GPU has timed them)")
     if cfg["extra_val"] and not cfg["extra_data"]:
         raise ValueError("--extra-val needs --extra-data (the folder whose validation split "
                          "it adds)")

@@ -6,9 +6,9 @@ finding and compiling the sources: the launch code is ``minicnn/backend/cuda/``.
 
 ``source(name)`` is the text of ``NAME.cu``; ``module(name, options)`` compiles it with NVRTC
 through ``cupy.RawModule`` (once per process and option set; CuPy also caches the binary on
-disk). The ``#include "common.cuh"`` of every file is resolved by putting this folder on the
-include path (``-I``). CuPy is imported inside ``module`` only, so this package imports
-without it.
+disk). Their ``#include``s of the headers here (``common.cuh``; ``conv_problems.cuh``, shared
+by conv.cu and conv_tf32.cu) are resolved by putting this folder on the include path
+(``-I``). CuPy is imported inside ``module`` only, so this package imports without it.
 """
 import functools
 import hashlib

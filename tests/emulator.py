@@ -27,6 +27,8 @@ KERNELS = os.path.join(ROOT, "kernels")
 LADDER = os.path.join(ROOT, "dev", "cuda")
 CXX = shutil.which(os.environ.get("CXX", "g++"))
 INCLUDES = ("-I", EMU, "-I", KERNELS, "-I", LADDER)
+# the sources built with a conv build's -D options (conv_tf32 and rung 5 include its problems)
+CONV_BUILDS = ("conv", "conv_tf32", "conv_5_winograd")
 
 
 def options(variant):
@@ -67,7 +69,7 @@ def kernel_signatures(source, variant="plain"):
     the Winograd rung built as ``variant``), from the C++ preprocessor (the entry points are
     written by macros)."""
     src = f'#include "cuda_emu.h"\n#include "{source}.cu"\n'
-    opts = options(variant) if source in ("conv", "conv_5_winograd") else ()
+    opts = options(variant) if source in CONV_BUILDS else ()
     r = subprocess.run([CXX, "-E", "-P", "-std=c++20", *opts, *INCLUDES, "-x", "c++", "-"],
                        input=src, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -98,6 +100,8 @@ def check_arguments(sigs, name, grid, block, args):
     tile = re.search(r"_(m\d+n\d+)_f", name)
     if tile:
         assert tuple(block) == (planner.tile_threads(tile.group(1)),), (name, block)
+    if name.startswith("conv2d_") and name.endswith("_tf32"):
+        assert tuple(block) == (planner.TF32_THREADS,), (name, block)
 
 
 class FakeDevice:
@@ -161,7 +165,7 @@ def library(source, variant, build_dir):
     lib = src[:-4] + ".so"
     with open(src, "w") as f:
         f.write("\n".join(lines) + "\n")
-    opts = options(variant) if source in ("conv", "conv_5_winograd") else ()
+    opts = options(variant) if source in CONV_BUILDS else ()
     build = [CXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-fno-strict-aliasing", *opts,
              *INCLUDES, src, "-o", lib]
     r = subprocess.run(build, capture_output=True, text=True, timeout=900)
@@ -192,13 +196,69 @@ def emulated_kernel(source, variant, build_dir, name):
     return launch
 
 
-def use_the_emulator(monkeypatch, variant, build_dir, untimed=()):
-    """The CUDA backend with the conv build ``variant`` and the ``untimed`` changes in force,
-    CuPy replaced by EmuCupy and each kernel by the emulator's (132 SMs, as an H100's)."""
+def use_the_emulator(monkeypatch, variant, build_dir, untimed=(), precision="fp32"):
+    """The CUDA backend with the conv build ``variant``, the ``untimed`` changes and the
+    ``precision`` in force, CuPy replaced by EmuCupy and each kernel by the emulator's (132
+    SMs, as an H100's)."""
     monkeypatch.setattr(config, "_current", config.CudaConfig(
-        features=config.CudaConfig.from_variant(variant).features, untimed=untimed))
+        features=config.CudaConfig.from_variant(variant).features, untimed=untimed,
+        precision=precision))
     monkeypatch.setattr(runtime, "cupy", EmuCupy)
     monkeypatch.setattr(runtime, "kernel", lambda module, name: emulated_kernel(
-        module, variant if module == "conv" else "plain", build_dir, name))
+        module, variant if module in CONV_BUILDS else "plain", build_dir, name))
     monkeypatch.setattr(runtime, "num_sms", lambda: 132)
     monkeypatch.setattr(runtime, "_device_scratch", lambda device_id: EmuCupy.zeros(1, np.int32))
+
+
+class EmuGpuArray(EmuArray):
+    """An array on the emulated GPU: NumPy's, that minicnn takes for a CuPy array (see
+    ``use_the_emulated_gpu``)."""
+
+
+class NumpyAsCupy(types.ModuleType):
+    """All of NumPy as CuPy: every function of NumPy, with new arrays (and the results of
+    functions that would return a plain ndarray) as EmuGpuArray; ufuncs keep the subclass
+    themselves. ``asnumpy`` gives a plain ndarray back."""
+    ndarray = EmuGpuArray
+    cuda = EmuCupy.cuda
+
+    def __getattr__(self, name):
+        f = getattr(np, name)
+        if isinstance(f, (np.ufunc, type)) or not callable(f):
+            return f
+
+        def on_the_gpu(*args, **kwargs):
+            r = f(*args, **kwargs)
+            return r.view(EmuGpuArray) if type(r) is np.ndarray else r
+        return on_the_gpu
+
+    def asarray(self, a, dtype=None):
+        return np.asarray(a, dtype=dtype).view(EmuGpuArray)
+
+    def ascontiguousarray(self, a):
+        return np.ascontiguousarray(a).view(EmuGpuArray)
+
+    def empty(self, shape, dtype=np.float64):
+        return np.empty(shape, dtype).view(EmuGpuArray)
+
+    def zeros(self, shape, dtype=np.float64):
+        return np.zeros(shape, dtype).view(EmuGpuArray)
+
+    def asnumpy(self, a):
+        return np.asarray(a).view(np.ndarray)
+
+
+def use_the_emulated_gpu(monkeypatch, build_dir, precision="fp32"):
+    """The whole CUDA backend usable on the CPU, for models and training runs: the shipped
+    conv build with ``precision``, each kernel run by the emulator, CuPy replaced by NumPy
+    (``NumpyAsCupy``), the GPU reported present, and ``minicnn.backend.of`` taking an
+    EmuGpuArray for a CUDA array. ``.to("cuda")`` then moves a tensor there."""
+    from minicnn import backend
+    from minicnn.backend import cuda
+    use_the_emulator(monkeypatch, config.CudaConfig().variant, build_dir, precision=precision)
+    gpu = NumpyAsCupy("cupy_emulated")
+    monkeypatch.setattr(runtime, "cupy", gpu)
+    monkeypatch.setattr(cuda, "xp", gpu)
+    monkeypatch.setattr(runtime, "_availability", True)
+    of = backend.of
+    monkeypatch.setattr(backend, "of", lambda a: cuda if isinstance(a, EmuGpuArray) else of(a))

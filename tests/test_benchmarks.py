@@ -107,9 +107,9 @@ def test_agreement_measure():
 
 
 def test_machine_line_names_the_conv_build(monkeypatch):
-    """A CUDA report names the conv build and the untimed changes it timed: the configuration
-    in force, made from MINICNN_CONV_VARIANT and MINICNN_CUDA_UNTIMED once (gpu_check.sh
-    times each configuration in its own process)."""
+    """A CUDA report names the conv build, the untimed changes and the precision it timed: the
+    configuration in force, made from MINICNN_CONV_VARIANT, MINICNN_CUDA_UNTIMED and
+    MINICNN_CUDA_PRECISION once (gpu_check.sh times each configuration in its own process)."""
     sys.path.insert(0, BENCH)
     try:
         import common
@@ -125,7 +125,14 @@ def test_machine_line_names_the_conv_build(monkeypatch):
     monkeypatch.setenv("MINICNN_CUDA_UNTIMED", "all")            # gpu_check's steps 6a / 7a
     meta = common.machine_info("cuda", query_gpu=False)
     assert meta["untimed"] == "all" and "untimed changes 'all'" in common.machine_line(meta)
+    assert meta["precision"] == "fp32" and "TF32" not in common.machine_line(meta)
     monkeypatch.delenv("MINICNN_CUDA_UNTIMED")
+    monkeypatch.setattr(config, "_current", None)
+    monkeypatch.setenv("MINICNN_CUDA_PRECISION", "tf32")         # gpu_check's step 6b
+    meta = common.machine_info("cuda", query_gpu=False)
+    assert meta["precision"] == "tf32"
+    assert "our convolutions in TF32" in common.machine_line(meta)
+    monkeypatch.delenv("MINICNN_CUDA_PRECISION")
     monkeypatch.setattr(config, "_current", None)
     monkeypatch.setenv("MINICNN_CONV_VARIANT", "winograd")       # left the library: refused
     with pytest.raises(ValueError, match="MINICNN_CONV_VARIANT='winograd'"):

@@ -116,6 +116,20 @@ def test_plan_gemm_with_tiles_covers_any_problem():
         assert (tile == "m32n128") == (M <= 32)
 
 
+@pytest.mark.parametrize("M, Ncols, K, split_k, grid, k_chunk", [
+    (64, 55296, 576, False, (864, 1, 1), 576),          # a forward: whole K, one slice
+    (4, 230400, 64, False, (3600, 1, 1), 64),
+    (64, 576, 230400, True, (9, 1, 59), 3912),          # the first layer's weight gradient
+    (16, 27, 84, True, (1, 1, 1), 88),                  # too short to split
+    (1024, 4608, 900, True, (72, 16, 1), 904)])         # enough blocks: no split
+def test_plan_tf32(M, Ncols, K, split_k, grid, k_chunk):
+    """The tensor cores' one tile, 64 x 64 with K steps of 8: K split as plan_gemm splits it,
+    in whole steps, no slice empty."""
+    assert planner.plan_tf32(M, Ncols, K, 132, split_k=split_k) == (grid, k_chunk)
+    assert k_chunk % 8 == 0 or not split_k and k_chunk == K
+    assert (grid[2] - 1) * k_chunk < K <= grid[2] * k_chunk
+
+
 def test_tile_cost_model():
     # the same blocks per SM: the tile with less overhead per FMA is cheaper
     assert planner.tile_cost("m128n128", 256, 256 * 132, 64, 132) < \
@@ -145,24 +159,25 @@ def test_tiles_feature_reaches_the_planner(monkeypatch):
         assert seen.pop() == tiles
 
 
-def _run_conv_launchers(variant, untimed, monkeypatch):
-    """Run the conv launchers of build ``variant`` (``untimed`` changes on) at U-Net sizes on
-    NumPy arrays with a stand-in for CuPy, checking each launch's arguments against its
-    kernel's parameter types without running it. Returns the kinds of kernel launched (names
-    without tile and dtype suffixes)."""
-    sigs = emu.kernel_signatures("conv", variant)
+def _run_conv_launchers(variant, untimed, monkeypatch, precision="fp32"):
+    """Run the conv launchers of build ``variant`` (``untimed`` changes on, ``precision``) at
+    U-Net sizes on NumPy arrays with a stand-in for CuPy, checking each launch's arguments
+    against its kernel's parameter types without running it. Returns the kinds of kernel
+    launched (names without tile and dtype suffixes; the tensor cores' keep ``_tf32``)."""
+    sigs = {m: emu.kernel_signatures(m, variant) for m in ("conv", "conv_tf32")}
     launched = []
 
     def fake_kernel(module, name):
         def launch(grid, block, args):
-            emu.check_arguments(sigs, name, grid, block, args)
+            emu.check_arguments(sigs[module], name, grid, block, args)
             if name.startswith("conv1x1_backward_weight"):
                 assert block == (planner.NARROW_THREADS,)
             launched.append(name)
         return launch
 
     monkeypatch.setattr(config, "_current", CudaConfig(
-        features=CudaConfig.from_variant(variant).features, untimed=untimed))
+        features=CudaConfig.from_variant(variant).features, untimed=untimed,
+        precision=precision))
     monkeypatch.setattr(runtime, "cupy", emu.EmuCupy)
     monkeypatch.setattr(runtime, "kernel", fake_kernel)
     monkeypatch.setattr(ops, "relu_forward", lambda y: launched.append("relu_forward") or y)
@@ -202,6 +217,22 @@ def test_conv_launchers_match_the_kernel_signatures(variant, untimed, monkeypatc
     assert (NARROW <= kinds) == ("narrow_1x1" in untimed)
     assert not (NARROW & kinds) or "narrow_1x1" in untimed
     assert ("relu_forward" in kinds) == ("conv_relu" not in untimed)
+    assert not any(k.endswith("_tf32") for k in kinds)
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to read the signatures")
+@pytest.mark.filterwarnings("ignore:invalid value encountered")   # kernels not run: empty arrays
+@pytest.mark.parametrize("untimed", [(), config.UNTIMED])
+def test_tf32_launchers_match_the_kernel_signatures(untimed, monkeypatch):
+    """With precision "tf32" every float32 GEMM takes kernels/conv_tf32.cu's kernel of the
+    same name (same arguments, its own block) and float64 stays on conv.cu's tiles; the
+    narrow 1x1 kernels (fp32 FMAs) serve float64 only, even with narrow_1x1 on."""
+    kinds = _run_conv_launchers(DEFAULT, untimed, monkeypatch, precision="tf32")
+    gemms = {"conv2d_forward", "conv2d_backward_input", "conv2d_backward_input_partition",
+             "conv2d_backward_weight"}
+    assert {f"{g}_tf32" for g in gemms} | gemms | {"splitk_reduce_f32"} <= kinds
+    assert not {n for n in NARROW if n.endswith("f32")} & kinds
+    assert ("conv1x1_backward_input_f64" in kinds) == ("narrow_1x1" in untimed)
 
 
 @pytest.mark.skipif(CXX is None, reason=NO_CXX)
@@ -246,6 +277,156 @@ def test_conv_launchers_compute_the_convolution_in_the_emulator(variant, untimed
                 assert got.shape == ref.shape and got.dtype == ref.dtype, (what, got.shape)
                 err = float(np.abs(got - ref).max()) / scale
                 assert err <= tol, (what, dtype.__name__, (N, C, H, W, O, k, s, p), err)
+
+
+GUARD = 256          # elements of guard zone each side of an array in the TF32 test below
+
+
+class GuardedCupy(emu.EmuCupy):
+    """EmuCupy whose new arrays start as NaN (an element never written is caught) between
+    zones of a sentinel (a write out of bounds is caught); ``guarded`` puts an input between
+    NaN zones (a read out of bounds poisons the result)."""
+    buffers = []
+
+    @staticmethod
+    def _between(shape, dtype, fill, guard):
+        n = int(np.prod(shape))
+        buf = np.full(n + 2 * GUARD, guard, dtype)
+        buf[GUARD:GUARD + n] = fill
+        return buf, buf[GUARD:GUARD + n].reshape(shape).view(emu.EmuArray)
+
+    @classmethod
+    def empty(cls, shape, dtype=np.float64):
+        buf, view = cls._between(shape, dtype, np.nan, 12345.0)
+        cls.buffers.append(buf)
+        return view
+
+    @classmethod
+    def guarded(cls, a):
+        return cls._between(a.shape, a.dtype, a.ravel(), np.nan)[1]
+
+    @classmethod
+    def guards_intact(cls):
+        return all((b[:GUARD] == 12345.0).all() and (b[-GUARD:] == 12345.0).all()
+                   for b in cls.buffers)
+
+
+TF32_SHAPES = [(2, 16, 6, 8, 17, 3, 1, 1),
+               (2, 70, 5, 5, 66, 3, 1, 1),      # two blocks of rows, K not a multiple of 8
+               (1, 1100, 2, 2, 16, 3, 1, 1),    # long K
+               (4, 3, 24, 24, 5, 3, 1, 1),      # the weight gradient's K split in 5
+               (2, 5, 9, 9, 6, 3, 2, 1),        # stride 2
+               (2, 6, 4, 6, 7, 2, 2, 0),        # up-convolution (partition)
+               (3, 17, 5, 5, 3, 1, 1, 0)]       # 1x1 head
+
+
+@pytest.mark.skipif(CXX is None, reason=NO_CXX)
+def test_tf32_launchers_compute_the_rounded_convolution_in_the_emulator(monkeypatch,
+                                                                       tmp_path_factory):
+    """With CudaConfig(precision="tf32") the conv primitives, launchers and kernels
+    (kernels/conv_tf32.cu, its mma.sync by tests/kernel_emu/mma_emu.h) together, against
+    numpy_backend with set_precision("tf32"), which rounds the same operands the same way: a
+    product of two TF32 values is exact in fp32, so only the order of the fp32 sums differs
+    (2e-5 of the scale, as for fp32). Against numpy_backend in fp32 they differ by more than
+    5e-5 (measured: 2.4e-4 to 4.8e-4; TF32's unit roundoff is 2^-11 = 4.9e-4): the rounding
+    is there. float64 is not rounded. Outputs start as NaN between sentinel zones, inputs sit
+    between NaN zones."""
+    emu.use_the_emulator(monkeypatch, DEFAULT, str(tmp_path_factory.getbasetemp()),
+                         precision="tf32")
+    monkeypatch.setattr(runtime, "cupy", GuardedCupy)
+    monkeypatch.setattr(GuardedCupy, "buffers", [])
+    rng = np.random.default_rng(32)
+    for dtype in (np.float32, np.float64):
+        for (N, C, H, W, O, k, s, p) in TF32_SHAPES if dtype == np.float32 else TF32_SHAPES[:1]:
+            x = rng.standard_normal((N, C, H, W)).astype(dtype)
+            w = rng.standard_normal((O, C, k, k)).astype(dtype)
+            b, bc = rng.standard_normal(O).astype(dtype), rng.standard_normal(C).astype(dtype)
+            s2, p2 = (s, s), (p, p)
+            gy = rng.standard_normal(nb.conv2d_forward(x, w, b, s2, p2).shape).astype(dtype)
+            xg, wg, gyg = (GuardedCupy.guarded(a) for a in (x, w, gy))
+            got = {"forward": cb.conv2d_forward(xg, wg, b, s2, p2),
+                   "forward + ReLU": cb.conv2d_forward(xg, wg, b, s2, p2, relu=True),
+                   "input gradient + bias": cb.conv2d_backward_input(gyg, wg, x.shape, s2, p2,
+                                                                     bias=bc),
+                   "weight gradient": cb.conv2d_backward_weight(gyg, xg, w.shape, s2, p2)}
+            refs = {}
+            for precision in ("tf32", "fp32"):
+                previous = nb.set_precision(precision)
+                try:
+                    refs[precision] = {
+                        "forward": nb.conv2d_forward(x, w, b, s2, p2),
+                        "forward + ReLU": nb.conv2d_forward(x, w, b, s2, p2, relu=True),
+                        "input gradient + bias": nb.conv2d_backward_input(gy, w, x.shape, s2,
+                                                                          p2, bias=bc),
+                        "weight gradient": nb.conv2d_backward_weight(gy, x, w.shape, s2, p2)}
+                finally:
+                    nb.set_precision(previous)
+            for what, out in got.items():
+                ref, fp32 = refs["tf32"][what], refs["fp32"][what]
+                case = (what, dtype.__name__, (N, C, H, W, O, k, s, p))
+                assert out.shape == ref.shape and out.dtype == ref.dtype, case
+                assert not np.isnan(out).any(), case + ("NaN: unwritten, or a bad read",)
+                scale = max(1.0, float(np.abs(ref).max()))
+                err = float(np.abs(out - ref).max()) / scale
+                off = float(np.abs(out - fp32).max()) / scale
+                if dtype == np.float32:
+                    assert err <= 2e-5 and off > 5e-5, case + (err, off)
+                else:
+                    assert err <= 1e-12, case + (err,)
+    assert GuardedCupy.guards_intact(), "a kernel wrote out of bounds"
+
+
+def _two_training_steps(device):
+    """Two Adam steps of a small U-Net-like model (3x3 convolutions, max-pool, up-convolution,
+    concatenation, 1x1 head, cross-entropy) on ``device``: the losses and the parameters."""
+    import minicnn
+    from minicnn import functional as F, nn, optim
+    minicnn.manual_seed(0)
+    enc, mid = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 8, 3, padding=1)
+    up, head, pool = nn.ConvTranspose2d(8, 4, 2, stride=2), nn.Conv2d(8, 3, 1), nn.MaxPool2d(2)
+    params = []
+    for m in (enc, mid, up, head):
+        m.to(device)
+        params += list(m.parameters())
+    opt = optim.Adam(params, lr=1e-2)
+    rng = np.random.default_rng(0)
+    x = minicnn.Tensor(rng.standard_normal((2, 1, 8, 8)).astype(np.float32)).to(device)
+    t = minicnn.Tensor(rng.integers(0, 3, (2, 8, 8))).to(device)
+    losses = []
+    for _ in range(2):
+        a = F.relu(enc(x))
+        y = head(F.cat([a, up(F.relu(mid(pool(a))))], 1))
+        loss = F.cross_entropy(y, t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert loss.device == device
+        losses.append(float(loss.numpy()))
+    return losses, [p.numpy() for p in params]
+
+
+@pytest.mark.skipif(CXX is None, reason=NO_CXX)
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_training_steps_in_the_emulator_match_the_numpy_backend(precision, monkeypatch,
+                                                              tmp_path_factory):
+    """Model, autograd and optimizer on the CUDA backend, every kernel run by the emulator
+    (``emulator.use_the_emulated_gpu``), against the NumPy backend in the same precision:
+    the losses and the parameters after two steps agree to fp32 rounding (1e-6); in TF32
+    they differ from the NumPy backend's fp32 by more than 1e-6 (measured: 6e-5)."""
+    emu.use_the_emulated_gpu(monkeypatch, str(tmp_path_factory.getbasetemp()), precision)
+    losses, params = _two_training_steps("cuda")
+    runs = {}
+    for p in ("fp32", "tf32"):
+        previous = nb.set_precision(p)
+        try:
+            runs[p] = _two_training_steps("cpu")
+        finally:
+            nb.set_precision(previous)
+    same, fp32 = runs[precision], runs["fp32"]
+    np.testing.assert_allclose(losses, same[0], rtol=1e-6)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(params, same[1])) <= 1e-6
+    if precision == "tf32":
+        assert max(float(np.abs(a - b).max()) for a, b in zip(params, fp32[1])) > 1e-6
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
@@ -540,6 +721,24 @@ def test_untimed_changes_are_off_by_default_and_named_once():
             CudaConfig(untimed=bad)
     with pytest.raises(ValueError, match="unknown change 'vec4'"):
         CudaConfig().tries("vec4")
+
+
+def test_precision_is_fp32_unless_asked_and_refused_in_one_line():
+    assert CudaConfig().precision == "fp32" and not CudaConfig().tensor_cores
+    assert config.PRECISIONS == ("fp32", "tf32")
+    t = CudaConfig(precision="tf32")
+    assert t.tensor_cores and t.variant == DEFAULT and t.untimed == ()
+    assert t.conv_options() == CudaConfig().conv_options()     # conv_tf32.cu shares them
+    assert CudaConfig.from_env({"MINICNN_CUDA_UNTIMED": "all"}).precision == "fp32"
+    assert CudaConfig.from_env({"MINICNN_CUDA_PRECISION": "tf32"}) == t
+    with pytest.raises(ValueError, match=re.escape(
+            "MINICNN_CUDA_PRECISION='fp16': expected one of ['fp32', 'tf32']")):
+        CudaConfig.from_env({"MINICNN_CUDA_PRECISION": "fp16"})
+    for bad in ("TF32", "fp16", None):
+        with pytest.raises(ValueError, match=re.escape(
+                f"CudaConfig: precision must be one of ['fp32', 'tf32'], got {bad!r}")) as err:
+            CudaConfig(precision=bad)
+        assert "\n" not in str(err.value)
 
 
 def test_config_is_read_from_the_environment_once(monkeypatch):

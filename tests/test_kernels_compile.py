@@ -10,6 +10,7 @@
 """
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -134,6 +135,9 @@ def test_kernels_compile_with_nvrtc(name, variant, monkeypatch):
         "loss": {f"softmax_xent_{k}_{t}" for k in ("forward", "backward", "reduce") for t in dts},
         "optim": {f"{o}_update_{t}" for o in ("adam", "sgd", "adagrad") for t in dts},
         "conv": conv,
+        "conv_tf32": {f"{k}_tf32" for k in ("conv2d_forward", "conv2d_backward_input",
+                                            "conv2d_backward_input_partition",
+                                            "conv2d_backward_weight")},
         "conv_5_winograd": conv | winograd,      # rung 5 includes rung 4 (conv.cu)
     }[name]
     tiles = {f"conv2d_forward_{tile}_f32" for tile in ("m128n64", "m64n128")}
@@ -143,6 +147,21 @@ def test_kernels_compile_with_nvrtc(name, variant, monkeypatch):
     if name == "conv":
         assert not (winograd & entries), "Winograd's kernels are rung 5's, not the library's"
         assert ("tiles" in variant) == (tiles <= entries)
+
+
+# mma.sync ... .tf32 needs sm_80 or later (tensor cores with TF32: Ampere)
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH: cannot compile for sm_80/90")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_tensor_core_kernels_keep_their_accumulators_in_registers(arch, tmp_path):
+    """kernels/conv_tf32.cu by nvcc (ptxas assembles its inline tensor-core PTX, as the driver
+    does NVRTC's): every kernel, no register spills. A spilled accumulator fragment would live
+    in local memory, slower than the shared memory the tiles are there to save."""
+    cmd = [NVCC, "-std=c++17", f"-arch={arch}", "--cubin", "-Xptxas", "-v", "-I", KERNEL_DIR,
+           os.path.join(KERNEL_DIR, "conv_tf32.cu"), "-o", str(tmp_path / "tf32.cubin")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    spills = re.findall(r"(\d+) bytes spill stores", r.stderr)
+    assert len(spills) == 4 and set(spills) == {"0"}, r.stderr
 
 
 def test_import_minicnn_does_not_import_cupy():
@@ -159,7 +178,8 @@ def test_kernels_package_imports_without_cupy():
         "k = importlib.util.module_from_spec(spec); spec.loader.exec_module(k)\n"
         "assert 'cupy' not in sys.modules\n"
         "assert {'conv.cu', 'pool.cu', 'activation.cu', 'loss.cu', 'optim.cu'} <= set(k.SOURCES)\n"
-        "assert '#include \"common.cuh\"' in k.source('conv')\n"
+        "assert '#include \"conv_problems.cuh\"' in k.source('conv')\n"
+        "assert {'common.cuh', 'conv_problems.cuh'} <= set(k.HEADERS)\n"
         "assert callable(k.module)\n"
     )
     r = _run_python(code)

@@ -1,22 +1,23 @@
 """The ladder of convolution kernels (``dev/cuda/``), checked without a GPU.
 
-* every rung of ``dev/cuda/launch.py`` (1-3, 6) compiles with NVRTC, the compiler CuPy
+* every rung of ``dev/cuda/launch.py`` (1-3) compiles with NVRTC, the compiler CuPy
   runs on the GPU machine, and its PTX has exactly the entry points its source
-  declares (skipped without the ``nvidia-cuda-nvrtc`` wheel); with nvcc, rungs 3 and 6
-  assemble for sm_80/sm_90 (rung 6's tensor-core PTX included) without spills;
+  declares (skipped without the ``nvidia-cuda-nvrtc`` wheel); with nvcc, rung 3
+  assembles for sm_90 without spills (rungs 4 and 6, ``kernels/conv.cu`` and
+  ``kernels/conv_tf32.cu``, are the library's: test_kernels_compile.py);
 * every rung runs in the CPU emulator (``tests/kernel_emu/cuda_emu.h``, driven
   by ``tests/kernel_emu/ladder_check.cpp``) through the launchers the GPU uses
   (``dev/cuda/launch.py``), and each pass it implements agrees with minicnn's
   NumPy backend on small random shapes: outputs start as NaN (an element not
   written is caught), inputs sit between NaN guard zones (a read out of bounds
   poisons the result) and outputs between sentinel zones (a write out of
-  bounds is caught); rung 6 (TF32 tensor cores) twice: with inputs rounded to
-  TF32 beforehand (only the fp32 sums' order differs) and with fp32 inputs
-  (within ``ladder.TF32_TOL``); and the emulated tensor-core instruction alone
-  against a plain 16x8x8 matrix product (the fragment layout);
+  bounds is caught); the emulated tensor-core instruction of rung 6 alone
+  against a plain 16x8x8 matrix product (the fragment layout; rung 6 itself,
+  the library's TF32 path, is checked in test_cuda_without_gpu.py);
 * the launchers refuse shapes they cannot run, with a one-line message; the
   runner ``dev/cuda/ladder.py`` answers ``--help`` without CuPy, and its
-  ``--check --bench`` runs end to end on the emulator (CuPy and the GPU replaced).
+  ``--check --bench`` runs end to end on the emulator (CuPy and the GPU replaced),
+  rungs 4 and 6 through the library's launchers.
 """
 import ctypes
 import functools
@@ -45,7 +46,6 @@ RUNG_FILES = sorted(f for f in os.listdir(DEV) if re.fullmatch(r"conv_\d_\w+\.cu
 OURS = sorted(f for _, f, _ in launch.RUNGS.values())
 KERNEL = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\([\w, ]+\) )?(\w+)\(')
 TOL = 2e-5       # max |ours - numpy| / max(1, max |numpy|): float32 sums of <= 810 terms
-TF32_EXACT_TOL = 1e-5   # TF32 rung, inputs already TF32: only the fp32 sums differ
 GUARD = 1024     # elements of guard zone on each side of every array
 
 
@@ -55,8 +55,8 @@ def _kernels(file):
 
 
 def test_the_ladder_is_complete():
-    assert {"conv_1_naive.cu", "conv_2_smem.cu", "conv_3_regblock.cu",
-            "conv_6_tf32.cu"} <= set(RUNG_FILES)
+    assert {"conv_1_naive.cu", "conv_2_smem.cu", "conv_3_regblock.cu"} <= set(RUNG_FILES)
+    assert os.path.exists(os.path.join(ROOT, "kernels", "conv_tf32.cu"))     # rung 6
     assert set(OURS) <= set(RUNG_FILES)
     for file in OURS:
         assert _kernels(file), f"no kernels found in {file}"
@@ -69,27 +69,17 @@ def test_launchers_use_the_kernels_tiling():
     regblock = launch.cu_constants("conv_3_regblock.cu")
     assert (regblock["BM"], regblock["BN"], regblock["THREADS"]) == \
         (launch.BM, launch.BN, launch.THREADS)
-    tf32 = launch.cu_constants("conv_6_tf32.cu")
-    assert (tf32["BM"], tf32["BN"], tf32["THREADS"]) == \
-        (launch.BM, launch.BN, launch.TC_THREADS)
-    assert tf32["BK"] == launch.BK
-    assert tf32["THREADS"] % 32 == 0 and tf32["WM"] % 16 == 0 and tf32["WN"] % 8 == 0
 
 
 NVCC = shutil.which("nvcc")
 
 
-# rung 6's mma.sync ... .tf32 needs sm_80 or later (tensor cores with TF32:
-# Ampere); no arch below that is compiled here, for any rung
-@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH: cannot compile for sm_80/90")
-@pytest.mark.parametrize("file, arch", [("conv_3_regblock.cu", "sm_90"),
-                                        ("conv_6_tf32.cu", "sm_80"),
-                                        ("conv_6_tf32.cu", "sm_90")])
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH: cannot compile for sm_90")
+@pytest.mark.parametrize("file, arch", [("conv_3_regblock.cu", "sm_90")])
 def test_register_blocks_stay_in_registers(file, arch, tmp_path):
-    """Rungs 3 and 6 by nvcc (ptxas, as the driver compiles NVRTC's PTX; for
-    rung 6 this also assembles its inline tensor-core PTX): no register
-    spills. A register block or accumulator fragment spilled would live in
-    local memory, slower than the shared memory it is there to save."""
+    """Rung 3 by nvcc (ptxas, as the driver compiles NVRTC's PTX): no register
+    spills. A register block spilled would live in local memory, slower than
+    the shared memory it is there to save."""
     cmd = [NVCC, "-std=c++17", f"-arch={arch}", "--cubin", "-Xptxas", "-v",
            os.path.join(DEV, file), "-o", str(tmp_path / "rung.cubin")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -221,27 +211,16 @@ def tf32(a):
     return nb.to_tf32(np.asarray(a, np.float32)).astype(np.float64)
 
 
-# the inputs each pass is checked with: "fp32" for every rung; a TF32 rung also
-# with "tf32" inputs (rounded beforehand: the kernel's rounding then changes
-# nothing, and only the order of its fp32 sums differs from the reference)
-CASES = [(n, p, inputs) for n, p in PASSES
-         for inputs in (("tf32", "fp32") if n in ladder.TF32_RUNGS else ("fp32",))]
-
-
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
-@pytest.mark.parametrize("rung, what, inputs", CASES)
-def test_rung_agrees_with_numpy_in_the_emulator(rung, what, inputs, tmp_path_factory):
+@pytest.mark.parametrize("rung, what", PASSES)
+def test_rung_agrees_with_numpy_in_the_emulator(rung, what, tmp_path_factory):
     rt = EmulatorRuntime(str(tmp_path_factory.getbasetemp()))
     name, file, fns = launch.RUNGS[rung]
     rng = np.random.default_rng(rung)
-    in_tf32 = rung in ladder.TF32_RUNGS
-    tol = TOL if not in_tf32 else TF32_EXACT_TOL if inputs == "tf32" else ladder.TF32_TOL
     for N, C, H, W, O in SHAPES:
         # float32 values, the reference in float64 from the same values
         x, gy, w, b = (rng.standard_normal(s).astype(np.float32).astype(np.float64)
                        for s in ((N, C, H, W), (N, O, H, W), (O, C, 3, 3), (O,)))
-        if inputs == "tf32":                 # the bias is added in fp32: not rounded
-            x, gy, w = tf32(x), tf32(gy), tf32(w)
         args = {"forward": (x, w, b), "input_grad": (gy, w), "weight_grad": (x, gy)}[what]
         got = fns[what](rt, *(rt.upload(a) for a in args))
         ref = _reference(what, x, w, b, gy)
@@ -249,27 +228,8 @@ def test_rung_agrees_with_numpy_in_the_emulator(rung, what, inputs, tmp_path_fac
         assert not np.isnan(got).any(), f"rung {rung} {what}: NaN (unwritten or bad read)"
         assert rt.guards_intact(), f"rung {rung} {what}: a write out of bounds"
         err = float(np.abs(got - ref).max() / max(1.0, np.abs(ref).max()))
-        assert err <= tol, (rung, what, inputs, (N, C, H, W, O), err)
-        if in_tf32 and inputs == "fp32":     # and it does round: not fp32's accuracy
-            assert err > TF32_EXACT_TOL, (rung, what, (N, C, H, W, O), err)
+        assert err <= TOL, (rung, what, (N, C, H, W, O), err)
     assert rt.launched == {k for k in _kernels(file) if what.split("_")[0] in k}
-
-
-@pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
-@pytest.mark.parametrize("target, splits", [(1, 1), (3, 3), (1056, 11)])
-def test_tf32_weight_grad_splits_k(target, splits, monkeypatch, tmp_path_factory):
-    """Rung 6's weight gradient with K = 84 split into 1 block (one range of 88),
-    3 (ranges of 32: several steps of BK each) and 11 (one step each, the last
-    one short), inputs already TF32: each within 1e-5 of NumPy."""
-    monkeypatch.setattr(launch, "TARGET_BLOCKS", target)
-    rt = EmulatorRuntime(str(tmp_path_factory.getbasetemp()))
-    rng = np.random.default_rng(target)
-    x, gy = tf32(rng.standard_normal((2, 3, 7, 6))), tf32(rng.standard_normal((2, 5, 7, 6)))
-    got = launch.tf32_weight_grad(rt, rt.upload(x), rt.upload(gy))
-    ref = nb.conv2d_backward_weight(gy, x, (5, 3, 3, 3), (1, 1), (1, 1))
-    assert rt.outputs[-1].size - 2 * GUARD == splits * got.size      # the partial sums
-    assert rt.guards_intact()
-    assert np.abs(got - ref).max() <= TF32_EXACT_TOL * max(1.0, np.abs(ref).max())
 
 
 # ------------------------------------------------------------------ the tensor-core instruction
@@ -302,8 +262,8 @@ def test_emulated_mma_is_a_16x8x8_matrix_product(tmp_path):
     """Two warps (each its own staging area) with random 16x8, 8x8 and 16x8
     matrices laid out in fragments by the ISA's table: each warp's D is A B + C,
     to fp32 rounding, with A and B rounded to TF32 first. A layout slip in the
-    emulator (a1 and a2 swapped, say) fails here; one in rung 6's loads fails
-    the rung's own tests above."""
+    emulator (a1 and a2 swapped, say) fails here; one in the fragment loads of
+    kernels/conv_tf32.cu (rung 6) fails test_cuda_without_gpu.py's TF32 test."""
     lib = _mma_library(str(tmp_path))
     rng = np.random.default_rng(6)
     warps = 2
@@ -410,17 +370,23 @@ def _fake_cupy():
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or $CXX) to build the emulator")
 def test_ladder_checks_and_times_on_the_emulator(monkeypatch, tmp_path, tmp_path_factory):
     """ladder.py's --check and --bench, end to end, with each kernel launch run by
-    the emulator, rung 4 by numpy_backend and cuDNN by PyTorch on the CPU (timings
-    mean nothing here): every rung and pass is checked and timed, the report is
-    written, and a rung that is off by 1 % makes the run fail."""
+    the emulator (rungs 4 and 6 through the library's CUDA launchers, in fp32 and
+    in TF32) and cuDNN by PyTorch on the CPU (timings mean nothing here): every
+    rung and pass is checked and timed, the report is written, rung 6 differs
+    from cuDNN fp32 as TF32 does, and a rung that is off by 1 % makes the run
+    fail."""
     import json
     import torch
+    import emulator as emu
     from minicnn import backend
+    from minicnn.backend import cuda as cb
+    from minicnn.backend.cuda import config
     fake = _fake_cupy()
+    build = str(tmp_path_factory.getbasetemp())
     monkeypatch.setattr(ladder, "_cupy", lambda: fake)
-    monkeypatch.setattr(ladder, "CupyRuntime",
-                        lambda cupy: EmulatorRuntime(str(tmp_path_factory.getbasetemp())))
-    monkeypatch.setattr(backend, "get", lambda device: nb)
+    monkeypatch.setattr(ladder, "CupyRuntime", lambda cupy: EmulatorRuntime(build))
+    emu.use_the_emulator(monkeypatch, config.CudaConfig().variant, build)
+    monkeypatch.setattr(backend, "get", lambda device: cb)
     monkeypatch.setattr(ladder, "LAYERS", {4: 8})
     monkeypatch.setattr(ladder, "CHECK_SHAPES", [(2, 5, 7, 9, 6)])
     monkeypatch.setattr(ladder.common, "time_cupy",
@@ -437,13 +403,16 @@ def test_ladder_checks_and_times_on_the_emulator(monkeypatch, tmp_path, tmp_path
     assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32) == flags
     rows = json.load(open(tmp_path / "ladder.json"))["rows"]
     ours = [r for r in rows if r["rung"]]
-    passes = {n: fns for n, (_, _, fns) in launch.RUNGS.items()} | {4: ladder.PASSES}
+    passes = {n: fns for n, (_, _, fns) in launch.RUNGS.items()} | {4: ladder.PASSES,
+                                                                     6: ladder.PASSES}
     assert sorted((r["pass"], r["rung"]) for r in ours) == \
         sorted((p, n) for n, fns in passes.items() for p in fns)
     assert {r["layer"] for r in rows} == {"8->8 @4px"}
     assert all(r["agree"] and r["runs"] == 1 for r in ours)
     assert all(r["rel_err"] < (ladder.TF32_TOL if r["rung"] in ladder.TF32_RUNGS else 1e-5)
                for r in ours)
+    assert all(r["rel_err"] > 5e-5 for r in ours if r["rung"] == 6)       # it does round
+    assert config.current().precision == "fp32"                          # put back
     assert all((r["speedup_vs_below"] is None) == (r["rung"] == 1) for r in ours)
     assert all(r["vs_cudnn_fp32"] > 0 and r["vs_cudnn_tf32"] > 0 for r in ours)
     assert sum(r["name"].startswith("cuDNN") for r in rows) == 3 * 2

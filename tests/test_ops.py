@@ -500,3 +500,61 @@ def test_tf32_precision_changes_float32_only():
         np.testing.assert_array_equal(a, e)
     with pytest.raises(ValueError, match=r"set_precision: expected one of \['fp32', 'tf32'\]"):
         nb.set_precision("bf16")
+
+
+# TF32 on a GPU against cuDNN in TF32: each side rounds the operands of every product to
+# TF32 and sums in fp32; against the exact convolution of the unrounded operands each is
+# within TF32_TOL of the largest output (dev/cuda/ladder.py derives it: the rounding errors
+# are independent, a random walk of about 2^-11 of an output's size, and the largest of many
+# outputs reaches a few times that). cuDNN may transform the operands first (Winograd, FFT)
+# and round those, so the two sides' errors are not the same numbers: twice the bound.
+TF32_TOL = 2e-3
+TF32_VS_CUDNN_TOL = 2 * TF32_TOL
+
+
+def _conv_and_grads_on(device, x, w, b, stride, padding, gy):
+    """minicnn's conv2d on ``device``: the output and the gradients of x and W for the output
+    gradient ``gy``, as host arrays."""
+    ts = [minicnn.Tensor(a).to(device) for a in (x, w, b)]
+    for t in ts:
+        t.requires_grad = True
+    y = F.conv2d(*ts, stride=stride, padding=padding)
+    y.backward(minicnn.Tensor(gy).to(device).data)
+    return [y.numpy()] + [t.backend.to_host(t.grad) for t in ts[:2]]
+
+
+@pytest.mark.parametrize("device", ["cuda"], indirect=True)
+@given(case=conv_case(), seed=seeds)
+def test_tf32_convolutions_on_the_gpu(device, case, seed):
+    """With ``CudaConfig(precision="tf32")`` the CUDA backend's convolution, forward and both
+    gradients, is (1) PyTorch's float64 convolution of operands rounded to TF32 by the
+    independent oracle, to fp32 rounding (1e-5 of the scale: the tensor cores' products of
+    TF32 values are exact, their sums fp32), and (2) cuDNN's with TF32 on, within
+    TF32_VS_CUDNN_TOL of the scale."""
+    import dataclasses
+    from minicnn.backend.cuda import config
+    N, C, O, H, W, kH, kW, stride, padding = case
+    rng = np.random.default_rng(seed)
+    x, w, b = (rng.standard_normal(s).astype(np.float32)
+               for s in ((N, C, H, W), (O, C, kH, kW), (O,)))
+    Ho, Wo = ((n + 2 * p - k) // s + 1 for n, k, s, p in zip((H, W), (kH, kW), stride, padding))
+    gy = rng.standard_normal((N, O, Ho, Wo)).astype(np.float32)
+    with config.configured(dataclasses.replace(config.current(), precision="tf32")):
+        got = _conv_and_grads_on(device, x, w, b, stride, padding, gy)
+    xt, wt = (torch.tensor(_tf32_oracle(a), requires_grad=True) for a in (x, w))
+    yt = TF.conv2d(xt, wt, torch.tensor(b, dtype=torch.float64), stride, padding)
+    exact = (yt,) + torch.autograd.grad(yt, (xt, wt), torch.tensor(_tf32_oracle(gy)))
+    flags = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        xc, wc = (torch.tensor(a, device="cuda", requires_grad=True) for a in (x, w))
+        yc = TF.conv2d(xc, wc, torch.tensor(b, device="cuda"), stride, padding)
+        cudnn = (yc,) + torch.autograd.grad(yc, (xc, wc), torch.tensor(gy, device="cuda"))
+    finally:
+        torch.backends.cudnn.allow_tf32 = flags
+    for name, a, e, c in zip(("y", "dx", "dW"), got, exact, cudnn):
+        e, c = e.detach().cpu().numpy(), c.detach().cpu().numpy()
+        scale = max(np.abs(e).max(), 1.0)
+        assert a.shape == e.shape and a.dtype == np.float32, name
+        assert np.abs(a - e).max() <= 1e-5 * scale, name
+        assert np.abs(a - c).max() <= TF32_VS_CUDNN_TOL * scale, name

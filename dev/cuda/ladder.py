@@ -12,7 +12,8 @@ NCHW float32 tensors, forward and the gradients it implements:
   3 regblock  dev/cuda/conv_3_regblock.cu    register blocks: the implicit GEMM
   4 shipped   kernels/conv.cu                minicnn's CUDA backend, as the library runs
   5 winograd  dev/cuda/winograd.py           Winograd's F(m x m, 3x3), where that file is
-  6 tf32      dev/cuda/conv_6_tf32.cu        tensor cores: rung 3's GEMM in TF32 mma.sync
+  6 tf32      kernels/conv_tf32.cu           tensor cores: rung 4's GEMMs in TF32 mma.sync
+                                             (the library with CudaConfig(precision="tf32"))
 
 ``--check`` compares each pass of each rung with minicnn's NumPy backend (in
 float64) on small random shapes: max |rung - numpy| / max(1, max |numpy|) must
@@ -40,7 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path[:0] = [HERE, os.path.join(ROOT, "benchmarks")]
 import common  # noqa: E402  (benchmarks/common.py: timing, reports; puts ROOT on sys.path)
-import launch  # noqa: E402  (dev/cuda/launch.py: the launchers of rungs 1-3, 6)
+import launch  # noqa: E402  (dev/cuda/launch.py: the launchers of rungs 1-3)
 
 PASSES = ("forward", "input_grad", "weight_grad")
 RUNG_NAMES = {1: "naive", 2: "smem", 3: "regblock", 4: "shipped", 5: "winograd",
@@ -104,21 +105,35 @@ def _cupy():
     return cupy
 
 
+def library_rung(precision):
+    """{pass: function} of minicnn's CUDA backend with the configuration in force but
+    ``precision`` (rung 4: "fp32", kernels/conv.cu; rung 6: "tf32", kernels/conv_tf32.cu)."""
+    import dataclasses
+    from minicnn import backend
+    from minicnn.backend.cuda import config
+    bk, one = backend.get("cuda"), (1, 1)
+
+    def run(fn):
+        def wrapped(*args):
+            with config.configured(dataclasses.replace(config.current(), precision=precision)):
+                return fn(*args)
+        return wrapped
+    return {"forward": run(lambda x, w, b: bk.conv2d_forward(x, w, b, one, one)),
+            "input_grad": run(lambda gy, w: bk.conv2d_backward_input(
+                gy, w, (gy.shape[0], w.shape[1]) + gy.shape[2:], one, one)),
+            "weight_grad": run(lambda x, gy: bk.conv2d_backward_weight(
+                gy, x, (gy.shape[1], x.shape[1], 3, 3), one, one))}
+
+
 def rungs(cupy, wanted):
     """{number: {pass: function}} of the rungs in ``wanted`` that are here:
     forward(x, w, b), input_grad(gy, w), weight_grad(x, gy) on CuPy arrays."""
     rt, found = CupyRuntime(cupy), {}
     for n, (_, _, fns) in launch.RUNGS.items():
         found[n] = {p: functools.partial(f, rt) for p, f in fns.items()}
-    if 4 in wanted:                     # the library, as it runs
-        from minicnn import backend
-        bk, one = backend.get("cuda"), (1, 1)
-        found[4] = {
-            "forward": lambda x, w, b: bk.conv2d_forward(x, w, b, one, one),
-            "input_grad": lambda gy, w: bk.conv2d_backward_input(
-                gy, w, (gy.shape[0], w.shape[1]) + gy.shape[2:], one, one),
-            "weight_grad": lambda x, gy: bk.conv2d_backward_weight(
-                gy, x, (gy.shape[1], x.shape[1], 3, 3), one, one)}
+    if wanted & {4, 6}:                 # the library, as it runs: fp32, and TF32
+        for n, precision in ((4, "fp32"), (6, "tf32")):
+            found[n] = library_rung(precision)
     if 5 in wanted:                     # dev/cuda/winograd.py, where it is
         try:
             wino = importlib.import_module("winograd")
@@ -158,7 +173,7 @@ def check(cupy, table):
                 try:
                     got = fn(*_args(what, *dev))
                 except ValueError as err:
-                    if n != 5:                  # rungs 1-4 take every shape here
+                    if n != 5:                  # the other rungs take every shape here
                         raise
                     print(f"n/a  {label}: {err}")   # Winograd: even sizes only
                     continue

@@ -1,4 +1,4 @@
-"""The launchers of the ladder's own rungs (1-3 and 6): shapes, grids, arguments.
+"""The launchers of the ladder's own rungs (1-3): shapes, grids, arguments.
 
 Each rung ``dev/cuda/conv_<n>_<name>.cu`` holds kernels of one 3x3, stride-1,
 padding-1 convolution of NCHW float32 tensors. A launcher here turns arrays into
@@ -23,8 +23,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 THREADS = 256          # the 1-D blocks of rungs 1 and 3, and of rung 2's gw
 TILE = 16              # rung 2: a block computes TILE x TILE output pixels
-BM = BN = 64           # rungs 3 and 6: a block computes BM channels x BN pixels
-TC_THREADS = 128       # rung 6: 4 warps of tensor-core instructions
+BM = BN = 64           # rung 3: a block computes BM channels x BN pixels
 
 
 def _dims(x=None, w=None, gy=None, b=None):
@@ -135,7 +134,7 @@ def smem_weight_grad(rt, x, gy):
     return gw
 
 
-# ------------------------------------------------------------ rungs 3 and 6: implicit GEMM
+# ------------------------------------------------------------ rung 3: implicit GEMM
 def _implicit_gemm(file, prefix, threads):
     """The forward and input-gradient launchers of an implicit-GEMM rung: one
     block of ``threads`` per BM output channels x BN pixels (the input
@@ -158,32 +157,14 @@ def _implicit_gemm(file, prefix, threads):
     return forward, input_grad
 
 
-# rung 3: register blocks; rung 6: the same GEMM on tensor cores, in TF32
+# rung 3: register blocks
 regblock_forward, regblock_input_grad = _implicit_gemm("conv_3_regblock.cu", "conv3",
                                                        THREADS)
-tf32_forward, tf32_input_grad = _implicit_gemm("conv_6_tf32.cu", "conv6", TC_THREADS)
-BK = 8                 # rung 6: its K step (a split of K is a multiple of it)
-TARGET_BLOCKS = 1056   # rung 6's weight gradient: about 8 blocks per SM of an H100/H200
 
 
-def tf32_weight_grad(rt, x, gy):
-    """Split-K: the grid's z blocks each sum a range of K = N*H*W into their own
-    (O, C, 3, 3) slice of a buffer, enough splits for about TARGET_BLOCKS
-    blocks; the runtime's sum over the slices is the gradient."""
-    N, C, H, W, O = _dims(x=x, gy=gy)
-    K, tiles = N * H * W, _blocks(C * 9, BN) * _blocks(O, BM)
-    splits = min(_blocks(K, BK), max(1, TARGET_BLOCKS // tiles))
-    chunk = _blocks(_blocks(K, splits), BK) * BK        # a multiple of BK
-    splits = _blocks(K, chunk)                          # none of them empty
-    parts = rt.empty((splits, O, C, 3, 3))
-    rt.kernel("conv_6_tf32.cu", "conv6_weight_grad")(
-        (_blocks(C * 9, BN), _blocks(O, BM), splits), (TC_THREADS,),
-        (x, gy, parts) + _args(N, C, H, W, O, chunk))
-    return parts.sum(axis=0)
-
-
-# rung number -> (name, source file, {pass: launcher}); rungs 4 and 5 are not
-# launched from here (ladder.py: minicnn's CUDA backend, dev/cuda/winograd.py)
+# rung number -> (name, source file, {pass: launcher}); rungs 4 to 6 are not
+# launched from here (ladder.py: minicnn's CUDA backend in fp32 and in TF32,
+# dev/cuda/winograd.py)
 RUNGS = {
     1: ("naive", "conv_1_naive.cu", {"forward": naive_forward,
                                      "input_grad": naive_input_grad,
@@ -193,7 +174,4 @@ RUNGS = {
                                    "weight_grad": smem_weight_grad}),
     3: ("regblock", "conv_3_regblock.cu", {"forward": regblock_forward,
                                            "input_grad": regblock_input_grad}),
-    6: ("tf32", "conv_6_tf32.cu", {"forward": tf32_forward,
-                                   "input_grad": tf32_input_grad,
-                                   "weight_grad": tf32_weight_grad}),
 }

@@ -771,7 +771,7 @@ def fig_cuda_tf32_bits():
 def mma_fragments():
     """``{"A": (lane, register) arrays 16x8, "B": 8x8, "C": 16x8}`` of
     mma.m16n8k8 with .tf32 operands, from the PTX ISA's table (the layout table
-    of dev/cuda/conv_6_tf32.cu): g = lane / 4, t = lane % 4."""
+    of kernels/conv_tf32.cu): g = lane / 4, t = lane % 4."""
     out = {"A": np.zeros((2, 16, 8), int), "B": np.zeros((2, 8, 8), int),
            "C": np.zeros((2, 16, 8), int)}
     for lane in range(32):

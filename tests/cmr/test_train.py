@@ -2,6 +2,7 @@
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -148,21 +149,28 @@ def test_cli_errors_are_one_clear_line(tmp_path):
             assert "Traceback" not in r.stderr
 
 
-def test_cuda_backend_without_gpu_is_a_clear_message(tmp_path):
+def _cuda_usable():
     from minicnn import backend
     try:
         backend.get("cuda")
-        pytest.skip("a CUDA GPU is usable here")
     except Exception:
-        pass
+        return False
+    return True
+
+
+def test_cuda_backend_without_gpu_is_a_clear_message(tmp_path):
+    if _cuda_usable():
+        pytest.skip("a CUDA GPU is usable here")
     r = run_cli("cmr.train", "--backend", "cuda", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
 
 
 def test_tf32_precision_trains_end_to_end_and_is_put_back(tmp_path):
-    """--precision tf32 (the NumPy backend's emulation of tensor-core rounding) trains, is
-    recorded in config.json, changes the numbers by TF32's rounding only, and leaves the
-    backend in fp32 after the run; with --backend cuda it is refused in one line."""
+    """--precision tf32 on the NumPy backend (the emulation of tensor-core rounding) trains,
+    is recorded in config.json, changes the numbers by TF32's rounding only, and leaves the
+    backend in fp32 after the run. With --backend cuda it is taken (the tensor-core kernels,
+    checked in the emulator by test_cuda_without_gpu.py): without a GPU the run stops at the
+    backend's own one-line error, as an fp32 run does."""
     from minicnn.backend import numpy_backend as nb
     fp32 = train.run(TINY, tmp_path / "fp32", say=quiet, progress=False)
     said = []
@@ -173,12 +181,46 @@ def test_tf32_precision_trains_end_to_end_and_is_put_back(tmp_path):
     assert json.loads((tmp_path / "tf32" / "config.json").read_text())["precision"] == "tf32"
     a, b = fp32[0]["loss"], tf32[0]["loss"]
     assert a != b and abs(a - b) < 1e-3 * a
-    r = run_cli("cmr.train", "--precision", "tf32", "--backend", "cuda",
-                "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines() == [
-        "error: --precision tf32 runs on the NumPy backend only (an emulation): the CUDA TF32 "
-        "kernels are rung 6 of dev/cuda, not yet in the library (no GPU has timed them)"]
+    if _cuda_usable():
+        return
+    runs = [run_cli("cmr.train", "--precision", p, "--backend", "cuda",
+                    "--out", str(tmp_path / "cuda")) for p in ("fp32", "tf32")]
+    assert runs[0].returncode == runs[1].returncode == 2
+    assert runs[1].stderr == runs[0].stderr and "CuPy" in runs[1].stderr
+    assert "Traceback" not in runs[1].stderr and "tf32" not in runs[1].stderr
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                    reason="no C++ compiler (g++ or $CXX) to build the kernel emulator")
+def test_tf32_on_cuda_trains_end_to_end_in_the_emulator(monkeypatch, tmp_path,
+                                                        tmp_path_factory):
+    """``cmr.train --backend cuda --precision tf32`` as a whole (one epoch of a tiny U-Net on
+    phantoms), every CUDA kernel, the tensor-core convolutions included, run by the CPU
+    emulator: its loss is the NumPy backend's TF32 emulation's (to fp32 rounding), and it
+    says which convolutions it ran."""
+    import emulator as emu
+    from minicnn.backend import numpy_backend as nb
+    cfg = dict(TINY, epochs=1, phantom_train=4, phantom_val=4, precision="tf32")
+    emulated = train.run(cfg, tmp_path / "numpy", say=quiet, progress=False)
+    emu.use_the_emulated_gpu(monkeypatch, str(tmp_path_factory.getbasetemp()))
+    said = []
+    cuda = train.run(dict(cfg, backend="cuda"), tmp_path / "cuda", say=said.append,
+                     progress=False)
+    assert any("backend cuda; TF32 convolutions (tensor cores)" in line for line in said)
+    assert cuda[0]["loss"] == pytest.approx(emulated[0]["loss"], rel=1e-5)
+    assert nb.set_precision("fp32") == "fp32"
+
+
+def test_precision_selects_the_cuda_configuration(monkeypatch):
+    """On the CUDA backend the run's precision is CudaConfig's while it trains, and the
+    configuration before is put back after (without touching the NumPy backend's)."""
+    from minicnn.backend import numpy_backend as nb
+    from minicnn.backend.cuda import config
+    monkeypatch.setattr(config, "_current", config.CudaConfig(features=()))
+    with train.precision(dict(TINY, backend="cuda", precision="tf32")):
+        assert config.current() == config.CudaConfig(features=(), precision="tf32")
+        assert nb.set_precision("fp32") == "fp32"              # the NumPy backend's unchanged
+    assert config.current() == config.CudaConfig(features=())
 
 
 def write_split_folder(directory, split, names=None):

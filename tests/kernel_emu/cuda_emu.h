@@ -14,9 +14,10 @@
 //
 // What this checks: index arithmetic, tiling, bounds, split-K, shared-memory use and barrier
 // placement of the real kernel source, on small shapes, against plain loops. What it cannot:
-// speed, warp-level operations (our kernels use none, except the tensor-core mma of the
-// ladder's rung 6, emulated by mma_emu.h under a restriction stated there), or the GPU's
-// rounding where the compiler contracts a*b + c into one FMA (the tolerances allow for it).
+// speed, warp-level operations (our kernels use none, except the tensor-core mma of
+// kernels/conv_tf32.cu, rung 6, emulated by mma_emu.h under a restriction stated there), or
+// the GPU's rounding where the compiler contracts a*b + c into one FMA (the tolerances allow
+// for it).
 // A kernel source can tell it is compiled here: MINICNN_EMU is defined.
 #pragma once
 #define MINICNN_EMU 1

@@ -1,4 +1,4 @@
-// mma_emu.h -- the tensor-core instruction of rung 6 (dev/cuda/conv_6_tf32.cu)
+// mma_emu.h -- the tensor-core instruction of rung 6 (kernels/conv_tf32.cu)
 // in the CPU emulator: TF32 rounding and the warp-wide 16x8x8 matrix product.
 //
 // Included by cuda_emu.h, which defines MINICNN_EMU: a kernel source then
@@ -11,7 +11,7 @@
 //
 // mma_tf32_m16n8k8(d, a, b, c): mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32.
 // On the GPU the 32 lanes of a warp each hand in their fragments (4 values of
-// A, 2 of B, 4 of C; the layout table of conv_6_tf32.cu) and each get 4 of D.
+// A, 2 of B, 4 of C; the layout table of conv_tf32.cu) and each get 4 of D.
 // Here each lane is a fiber that runs alone, so the lanes meet in a per-warp
 // staging area:
 //   1. each lane writes its A and B fragments into its warp's stage;

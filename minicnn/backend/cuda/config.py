@@ -1,10 +1,11 @@
 """The CUDA backend's configuration: which build of ``kernels/conv.cu`` the backend compiles,
-and which untimed changes it tries.
+which untimed changes it tries, and the convolutions' precision.
 
 One typed, frozen object, validated when it is made, read by the launchers through
 ``current()``. It is set explicitly (``configure`` or the ``configured`` context manager) or,
 if nothing set it before the first launch, made once from the environment variables
-``MINICNN_CONV_VARIANT`` and ``MINICNN_CUDA_UNTIMED`` (start-up defaults for the benchmarks,
+``MINICNN_CONV_VARIANT``, ``MINICNN_CUDA_UNTIMED`` and ``MINICNN_CUDA_PRECISION`` (start-up
+defaults for the benchmarks,
 which time each configuration in its own process; read once per process, never per launch)::
 
     from minicnn.backend.cuda import CudaConfig, configure, configured
@@ -13,6 +14,7 @@ which time each configuration in its own process; read once per process, never p
     with configured(CudaConfig(features=())):                # "plain": no feature
         ...
     configure(CudaConfig(untimed=UNTIMED))                   # every untimed change on
+    configure(CudaConfig(precision="tf32"))                  # float32 convs on tensor cores
 
 Every feature is a compile-time switch of kernels/conv.cu that a GPU run measured faster
 (benchmarks/NOTES.md entries 11 and 15): ``prefetch`` (the K loop software-pipelined),
@@ -25,7 +27,14 @@ planner's cost model). The default is all four: on an H200 the U-Net's training 
 CPU emulator and compiled by NVRTC, but never run on a GPU (benchmarks/NOTES.md entries
 16-23). The shipped path holds only measured wins, so each is off by default and lives beside
 the path that was timed; the first GPU run (benchmarks/gpu_check.sh) times them all on
-against all off, and each that pays joins the default (its switch then goes). Pure Python.
+against all off, and each that pays joins the default (its switch then goes).
+
+``precision`` is ``"fp32"`` (the default: kernels/conv.cu, float32 products and sums) or
+``"tf32"``: every float32 convolution then runs on the tensor cores (kernels/conv_tf32.cu),
+operands rounded to TF32 and sums in fp32, as PyTorch's default (cuDNN with ``allow_tf32``)
+and as ``numpy_backend.set_precision("tf32")`` emulates. It is a choice of the user, never a
+default: fp32 stays the default until a GPU run shows TF32 training as accurate and faster
+(benchmarks/NOTES.md entry 31). Pure Python.
 """
 import contextlib
 import dataclasses
@@ -54,6 +63,8 @@ UNTIMED_ENTRIES = {
                        "GEMM kernels)"),
 }
 ENV_UNTIMED = "MINICNN_CUDA_UNTIMED"
+PRECISIONS = ("fp32", "tf32")
+ENV_PRECISION = "MINICNN_CUDA_PRECISION"
 
 
 def _sorted_names(field, names, allowed):
@@ -72,14 +83,24 @@ def _sorted_names(field, names, allowed):
 
 @dataclasses.dataclass(frozen=True)
 class CudaConfig:
-    """The conv build: ``features``, a subset of CONV_FEATURES; and ``untimed``, a subset of
-    UNTIMED (default none). Any order; both kept sorted."""
+    """The conv build: ``features``, a subset of CONV_FEATURES; ``untimed``, a subset of
+    UNTIMED (default none), both in any order and kept sorted; and ``precision``, one of
+    PRECISIONS (default ``"fp32"``)."""
     features: tuple = DEFAULT_FEATURES
     untimed: tuple = ()
+    precision: str = "fp32"
 
     def __post_init__(self):
         for field, allowed in (("features", CONV_FEATURES), ("untimed", UNTIMED)):
             object.__setattr__(self, field, _sorted_names(field, getattr(self, field), allowed))
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"CudaConfig: precision must be one of {list(PRECISIONS)}, got "
+                             f"{self.precision!r}")
+
+    @property
+    def tensor_cores(self):
+        """Whether float32 convolutions run on the tensor cores (``precision="tf32"``)."""
+        return self.precision == "tf32"
 
     @classmethod
     def from_variant(cls, variant):
@@ -112,15 +133,22 @@ class CudaConfig:
 
     @classmethod
     def from_env(cls, environ=None):
-        """The configuration named by MINICNN_CONV_VARIANT and MINICNN_CUDA_UNTIMED in
-        ``environ`` (default ``os.environ``); the default where they are not set."""
+        """The configuration named by MINICNN_CONV_VARIANT, MINICNN_CUDA_UNTIMED and
+        MINICNN_CUDA_PRECISION in ``environ`` (default ``os.environ``); the default where they
+        are not set."""
         environ = os.environ if environ is None else environ
         variant = environ.get(ENV_VARIANT)
         config = cls() if variant is None else cls.from_variant(variant)
         untimed = environ.get(ENV_UNTIMED)
-        if untimed is None:
-            return config
-        return dataclasses.replace(config, untimed=cls.parse_untimed(untimed))
+        if untimed is not None:
+            config = dataclasses.replace(config, untimed=cls.parse_untimed(untimed))
+        precision = environ.get(ENV_PRECISION)
+        if precision is not None:
+            if precision not in PRECISIONS:
+                raise ValueError(f"{ENV_PRECISION}={precision!r}: expected one of "
+                                 f"{list(PRECISIONS)}")
+            config = dataclasses.replace(config, precision=precision)
+        return config
 
     @property
     def variant(self):
@@ -150,7 +178,8 @@ class CudaConfig:
         return "all" if self.untimed == UNTIMED else "+".join(self.untimed)
 
     def conv_options(self):
-        """The NVRTC options of this build of kernels/conv.cu: every switch set, on or off."""
+        """The NVRTC options of this build of kernels/conv.cu (and of conv_tf32.cu, which shares
+        its problems and so their ``fastdiv`` switch): every switch set, on or off."""
         return tuple(f"-DMINICNN_CONV_{f.upper()}={int(f in self.features)}"
                      for f in CONV_FEATURES)
 

@@ -1,7 +1,7 @@
 """The convolution primitives: kernels/conv.cu launched on CuPy arrays.
 
 =====================================  ==========================================
-primitive                              kernel(s) (``<name>_<tile>_<f32|f64>``)
+primitive                              kernel(s) (``<name>_<tile>_<f32|f64>`` or ``<name>_tf32``)
 =====================================  ==========================================
 conv2d_forward                         conv2d_forward_<tile>  (bias fused)
 conv2d_backward_input                  conv2d_backward_input_<tile>, or
@@ -20,6 +20,11 @@ unless named, each beside the path the H200 timed:
 * ``narrow_1x1``: 1x1 / stride 1 / unpadded convolutions of at most NARROW_MAX channels (the
   head) on per-pixel kernels, ``conv1x1_forward``, ``conv1x1_backward_input``,
   ``conv1x1_backward_weight`` + splitk_reduce (``planner.narrow_1x1``; off: the GEMMs).
+
+With ``CudaConfig(precision="tf32")`` every float32 GEMM runs instead on the tensor cores:
+the kernel of the same name and parameters in kernels/conv_tf32.cu, ``<name>_tf32``, one
+tile (``planner.plan_tf32``), operands rounded to TF32; narrow_1x1 does not apply (its
+kernels are fp32). float64 is never rounded.
 """
 import numpy as np
 
@@ -44,14 +49,31 @@ def _shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo):
     return tuple(i32(v) for v in (N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo))
 
 
-def _plan(M, Ncols, K, sfx, split_k=False):
-    return planner.plan_gemm(M, Ncols, K, sfx, runtime.num_sms(), split_k=split_k,
-                             tiles=config.current().has("tiles"))
+def _tensor_cores(sfx):
+    """Whether this convolution runs on the tensor cores: float32 with precision "tf32"."""
+    return sfx == "f32" and config.current().tensor_cores
 
 
-def _narrow(kH, kW, sH, sW, pH, pW, channels):
-    """Whether the narrow 1x1 kernels take this convolution (only with ``narrow_1x1`` on)."""
-    return (config.current().tries("narrow_1x1")
+def _gemm(op, desc, name, M, Ncols, K, sfx, split_k=False):
+    """The kernel ``<name>_<engine>`` of one implicit GEMM ``(M x K) * (K x Ncols)``, with its
+    grid, block and K slice: ``(kernel, grid, block, k_chunk)``. The engine is the tile the
+    planner picks in kernels/conv.cu, or kernels/conv_tf32.cu's (``_tensor_cores``)."""
+    if _tensor_cores(sfx):
+        grid, k_chunk = planner.plan_tf32(M, Ncols, K, runtime.num_sms(), split_k=split_k)
+        kern, threads = runtime.kernel("conv_tf32", f"{name}_tf32"), planner.TF32_THREADS
+    else:
+        tile, grid, k_chunk = planner.plan_gemm(M, Ncols, K, sfx, runtime.num_sms(),
+                                                split_k=split_k,
+                                                tiles=config.current().has("tiles"))
+        kern, threads = runtime.kernel("conv", f"{name}_{tile}_{sfx}"), planner.tile_threads(tile)
+    checks.grid(op, desc, grid)
+    return kern, grid, (threads,), k_chunk
+
+
+def _narrow(kH, kW, sH, sW, pH, pW, channels, sfx):
+    """Whether the narrow 1x1 kernels take this convolution (only with ``narrow_1x1`` on, and
+    not on the tensor cores)."""
+    return (config.current().tries("narrow_1x1") and not _tensor_cores(sfx)
             and planner.narrow_1x1(kH, kW, sH, sW, pH, pW, channels))
 
 
@@ -82,16 +104,14 @@ def conv2d_forward(x, w, b, stride, padding, relu=False):
     y = runtime.cupy.empty((N, O, Ho, Wo), dtype=x.dtype)
     if y.size == 0:
         return y
-    if _narrow(kH, kW, sH, sW, pH, pW, O):
+    if _narrow(kH, kW, sH, sW, pH, pW, O, sfx):
         runtime.launch_1d(runtime.kernel("conv", f"conv1x1_forward_{sfx}"), N * H * W,
                          (x, w, w if b is None else b, i32(b is not None), i32(bool(relu)), y,
                           i32(N), i32(C), i32(O), i32(H * W)))
         return y
-    tile, grid, _ = _plan(O, N * Ho * Wo, C * kH * kW, sfx)
-    checks.grid(op, desc, grid)
-    runtime.kernel("conv", f"conv2d_forward_{tile}_{sfx}")(
-        grid, (planner.tile_threads(tile),),
-        (x, w, w if b is None else b, y, i32(b is not None), i32(bool(relu)),
+    kern, grid, block, _ = _gemm(op, desc, "conv2d_forward", O, N * Ho * Wo, C * kH * kW, sfx)
+    kern(grid, block,
+         (x, w, w if b is None else b, y, i32(b is not None), i32(bool(relu)),
          *_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)))
     return y
 
@@ -128,7 +148,7 @@ def conv2d_backward_input(gy, w, x_shape, stride, padding, bias=None):
     gx = runtime.cupy.empty((N, C, H, W), dtype=gy.dtype)
     if gx.size == 0:
         return gx
-    if _narrow(kH, kW, sH, sW, pH, pW, O):
+    if _narrow(kH, kW, sH, sW, pH, pW, O, sfx):
         runtime.launch_1d(runtime.kernel("conv", f"conv1x1_backward_input_{sfx}"), N * H * W,
                          (gy, w, gy if bias is None else bias, i32(bias is not None), gx,
                           i32(N), i32(C), i32(O), i32(H * W)))
@@ -136,15 +156,13 @@ def conv2d_backward_input(gy, w, x_shape, stride, padding, bias=None):
     if planner.window_partition(kH, kW, sH, sW, pH, pW, H, W, Ho, Wo):
         # Each input pixel lies in exactly one window (the U-Net's 2x2/2 up-convolution): a
         # dense GEMM over the output pixels whose epilogue scatters into gx ("pixel shuffle").
-        tile, grid, _ = _plan(C * kH * kW, N * Ho * Wo, O, sfx)
-        name = f"conv2d_backward_input_partition_{tile}_{sfx}"
+        kern, grid, block, _ = _gemm(op, desc, "conv2d_backward_input_partition", C * kH * kW,
+                                     N * Ho * Wo, O, sfx)
     else:
-        tile, grid, _ = _plan(C, N * H * W, O * kH * kW, sfx)
-        name = f"conv2d_backward_input_{tile}_{sfx}"
-    checks.grid(op, desc, grid)
-    runtime.kernel("conv", name)(
-        grid, (planner.tile_threads(tile),),
-        (gy, w, gx, gx if bias is None else bias, i32(bias is not None),
+        kern, grid, block, _ = _gemm(op, desc, "conv2d_backward_input", C, N * H * W,
+                                     O * kH * kW, sfx)
+    kern(grid, block,
+         (gy, w, gx, gx if bias is None else bias, i32(bias is not None),
          *_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)))
     return gx
 
@@ -173,17 +191,16 @@ def conv2d_backward_weight(gy, x, w_shape, stride, padding):
     gw = runtime.cupy.empty((O, C, kH, kW), dtype=gy.dtype)
     if gw.size == 0:
         return gw
-    if _narrow(kH, kW, sH, sW, pH, pW, O):
+    if _narrow(kH, kW, sH, sW, pH, pW, O, sfx):
         return _narrow_weight(op, desc, gy, x, gw, sfx)
-    tile, grid, k_chunk = _plan(O, C * kH * kW, N * Ho * Wo, sfx, split_k=True)
+    kern, grid, block, k_chunk = _gemm(op, desc, "conv2d_backward_weight", O, C * kH * kW,
+                                       N * Ho * Wo, sfx, split_k=True)
     splits = grid[2]
-    checks.grid(op, desc, grid)
     checks.index_range(op, desc, split_k_workspace=splits * gw.size,
                        split_k_range=splits * k_chunk + 256)
     ws = _sliced(gw, splits)
-    runtime.kernel("conv", f"conv2d_backward_weight_{tile}_{sfx}")(
-        grid, (planner.tile_threads(tile),),
-        (gy, x, ws, i32(k_chunk), *_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)))
+    kern(grid, block,
+         (gy, x, ws, i32(k_chunk), *_shape_args(N, C, H, W, O, kH, kW, sH, sW, pH, pW, Ho, Wo)))
     return _add_slices(ws, gw, splits, sfx)
 
 

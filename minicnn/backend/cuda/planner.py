@@ -45,9 +45,10 @@ def cdiv(a, b):
 
 
 def _split(tile, M, Ncols, K, sm_count, split_k):
-    """Grid and k_chunk of one tile: with ``split_k``, K is cut into about enough slices for
-    four waves of blocks (whole K tiles each, no empty slice, MIN_K_PER_SPLIT at least)."""
-    BM, BN, BK = TILES[tile][:3]
+    """Grid and k_chunk of one tile (a name of TILES, or the dims ``(BM, BN, BK)``): with
+    ``split_k``, K is cut into about enough slices for four waves of blocks (whole K tiles
+    each, no empty slice, MIN_K_PER_SPLIT at least)."""
+    BM, BN, BK = TILES[tile][:3] if isinstance(tile, str) else tile
     gx, gy = cdiv(Ncols, BN), cdiv(M, BM)
     k_chunk, splits = K, 1
     if split_k and K > 0:
@@ -93,6 +94,18 @@ def plan_gemm(M, Ncols, K, suffix, sm_count, split_k=False, tiles=False):
         tile = "m64n64"
     grid, k_chunk = _split(tile, M, Ncols, K, sm_count, split_k)
     return tile, grid, k_chunk
+
+
+# kernels/conv_tf32.cu's one tile (BM, BN, BK) and its block: 4 warps of tensor-core mma
+TF32_TILE = (64, 64, 8)
+TF32_THREADS = 128
+
+
+@functools.lru_cache(maxsize=1024)
+def plan_tf32(M, Ncols, K, sm_count, split_k=False):
+    """Launch plan of an implicit GEMM on the tensor cores (kernels/conv_tf32.cu): ``(grid,
+    k_chunk)``, its one tile, K split as plan_gemm splits it."""
+    return _split(TF32_TILE, M, Ncols, K, sm_count, split_k)
 
 
 def window_partition(kH, kW, sH, sW, pH, pW, H, W, Ho, Wo):

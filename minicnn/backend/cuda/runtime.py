@@ -81,9 +81,9 @@ MODULE_OPTIONS = {"optim": ("--fmad=false",)}
 
 
 def module_options(module_name):
-    """The NVRTC options of ``kernels/<module_name>.cu``: conv's from the configuration in
-    force (``config.current()``), the others fixed."""
-    if module_name == "conv":
+    """The NVRTC options of ``kernels/<module_name>.cu``: conv's and conv_tf32's from the
+    configuration in force (``config.current()``), the others fixed."""
+    if module_name in ("conv", "conv_tf32"):
         return config.current().conv_options()
     return MODULE_OPTIONS.get(module_name, ())
 
