@@ -56,8 +56,8 @@ constexpr int MIN_BLOCKS = 2;
 
 // --8<-- [start:mma]
 #ifndef MINICNN_EMU
-// fp32 -> TF32, rounded to nearest (ties away from zero): an fp32 bit pattern whose low 13
-// mantissa bits are 0.
+// fp32 -> TF32, rounded to nearest (ties away from zero): an fp32 bit pattern
+// whose low 13 mantissa bits are 0.
 __device__ __forceinline__ unsigned to_tf32(float f)
 {
     unsigned r;
@@ -65,15 +65,18 @@ __device__ __forceinline__ unsigned to_tf32(float f)
     return r;
 }
 
-// d = a b + c for one warp's 16x8x8 tile; every lane of the warp must call it together
-// (".sync.aligned"), each with its fragments (the table above).
+// d = a b + c for one warp's 16x8x8 tile; every lane of the warp must call it
+// together (".sync.aligned"), each with its fragments (the table above).
 __device__ __forceinline__ void
-mma_tf32_m16n8k8(float d[4], const unsigned a[4], const unsigned b[2], const float c[4])
+mma_tf32_m16n8k8(float d[4], const unsigned a[4], const unsigned b[2],
+                 const float c[4])
 {
     asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
-                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};"
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%10, %11, %12, %13};"
                  : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]),
+                   "r"(b[0]), "r"(b[1]),
                    "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
 }
 #endif   // else the CPU emulator's (tests/kernel_emu/mma_emu.h)
@@ -113,8 +116,8 @@ __device__ __forceinline__ void tf32_gemm(const Problem& prob, int M, int Ncols,
             Bs[k][b_n] = to_tf32(col_ok && gk < k_end ? prob.b(gk, cl) : 0.0f);
         }
         __syncthreads();
-        // 2. the warp tile: load each fragment (the layout table above), then MI x NJ
-        //    tensor-core instructions
+        // 2. the warp tile: load each fragment (the layout table above),
+        //    then MI x NJ tensor-core instructions
         unsigned a[MI][4], b[NJ][2];
 #pragma unroll
         for (int i = 0; i < MI; ++i) {
