@@ -336,6 +336,44 @@ def test_ctrl_c_in_training_labels_and_later_removes_interrupted_npz(tmp_path, m
     assert "img/s" in bar and "img_s" not in bar          # one rate in the training bar
 
 
+def test_ctrl_c_stops_every_worker_of_an_ensemble_and_resume_finishes_it(tmp_path):
+    """A real Ctrl-C (SIGINT to the terminal's process group) while ``--jobs 2`` trains two
+    members in worker processes: within seconds, exit status 130, one line, no traceback,
+    no live process of the session left (a zombie, exited but not yet reaped, is allowed),
+    each member's interrupted.npz written; ``--resume`` then
+    finishes both and scores the ensemble."""
+    import os
+    import signal
+    import time
+    out = tmp_path / "ens"
+    args = [sys.executable, "-m", "cmr.train", "--members", "2", "--jobs", "2", "--base", "4",
+            "--depth", "2", "--epochs", "12", "--phantom-train", "16", "--phantom-val", "4",
+            "--batch-size", "4", "--no-progress", "--out", str(out)]
+    p = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)      # its own group, as a shell's
+    logs = [out / f"member{k}" / "log.jsonl" for k in range(2)]
+    deadline = time.monotonic() + 300
+    while not all(log.exists() and log.stat().st_size for log in logs):
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+        time.sleep(0.2)                                          # both past their epoch 1
+    os.killpg(p.pid, signal.SIGINT)
+    try:
+        _, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise AssertionError("cmr.train --jobs 2 did not stop within 60 s of Ctrl-C") from None
+    assert p.returncode == 130, err
+    assert err.strip().splitlines() == ["error: interrupted (Ctrl-C)"], err
+    ps = subprocess.run(["ps", "-o", "stat=", "-s", str(p.pid)], capture_output=True, text=True)
+    assert [st for st in ps.stdout.split() if not st.startswith("Z")] == [], ps.stdout
+    assert all((out / f"member{k}" / "interrupted.npz").exists() for k in range(2))
+    r = subprocess.run(args[:3] + ["--resume", "--jobs", "2", "--no-progress", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert (out / "ensemble.json").exists() and (out / "ensemble_val.json").exists()
+    assert not any((out / f"member{k}" / "interrupted.npz").exists() for k in range(2))
+
+
 def test_each_epoch_line_gives_the_runs_eta(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "plot_curves", lambda *_: None)
     said = []
