@@ -165,11 +165,12 @@ def write_outputs(args, split, preds, result):
         save_figure(args.figure, split, preds, result, args.figure_rows,
                     figure_title(args, result))
     if args.csv:
+        rows = metrics.jsonable(result["per_image"])      # undefined values (NaN) -> None
         with open(args.csv, "w", newline="") as f:
-            writer = csv.writer(f)
+            writer = csv.writer(f)                        # and None -> an empty cell
             writer.writerow(["name"] + [f"dice_{c}" for c in CLASSES]
                             + [f"hd95_{c}" for c in CLASSES])
-            for row in result["per_image"]:
+            for row in rows:
                 writer.writerow([row["name"]] + [row["dice"][c] for c in CLASSES]
                                 + [row["hd95"][c] for c in CLASSES])
 
@@ -180,7 +181,9 @@ def main(argv=None):
     add_model_arguments(parser)
     parser.add_argument("--data", required=True, help="image/+mask/ folder or coursework root")
     parser.add_argument("--json", help="write the full result (per image too) here")
-    parser.add_argument("--csv", help="write one row per image here")
+    parser.add_argument("--csv", help="write one row per image here (an undefined value, "
+                        "such as HD95 where a structure is in only one of prediction and "
+                        "ground truth, is an empty cell)")
     parser.add_argument("--figure", help="write a PNG of image | ground truth | prediction here")
     parser.add_argument("--figure-rows", type=int, default=6, help="slices in --figure (6)")
     parser.add_argument("--split", choices=["default", "train", "val", "test"], default="default",

@@ -262,7 +262,18 @@ def test_evaluate_and_predict_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     result = json.loads((tmp_path / "e.json").read_text())
     assert set(result["dice"]) == {"RV", "Myo", "LV", "mean"} and len(result["per_image"]) == 3
-    assert len((tmp_path / "e.csv").read_text().splitlines()) == 4
+    import csv
+    with open(tmp_path / "e.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3                  # the per-image values of the JSON, None as empty
+    for row, want in zip(rows, result["per_image"]):
+        assert row["name"] == want["name"]
+        for c in ("RV", "Myo", "LV"):
+            for key in ("dice", "hd95"):
+                v = want[key][c]
+                assert row[f"{key}_{c}"] == ("" if v is None else repr(v)), (row, want)
+    assert "nan" not in (tmp_path / "e.csv").read_text().lower()
+    assert any(row[k] == "" for row in rows for k in row), "no undefined value to check"
     figure = np.array(Image.open(tmp_path / "e.png"))
     assert figure.ndim == 3 and figure.shape[0] > 100 and figure.std() > 0
     for flag in ("--figure", "--json", "--csv"):
