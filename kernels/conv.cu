@@ -57,7 +57,6 @@
 #define MINICNN_CONV_TILES 1
 #endif
 
-
 // ================================================================== the GEMM engine
 // out[0..3] = p[0..3] as 16-byte shared-memory loads (p 16-byte aligned).
 __device__ __forceinline__ void load4(const float* p, float* out) {

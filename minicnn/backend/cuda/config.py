@@ -5,8 +5,8 @@ One typed, frozen object, validated when it is made, read by the launchers throu
 ``current()``. It is set explicitly (``configure`` or the ``configured`` context manager) or,
 if nothing set it before the first launch, made once from the environment variables
 ``MINICNN_CONV_VARIANT``, ``MINICNN_CUDA_UNTIMED`` and ``MINICNN_CUDA_PRECISION`` (start-up
-defaults for the benchmarks,
-which time each configuration in its own process; read once per process, never per launch)::
+defaults for the benchmarks, which time each configuration in its own process; read once per
+process, never per launch)::
 
     from minicnn.backend.cuda import CudaConfig, configure, configured
     configure(CudaConfig())                                  # the shipped path
