@@ -239,3 +239,42 @@ def test_cpu_reports_name_the_openblas_kernels():
         pytest.skip("NumPy's BLAS here is not an OpenBLAS this helper can ask")
     assert core == "Haswell Haswell"       # the kernels the variable named, and the variable
     assert ", OpenBLAS kernels Haswell" in line
+
+
+SELFCHECK_RUNNER = """
+import os, sys
+sys.path[:0] = [{tests!r}, {root!r}]
+import emulator as emu
+class Setter:
+    def setattr(self, obj, name, value):
+        setattr(obj, name, value)
+emu.use_the_emulated_gpu(Setter(), {build!r}, os.environ.get("MINICNN_CUDA_PRECISION", "fp32"))
+cupy = emu.runtime.cupy
+cupy.__version__ = "fake"          # the script's own switch: small shapes, no timings
+sys.modules["cupy"] = cupy
+exec(compile(open({script!r}).read(), "gpu_check.sh selfcheck", "exec"))
+"""
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                    reason="no C++ compiler (g++ or $CXX) to build the kernel emulator")
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_gpu_check_selfcheck_passes_in_the_emulator(precision, tmp_path, tmp_path_factory):
+    """gpu_check.sh's self-check (steps 2 and 2c), the Python it hands to the GPU machine, run
+    here on the emulated GPU with its small "fake" shapes: every check passes, in fp32 and
+    with MINICNN_CUDA_PRECISION=tf32 (against numpy_backend's TF32 emulation), so that the one
+    prepared GPU call does not fail on a slip of its own."""
+    import re
+    text = open(os.path.join(BENCH, "gpu_check.sh")).read()
+    body = re.search(r"\nselfcheck\(\) \{.*?<<'EOF'\n(.*?)\nEOF\n", text, re.S).group(1)
+    (tmp_path / "selfcheck.py").write_text(body)
+    runner = tmp_path / "run.py"
+    runner.write_text(SELFCHECK_RUNNER.format(
+        tests=os.path.join(ROOT, "tests"), root=ROOT, script=str(tmp_path / "selfcheck.py"),
+        build=str(tmp_path_factory.getbasetemp())))
+    r = subprocess.run([sys.executable, str(runner)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=900, env=dict(os.environ, MINICNN_CUDA_PRECISION=precision))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert f"precision: {precision}" in r.stdout
+    summary = r.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"\d{3,} checks, 0 failures, [\d.]+s", summary), summary
