@@ -216,8 +216,8 @@ class EmuGpuArray(EmuArray):
 
 
 class NumpyAsCupy(types.ModuleType):
-    """All of NumPy as CuPy: every function of NumPy, with new arrays (and the results of
-    functions that would return a plain ndarray) as EmuGpuArray; ufuncs keep the subclass
+    """All of NumPy as CuPy: every function of NumPy (``asarray``, ``empty``, ``zeros``, ...),
+    whatever would be a plain ndarray returned as an EmuGpuArray; ufuncs keep the subclass
     themselves. ``asnumpy`` gives a plain ndarray back."""
     ndarray = EmuGpuArray
     cuda = EmuCupy.cuda
@@ -231,18 +231,6 @@ class NumpyAsCupy(types.ModuleType):
             r = f(*args, **kwargs)
             return r.view(EmuGpuArray) if type(r) is np.ndarray else r
         return on_the_gpu
-
-    def asarray(self, a, dtype=None):
-        return np.asarray(a, dtype=dtype).view(EmuGpuArray)
-
-    def ascontiguousarray(self, a):
-        return np.ascontiguousarray(a).view(EmuGpuArray)
-
-    def empty(self, shape, dtype=np.float64):
-        return np.empty(shape, dtype).view(EmuGpuArray)
-
-    def zeros(self, shape, dtype=np.float64):
-        return np.zeros(shape, dtype).view(EmuGpuArray)
 
     def asnumpy(self, a):
         return np.asarray(a).view(np.ndarray)
