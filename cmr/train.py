@@ -43,7 +43,7 @@ from .augment import AugmentConfig, augment_batch
 from .cli import one_line_errors, output_folder
 from .evaluate import evaluate, format_table
 from .metrics import jsonable
-from .unet import NORMS, UNet
+from .unet import ADDED_SETTINGS, NORMS, UNet
 
 CLASSES = ("RV", "Myo", "LV")
 DEFAULTS = dict(data=None, backend="numpy", epochs=50, batch_size=25, lr=2e-4, betas=(0.9, 0.99),
@@ -51,7 +51,7 @@ DEFAULTS = dict(data=None, backend="numpy", epochs=50, batch_size=25, lr=2e-4, b
                 depth=4, init="torch", norm="none", augment="default", seed=0,
                 schedule="constant", weight_decay=0.0, phantom_train=200, phantom_val=40,
                 extra_data=None, extra_transpose=False, extra_val=False, flip_tta=False,
-                split_seed=None, members=1, precision="fp32")
+                split_seed=None, members=1, precision="fp32", deep_supervision=False)
 PRESETS = {
     # the README's first command: a few minutes on a 2-core CPU, on the phantom
     "quick": dict(epochs=8, base=8, batch_size=8, lr=3e-3, loss="ce+dice", init="he",
@@ -137,6 +137,27 @@ def make_optimizer(cfg, params):
     return optim.Adagrad(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
 
 
+def level_masks(masks, level):
+    """The labels at decoder level ``level`` (``1 / 2**level`` of the size) for deep
+    supervision: of each ``s x s`` block (``s = 2**level``) the pixel at (s/2, s/2), the one
+    nearest the block's centre."""
+    s = 2 ** level
+    return masks[:, s // 2::s, s // 2::s]
+
+
+def deep_supervision_loss(loss_fn, logits, aux, masks, batch_masks):
+    """The training loss with deep supervision: the output's ``loss_fn`` and each auxiliary
+    head's (level i, ``aux[i - 1]``) against its level's labels (``level_masks``), weighted
+    1, 1/2, 1/4, ... and divided by the weights' sum (nnU-Net's weighting, the lowest
+    level kept)."""
+    weights = [0.5 ** level for level in range(len(aux) + 1)]
+    total = loss_fn(logits, masks, batch_masks)
+    for level, (w, head) in enumerate(zip(weights[1:], aux), start=1):
+        total = total + loss_fn(head, level_masks(masks, level),
+                                level_masks(batch_masks, level)) * w
+    return total * (1.0 / sum(weights))
+
+
 def learning_rate(cfg, epoch):
     """The learning rate of ``epoch`` (0-based): constant, or cosine decay to 1% of it."""
     if cfg["schedule"] == "cosine":
@@ -193,6 +214,7 @@ def _duration(seconds):
 def _model_mismatch(saved, built):
     """The settings in which a checkpoint's U-Net (``saved``) and the model built
     (``built``) differ, e.g. ``base 16 vs 32``; empty if none."""
+    saved = dict(ADDED_SETTINGS, **saved)        # a checkpoint older than a setting
     return ", ".join(f"{k} {saved.get(k)} (checkpoint) vs {v} (this run)"
                      for k, v in built.items() if saved.get(k) != v)
 
@@ -250,7 +272,8 @@ def _train(cfg, out, resume, say, progress, world):
     minicnn.backend.get(device)                      # a clear error if CUDA is unusable
     train, val = load_data(cfg, say)
     minicnn.manual_seed(cfg["seed"])
-    model = UNet(1, 4, cfg["base"], cfg["depth"], cfg["init"], cfg["norm"]).to(device)
+    model = UNet(1, 4, cfg["base"], cfg["depth"], cfg["init"], cfg["norm"],
+                 cfg["deep_supervision"]).to(device)
     opt = make_optimizer(cfg, model.parameters())
     rng = np.random.default_rng(cfg["seed"])
     history, start, best = [], 0, -1.0
@@ -276,7 +299,9 @@ def _train(cfg, out, resume, say, progress, world):
         f" backend {cfg['backend']}"
         + ("" if cfg["precision"] == "fp32" else "; TF32 convolutions"
            + (" (tensor cores)" if cfg["backend"] == "cuda" else " (emulated)"))
-        + f"; loss {cfg['loss']}; {cfg['optimizer']} lr {cfg['lr']}"
+        + f"; loss {cfg['loss']}"
+        + (" with deep supervision" if cfg["deep_supervision"] else "")
+        + f"; {cfg['optimizer']} lr {cfg['lr']}"
         + (f"; {world.size} ranks" if world.size > 1 else ""))
     loss_fn = world.loss(cfg["loss"], lambda term: make_loss(term, cfg["class_weights"]),
                          cfg["class_weights"])     # one rank's term of the batch's loss
@@ -301,7 +326,12 @@ def _train(cfg, out, resume, say, progress, world):
                     mine = world.share(len(idx))        # this rank's images (all: one process)
                     x = minicnn.Tensor(np.ascontiguousarray(images[mine, None],
                                                             dtype=np.float32)).to(device)
-                    loss = loss_fn(model(x), masks[mine].astype(np.int64), masks)
+                    mine_masks = masks[mine].astype(np.int64)
+                    if cfg["deep_supervision"]:
+                        loss = deep_supervision_loss(loss_fn, *model(x, aux=True), mine_masks,
+                                                     masks)
+                    else:
+                        loss = loss_fn(model(x), mine_masks, masks)
                     opt.zero_grad()
                     loss.backward()
                     # the gradients and the loss summed over the ranks (one process: unchanged)
@@ -479,6 +509,10 @@ def build_parser():
                    "PyTorch's default, as the original; he: N(0, 2/fan_in))")
     p.add_argument("--norm", choices=list(NORMS), help="normalisation after each 3x3 conv "
                    "(none: the original network; instance; group)")
+    p.add_argument("--deep-supervision", action="store_const", const=True,
+                   help="add the loss of 1x1 heads on the decoder's lower levels against the "
+                   "labels at their scale, weighted 1/2, 1/4, ... (training only: the "
+                   "prediction is unchanged; cmr.unet)")
     p.add_argument("--augment", choices=["default", "strong", "none"],
                    help="augmentation ranges (cmr.augment.AugmentConfig; default: rotation "
                    "+-15 deg, zoom 0.9-1.1, elastic, gamma/contrast/brightness)")

@@ -15,6 +15,12 @@ For a 96x96 input and ``base=64, depth=4``::
 Every arrow inside a level is a 3x3 convolution with padding 1 followed by ReLU, so sizes are
 kept ("padded" U-Net); pools are 2x2 with stride 2; up-convolutions are 2x2 transposed
 convolutions with stride 2. With base 64 the network has 31,030,788 parameters.
+
+``deep_supervision=True`` adds a 1x1 head to each decoder level but the last (48x48, 24x24 and
+12x12 above), whose logits ``forward(x, aux=True)`` returns beside the output's, for the
+training loss to score against the labels at that scale (``cmr.train --deep-supervision``;
+Lee et al. 2015, as nnU-Net uses it). The heads are for training only: the prediction is the
+last level's, as without them.
 """
 import math
 
@@ -25,6 +31,9 @@ from minicnn.random import generator
 
 
 NORMS = ("none", "instance", "group")
+#: Settings added to ``UNet.config`` since checkpoints were first written, with the value that
+#: a checkpoint without them means.
+ADDED_SETTINGS = {"deep_supervision": False}
 
 
 def _norm_layer(norm, channels):
@@ -66,10 +75,14 @@ class UNet(nn.Module):
     ``norm`` puts a normalisation between each 3x3 convolution and its ReLU: ``"none"`` (the
     original network), ``"instance"`` or ``"group"`` (see ``_norm_layer``; both normalise each
     image on its own, so training and evaluation compute the same function).
+
+    ``deep_supervision=True`` adds the heads ``aux1`` ... ``aux{depth-1}`` (1x1, decoder level
+    i's ``base * 2**i`` channels to the classes; initialised like ``head``) that
+    ``forward(x, aux=True)`` evaluates.
     """
 
     def __init__(self, in_channels=1, num_classes=4, base=64, depth=4, init="torch",
-                 norm="none"):
+                 norm="none", deep_supervision=False):
         super().__init__()
         if depth < 1 or base < 1 or in_channels < 1 or num_classes < 1:
             raise ValueError(f"UNet: depth ({depth}), base ({base}), in_channels and "
@@ -79,7 +92,8 @@ class UNet(nn.Module):
         if norm not in NORMS:
             raise ValueError(f"UNet: norm must be one of {NORMS}, got {norm!r}")
         self.config = {"in_channels": in_channels, "num_classes": num_classes, "base": base,
-                       "depth": depth, "init": init, "norm": norm}
+                       "depth": depth, "init": init, "norm": norm,
+                       "deep_supervision": bool(deep_supervision)}
         self.depth = depth
         widths = [base * 2 ** i for i in range(depth + 1)]
         for i in range(depth):
@@ -90,6 +104,9 @@ class UNet(nn.Module):
             setattr(self, f"upconv{i}", nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2))
             setattr(self, f"up{i}", DoubleConv(2 * widths[i], widths[i], norm))
         self.head = nn.Conv2d(base, num_classes, 1)
+        if deep_supervision:
+            for i in range(1, depth):
+                setattr(self, f"aux{i}", nn.Conv2d(widths[i], num_classes, 1))
         if init == "he":
             self._he_init()
 
@@ -101,12 +118,18 @@ class UNet(nn.Module):
                 fan_in = int(np.prod(module.weight.shape[1:]))
             else:
                 continue
-            gain = 1.0 if name == "head" else 2.0
+            gain = 1.0 if name == "head" or name.startswith("aux") else 2.0
             w = module.weight
             w.data = (generator().standard_normal(w.shape) * np.sqrt(gain / fan_in)).astype(w.dtype)
             module.bias.data = np.zeros_like(module.bias.data)
 
-    def forward(self, x):
+    def forward(self, x, aux=False):
+        """The logits ``(N, classes, H, W)``; with ``aux=True`` (a model built with
+        ``deep_supervision``) also the list of the auxiliary heads' logits, level 1 first:
+        level i's are ``(N, classes, H / 2**i, W / 2**i)``."""
+        if aux and not self.config["deep_supervision"]:
+            raise ValueError("UNet.forward(aux=True) needs a model built with "
+                             "deep_supervision=True")
         if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
             raise ValueError(f"UNet expects input (N, {self.config['in_channels']}, H, W), "
                              f"got {x.shape}")
@@ -120,7 +143,12 @@ class UNet(nn.Module):
             skips.append(x)
             x = F.max_pool2d(x, 2)
         x = self.bottleneck(x)
+        levels = {}
         for i in reversed(range(self.depth)):
             x = getattr(self, f"upconv{i}")(x)
             x = getattr(self, f"up{i}")(F.cat([skips[i], x], dim=1))
+            if aux and i > 0:
+                levels[i] = getattr(self, f"aux{i}")(x)
+        if aux:
+            return self.head(x), [levels[i] for i in range(1, self.depth)]
         return self.head(x)
