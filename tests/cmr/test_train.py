@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import minicnn
 from cmr import checkpoint, train
 from cmr.predict import keep_largest_component
 
@@ -65,6 +66,30 @@ def test_training_lowers_the_loss_on_the_phantom(tmp_path):
     history = train.run(dict(TINY, base=4, epochs=4, phantom_train=16, lr=5e-3, init="he"),
                         tmp_path, say=quiet, progress=False)
     assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+
+
+def test_deep_supervision_trains_saves_and_loads_as_a_plain_predictor(tmp_path):
+    train.run(dict(TINY, epochs=1, depth=3, deep_supervision=True), tmp_path, say=quiet,
+              progress=False)
+    assert json.loads((tmp_path / "config.json").read_text())["deep_supervision"] is True
+    model, meta = checkpoint.load_model(tmp_path / "last.npz")
+    assert meta["model"]["deep_supervision"] is True
+    assert {n for n, _ in model.named_parameters() if n.startswith("aux")} == {
+        "aux1.weight", "aux1.bias", "aux2.weight", "aux2.bias"}
+    x = minicnn.Tensor(np.random.default_rng(0).random((1, 1, 16, 16)).astype(np.float32))
+    np.testing.assert_array_equal(model(x).numpy(), model(x, aux=True)[0].numpy())
+    # a checkpoint written before the setting existed is a model without the heads
+    assert train._model_mismatch({k: v for k, v in meta["model"].items()
+                                  if k != "deep_supervision"},
+                                 dict(meta["model"], deep_supervision=False)) == ""
+    assert "deep_supervision False (checkpoint) vs True" in train._model_mismatch(
+        dict(meta["model"], deep_supervision=False), meta["model"])
+
+
+def test_level_masks_take_each_blocks_centre_pixel():
+    masks = np.arange(2 * 8 * 8).reshape(2, 8, 8)
+    np.testing.assert_array_equal(train.level_masks(masks, 1), masks[:, 1::2, 1::2])
+    np.testing.assert_array_equal(train.level_masks(masks, 2)[0], [[18, 22], [50, 54]])
 
 
 def assert_recorded(config, recorded, ignore, label):

@@ -28,7 +28,7 @@ class TorchDouble(tnn.Module):
 class TorchUNet(tnn.Module):
     """An independent PyTorch implementation with the same parameter names."""
 
-    def __init__(self, base, depth, norm="none"):
+    def __init__(self, base, depth, norm="none", deep_supervision=False):
         super().__init__()
         self.depth = depth
         w = [base * 2 ** i for i in range(depth + 1)]
@@ -39,9 +39,12 @@ class TorchUNet(tnn.Module):
             setattr(self, f"upconv{i}", tnn.ConvTranspose2d(w[i + 1], w[i], 2, stride=2))
             setattr(self, f"up{i}", TorchDouble(2 * w[i], w[i], norm))
         self.head = tnn.Conv2d(base, 4, 1)
+        if deep_supervision:
+            for i in range(1, depth):
+                setattr(self, f"aux{i}", tnn.Conv2d(w[i], 4, 1))
 
-    def forward(self, x):
-        skips = []
+    def forward(self, x, aux=False):
+        skips, heads = [], []
         for i in range(self.depth):
             x = getattr(self, f"down{i}")(x)
             skips.append(x)
@@ -49,7 +52,9 @@ class TorchUNet(tnn.Module):
         x = self.bottleneck(x)
         for i in reversed(range(self.depth)):
             x = getattr(self, f"up{i}")(torch.cat([skips[i], getattr(self, f"upconv{i}")(x)], 1))
-        return self.head(x)
+            if aux and i > 0:
+                heads.insert(0, getattr(self, f"aux{i}")(x))
+        return (self.head(x), heads) if aux else self.head(x)
 
 
 def test_parameter_count_of_the_original_network():
@@ -116,3 +121,55 @@ def test_bad_input_sizes():
         m(Tensor(np.zeros((1, 1, 20, 24), np.float32)))
     with pytest.raises(ValueError, match=r"expects input \(N, 1, H, W\)"):
         m(Tensor(np.zeros((1, 3, 16, 16), np.float32)))
+
+
+def test_deep_supervision_loss_and_gradients_match_pytorch():
+    """The auxiliary heads' logits, the weighted loss of cmr.train --deep-supervision (labels
+    taken at each block's centre pixel) and every gradient, heads included, against PyTorch."""
+    from cmr import train
+    minicnn.manual_seed(2)
+    base, depth, size = 3, 3, 16
+    ours = UNet(base=base, depth=depth, deep_supervision=True)
+    ref = TorchUNet(base, depth, deep_supervision=True).double()
+    theirs = dict(ref.named_parameters())
+    assert {n for n in theirs if n.startswith("aux")} == {
+        "aux1.weight", "aux1.bias", "aux2.weight", "aux2.bias"}
+    for name, p in ours.named_parameters():
+        p.data = p.data.astype(np.float64)
+        with torch.no_grad():
+            theirs[name].copy_(torch.tensor(p.data))
+    rng = np.random.default_rng(2)
+    x = rng.random((2, 1, size, size))
+    t = rng.integers(0, 4, (2, size, size))
+    w = np.array([0.1, 0.3, 0.3, 0.3])
+
+    logits, aux = ours(Tensor(x), aux=True)
+    np.testing.assert_allclose(logits.numpy(), ours(Tensor(x)).numpy(), rtol=0, atol=0)
+    assert [a.shape for a in aux] == [(2, 4, 8, 8), (2, 4, 4, 4)]
+    ce = train.make_loss("ce", w)
+    loss = train.deep_supervision_loss(lambda z, m, _: ce(z, m), logits, aux, t, t)
+    w = w.astype(np.float32).astype(np.float64)        # make_loss keeps float32 weights
+
+    ref_logits, ref_aux = ref(torch.tensor(x), aux=True)
+    tt = torch.tensor(t)
+    ref_loss = tnn.functional.cross_entropy(ref_logits, tt, torch.tensor(w))
+    for level, head in enumerate(ref_aux, start=1):
+        s = 2 ** level        # the label at (s/2, s/2) of each s x s block
+        block = tt.reshape(2, size // s, s, size // s, s)[:, :, s // 2, :, s // 2]
+        ref_loss = ref_loss + 0.5 ** level * tnn.functional.cross_entropy(
+            head, block, torch.tensor(w))
+    ref_loss = ref_loss / (1 + 0.5 + 0.25)
+    for a, b in zip(aux, ref_aux):
+        np.testing.assert_allclose(a.numpy(), b.detach().numpy(), rtol=1e-9, atol=1e-11)
+    assert abs(loss.item() - ref_loss.item()) < 1e-12
+    loss.backward()
+    ref_loss.backward()
+    for name, p in ours.named_parameters():
+        np.testing.assert_allclose(Tensor(p.grad).numpy(), theirs[name].grad.numpy(),
+                                   rtol=1e-8, atol=1e-12, err_msg=name)
+
+
+def test_aux_outputs_need_a_deep_supervision_model():
+    with pytest.raises(ValueError, match="deep_supervision=True"):
+        UNet(base=2, depth=2)(Tensor(np.zeros((1, 1, 8, 8), np.float32)), aux=True)
+    assert UNet(base=2, depth=2).config["deep_supervision"] is False
