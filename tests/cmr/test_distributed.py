@@ -126,6 +126,7 @@ def _trained(out):
 @pytest.mark.parametrize("ranks, extra", [
     (2, ["--loss", "ce", "--phantom-train", "21"]),          # batches 8, 8, 5: shares 4/4, 2/3
     (3, ["--loss", "focal", "--phantom-train", "9", "--batch-size", "4"]),  # last batch: 1 image
+    (2, ["--loss", "ce", "--phantom-train", "13", "--deep-supervision"]),  # level 1's labels too
 ])
 def test_mpiexec_trains_as_one_process(tmp_path, ranks, extra):
     """SGD (an update linear in the gradient), so that the parameters after the steps differ

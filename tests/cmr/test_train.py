@@ -72,6 +72,8 @@ def test_deep_supervision_trains_saves_and_loads_as_a_plain_predictor(tmp_path):
     train.run(dict(TINY, epochs=1, depth=3, deep_supervision=True), tmp_path, say=quiet,
               progress=False)
     assert json.loads((tmp_path / "config.json").read_text())["deep_supervision"] is True
+    args = train.build_parser().parse_args(["--deep-supervision"])
+    assert train.config_from_args(args)["deep_supervision"] is True
     model, meta = checkpoint.load_model(tmp_path / "last.npz")
     assert meta["model"]["deep_supervision"] is True
     assert {n for n, _ in model.named_parameters() if n.startswith("aux")} == {
