@@ -202,9 +202,11 @@ class MPIWorld(OneProcess):
         """Each rank predicts its share of ``split``; rank 0 gathers the label maps, scores
         them as ``cmr.evaluate.evaluate`` does and sends the result to every rank."""
         from . import metrics
-        from .predict import predict_masks
+        from .evaluate import positions_of
+        from .predict import model_inputs, predict_masks
         parts = shares(len(split), self.size)
-        mine = split.images[parts[self.rank]]
+        # a 2.5D model's neighbours may be in another rank's share: stacked first
+        mine = model_inputs(model, split.images, positions_of(split))[parts[self.rank]]
         preds = (predict_masks(model, mine, device=device, flip_tta=flip_tta) if len(mine)
                  else np.empty((0,) + split.masks.shape[1:], np.uint8))
         counts = [(s.stop - s.start) * int(np.prod(split.masks.shape[1:])) for s in parts]

@@ -50,6 +50,12 @@ def load_split(directory, which="default", seed=0):
     return parts[("train", "val", "test").index(which)]
 
 
+def positions_of(split):
+    """Each slice's ``(stack, index)`` from its name, or None (``metrics.slice_position``):
+    where a 2.5D model finds its neighbours."""
+    return [metrics.slice_position(name) for name in split.names]
+
+
 def evaluate(models, split, device="cpu", batch_size=16, flip_tta=False, return_masks=False,
              keep_largest=False, min_confidence=0.0, slice_spacing=None, progress=False):
     """The metrics dictionary of ``cmr.metrics.evaluate_masks`` for ``split`` (and the
@@ -60,7 +66,7 @@ def evaluate(models, split, device="cpu", batch_size=16, flip_tta=False, return_
     HD95 with ``slice_spacing``, the distance between slices in pixels). ``progress`` shows
     a progress bar of the predictions."""
     preds = predict_masks(models, split.images, batch_size, device, flip_tta, keep_largest,
-                          min_confidence, progress)
+                          min_confidence, progress, positions=positions_of(split))
     result = metrics.evaluate_masks(preds, split.masks, split.names)
     volumes = metrics.volume_metrics(preds, split.masks, split.names, slice_spacing)
     if volumes is not None:
