@@ -11,6 +11,7 @@ from cmr.phantom import make_phantom
 from cmr.predict import model_inputs, neighbour_index, predict_logits, predict_masks, \
     predict_probs
 from cmr.unet import UNet
+from test_train import write_split_folder
 
 TINY = dict(train.DEFAULTS, base=2, depth=2, epochs=1, batch_size=4, lr=1e-2)
 
@@ -77,15 +78,9 @@ def test_probabilities_of_a_2p5d_model_and_an_ensemble_with_a_2d_one():
 @pytest.fixture(scope="module")
 def stacks_folder(tmp_path_factory):
     """Ten 'patients' of three phantom slices each, named patientPPP_frame01_sliceSS."""
-    from PIL import Image
     folder = tmp_path_factory.mktemp("stacks")
-    split = make_phantom(30, seed=3)
-    for sub in ("image", "mask"):
-        (folder / sub).mkdir()
-    for i, (im, m) in enumerate(zip(split.images, split.masks)):
-        name = f"patient{i // 3 + 1:03d}_frame01_slice{i % 3 + 1:02d}"
-        Image.fromarray((im * 255).astype(np.uint8)).save(folder / "image" / f"{name}.png")
-        Image.fromarray(m).save(folder / "mask" / f"{name}_mask.png")
+    names = [f"patient{i // 3 + 1:03d}_frame01_slice{i % 3 + 1:02d}" for i in range(30)]
+    write_split_folder(folder, make_phantom(30, seed=3), names)
     return folder
 
 
