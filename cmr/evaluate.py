@@ -27,7 +27,7 @@ import minicnn
 
 from . import checkpoint, data, metrics
 from .cli import one_line_errors
-from .predict import add_model_arguments, overlay, predict_masks, say_model
+from .predict import add_model_arguments, alone_note, overlay, predict_masks, say_model
 
 CLASSES = ("RV", "Myo", "LV")
 
@@ -221,6 +221,8 @@ def main(argv=None):
             raise data.CMRDataError(f"{args.data}: the {args.split} split has no masks to score")
         if args.transpose:
             split = split.transposed()
+        if alone_note(models, positions_of(split)):
+            print(alone_note(models, positions_of(split)))
         result, preds = evaluate(models, split, device, args.batch_size, args.flip_tta,
                                  return_masks=True, keep_largest=args.keep_largest,
                                  min_confidence=args.min_confidence,

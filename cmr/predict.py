@@ -73,6 +73,18 @@ def model_inputs(model, images, positions=None):
     return images[neighbour_index(positions, len(images), (channels - 1) // 2)]
 
 
+def alone_note(models, positions):
+    """A line for the user when a 2.5D model (``in_channels`` > 1) is given slices that
+    are not named ``<stack>_slice<NN>``: each of them is its own neighbour; else None."""
+    models = models if isinstance(models, (list, tuple)) else [models]
+    alone = sum(pos is None for pos in positions)
+    if alone and any(m.config["in_channels"] > 1 for m in models):
+        return (f"note: the model takes each slice with its neighbours in its stack, but "
+                f"{alone} of the {len(positions)} slices are not named "
+                "<stack>_slice<NN>: each of those is given as its own neighbour")
+    return None
+
+
 def predict_logits(model, inputs, batch_size=16, device="cpu", bar=None):
     """Softmax probabilities ``(N, C, H, W)`` for float inputs ``(N, C_in, H, W)`` (or
     ``(N, H, W)``: one channel); ``bar`` (a tqdm progress bar) advances by each batch's
@@ -262,10 +274,12 @@ def main(argv=None):
         names, images = _inputs(args.input)
         # the output folders are checked before the predictions, not after
         with output_folder(args.out) as out, output_folder(out / "overlay") as overlays:
+            positions = [metrics.slice_position(n) for n in names]
+            if alone_note(models, positions):
+                print(alone_note(models, positions))
             masks = predict_masks(models, images, args.batch_size, device, args.flip_tta,
                                   args.keep_largest, args.min_confidence,
-                                  progress=not args.no_progress,
-                                  positions=[metrics.slice_position(n) for n in names])
+                                  progress=not args.no_progress, positions=positions)
             for name, image, mask in zip(names, images, masks):
                 Image.fromarray(mask).save(out / f"{name}_mask.png")
                 Image.fromarray(overlay(image, mask)).save(overlays / f"{name}.png")

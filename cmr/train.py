@@ -298,10 +298,11 @@ def _train(cfg, out, resume, say, progress, world):
         # the log is the history of last.npz: a killed epoch's line is not repeated
         (out / "log.jsonl").write_text("".join(_log_line(record) for record in history))
         (out / "config.json").write_text(json.dumps(cfg, indent=1))
+    k = cfg["neighbours"]
     say(f"U-Net base {cfg['base']}, depth {cfg['depth']}, norm {cfg['norm']}"
-        + (f", input: each slice between its {cfg['neighbours']} neighbours on either side"
-           if cfg["neighbours"] else "") + ": "
-        f"{model.num_parameters():,} parameters;"
+        + (f", input: each slice with {k} neighbouring slice{'s' * (k > 1)} on either side"
+           if k else "")
+        + f": {model.num_parameters():,} parameters;"
         f" backend {cfg['backend']}"
         + ("" if cfg["precision"] == "fp32" else "; TF32 convolutions"
            + (" (tensor cores)" if cfg["backend"] == "cuda" else " (emulated)"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import minicnn
-from cmr import checkpoint, evaluate, metrics, nifti, train
+from cmr import checkpoint, evaluate, metrics, nifti, predict, train
 from cmr.phantom import make_phantom
 from cmr.predict import model_inputs, neighbour_index, predict_logits, predict_masks, \
     predict_probs
@@ -85,7 +85,7 @@ def stacks_folder(tmp_path_factory):
 
 
 def test_training_with_neighbours_sees_each_slice_between_its_neighbours(
-        stacks_folder, tmp_path, monkeypatch):
+        stacks_folder, tmp_path, monkeypatch, capsys):
     cfg = dict(TINY, data=str(stacks_folder), neighbours=1)
     seen = []
 
@@ -113,7 +113,15 @@ def test_training_with_neighbours_sees_each_slice_between_its_neighbours(
     out = tmp_path / "eval.json"
     assert evaluate.main(["--checkpoint", str(tmp_path / "last.npz"), "--data",
                           str(stacks_folder), "--json", str(out), "--no-progress"]) == 0
+    # 2-D crops with other names: each slice is its own neighbour, and the user is told
+    crops = tmp_path / "crops"
+    write_split_folder(crops, make_phantom(2, seed=4))
+    assert predict.main(["--checkpoint", str(tmp_path / "last.npz"), "--input",
+                         str(crops / "image"), "--out", str(tmp_path / "pred"),
+                         "--no-progress"]) == 0
+    assert "2 of the 2 slices are not named <stack>_slice<NN>" in capsys.readouterr().out
     split = evaluate.load_split(stacks_folder)
+    assert predict.alone_note([model], evaluate.positions_of(split)) is None
     preds = predict_masks(model, split.images, positions=evaluate.positions_of(split))
     expected = metrics.evaluate_masks(preds, split.masks, split.names)
     assert json.loads(out.read_text())["dice"]["mean"] == pytest.approx(
