@@ -202,11 +202,9 @@ class MPIWorld(OneProcess):
         """Each rank predicts its share of ``split``; rank 0 gathers the label maps, scores
         them as ``cmr.evaluate.evaluate`` does and sends the result to every rank."""
         from . import metrics
-        from .evaluate import positions_of
-        from .predict import model_inputs, predict_masks
+        from .predict import predict_masks
         parts = shares(len(split), self.size)
-        # a 2.5D model's neighbours may be in another rank's share: stacked first
-        mine = model_inputs(model, split.images, positions_of(split))[parts[self.rank]]
+        mine = split.images[parts[self.rank]]
         preds = (predict_masks(model, mine, device=device, flip_tta=flip_tta) if len(mine)
                  else np.empty((0,) + split.masks.shape[1:], np.uint8))
         counts = [(s.stop - s.start) * int(np.prod(split.masks.shape[1:])) for s in parts]

@@ -27,7 +27,7 @@ import minicnn
 
 from . import checkpoint, data, metrics
 from .cli import one_line_errors
-from .predict import add_model_arguments, alone_note, overlay, predict_masks, say_model
+from .predict import add_model_arguments, overlay, predict_masks, say_model
 
 CLASSES = ("RV", "Myo", "LV")
 
@@ -50,12 +50,6 @@ def load_split(directory, which="default", seed=0):
     return parts[("train", "val", "test").index(which)]
 
 
-def positions_of(split):
-    """Each slice's ``(stack, index)`` from its name, or None (``metrics.slice_position``):
-    where a 2.5D model finds its neighbours."""
-    return [metrics.slice_position(name) for name in split.names]
-
-
 def evaluate(models, split, device="cpu", batch_size=16, flip_tta=False, return_masks=False,
              keep_largest=False, min_confidence=0.0, slice_spacing=None, progress=False):
     """The metrics dictionary of ``cmr.metrics.evaluate_masks`` for ``split`` (and the
@@ -66,7 +60,7 @@ def evaluate(models, split, device="cpu", batch_size=16, flip_tta=False, return_
     HD95 with ``slice_spacing``, the distance between slices in pixels). ``progress`` shows
     a progress bar of the predictions."""
     preds = predict_masks(models, split.images, batch_size, device, flip_tta, keep_largest,
-                          min_confidence, progress, positions=positions_of(split))
+                          min_confidence, progress)
     result = metrics.evaluate_masks(preds, split.masks, split.names)
     volumes = metrics.volume_metrics(preds, split.masks, split.names, slice_spacing)
     if volumes is not None:
@@ -221,8 +215,6 @@ def main(argv=None):
             raise data.CMRDataError(f"{args.data}: the {args.split} split has no masks to score")
         if args.transpose:
             split = split.transposed()
-        if alone_note(models, positions_of(split)):
-            print(alone_note(models, positions_of(split)))
         result, preds = evaluate(models, split, device, args.batch_size, args.flip_tta,
                                  return_masks=True, keep_largest=args.keep_largest,
                                  min_confidence=args.min_confidence,

@@ -148,20 +148,14 @@ def _nanmean(values) -> float:
 _SLICE_NAME = re.compile(r"^(?P<stack>.+)_slice(?P<index>\d+)$")
 
 
-def slice_position(name: str) -> tuple[str, int] | None:
-    """``(stack, slice index)`` of a slice named ``<stack>_slice<NN>`` (acdc96:
-    ``patientPPP_frameFF_sliceSS`` -> ``("patientPPP_frameFF", SS)``); None for another name."""
-    m = _SLICE_NAME.match(str(name))
-    return (m["stack"], int(m["index"])) if m else None
-
-
 def stack_positions(names: Sequence[str]) -> list[tuple[str, int]] | None:
-    """``slice_position`` of each name; None if there are no names or any does not have
-    that form."""
-    parsed = [slice_position(n) for n in names]
+    """``(stack, slice index)`` of each slice named ``<stack>_slice<NN>`` (acdc96:
+    ``patientPPP_frameFF_sliceSS`` -> ``("patientPPP_frameFF", SS)``); None if there are no
+    names or any does not have that form."""
+    parsed = [_SLICE_NAME.match(str(n)) for n in names]
     if not parsed or not all(parsed):
         return None
-    return parsed
+    return [(m["stack"], int(m["index"])) for m in parsed]
 
 
 def at_stack_ends(names: Sequence[str], depth: int = 2) -> np.ndarray | None:

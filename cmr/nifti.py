@@ -109,12 +109,6 @@ def _centroid(masks: np.ndarray, offset=(0, 0)):
     return (rows.mean() + offset[0], cols.mean() + offset[1])
 
 
-def in_order(z):
-    """The slice positions of one stack of ``z`` slices in order (``predict.neighbour_index``:
-    the neighbours of a 2.5D model)."""
-    return [("volume", i) for i in range(z)]
-
-
 def find_heart(models, slices: np.ndarray, **predict) -> tuple[float, float]:
     """The heart's centre (row, column) in the scaled slices, found by the model: the centroid
     of its labels on the whole slices (padded to a multiple of 16), then of its labels on the
@@ -123,12 +117,12 @@ def find_heart(models, slices: np.ndarray, **predict) -> tuple[float, float]:
     ph, pw = -h % DEPTH_MULTIPLE, -w % DEPTH_MULTIPLE
     whole = np.pad(slices, ((0, 0), (0, ph), (0, pw)))
     images = np.stack([normalise_crop(s) for s in whole])
-    centre = _centroid(predict_masks(models, images, positions=in_order(z), **predict)[:, :h, :w])
+    centre = _centroid(predict_masks(models, images, **predict)[:, :h, :w])
     if centre is None:
         return ((h - 1) / 2, (w - 1) / 2)
     crops, corner = crop_at(slices, centre)
     refined = _centroid(predict_masks(models, np.stack([normalise_crop(c) for c in crops]),
-                                      positions=in_order(z), **predict), corner)
+                                 **predict), corner)
     return centre if refined is None else refined
 
 
@@ -137,8 +131,7 @@ def segment_crops(models, slices: np.ndarray, centre, **predict):
     every slice around ``centre``, normalised, and the model's labels of them."""
     crops, corner = crop_at(slices, centre)
     images = np.stack([normalise_crop(c) for c in crops])
-    return (predict_masks(models, images, positions=in_order(len(images)), **predict), images,
-            corner)
+    return predict_masks(models, images, **predict), images, corner
 
 
 def paste_back(labels: np.ndarray, corner, scaled_shape, shape) -> np.ndarray:

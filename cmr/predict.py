@@ -24,77 +24,19 @@ import numpy as np
 import minicnn
 from minicnn import functional as F
 
-from . import checkpoint, data, metrics
+from . import checkpoint, data
 from .cli import one_line_errors, output_folder
 
 COLOURS = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 80], [70, 110, 240]], np.float32)
 
 
-def neighbour_index(positions, n, k):
-    """``(n, 2k + 1)`` indices into ``n`` slices: row i lists slice i's neighbours in its
-    stack, from k below it to k above it, with i in the middle (the 2.5D input of
-    ``cmr.train --neighbours k``). ``positions[i]`` is slice i's ``(stack, index)``
-    (``metrics.slice_position``) or None (a slice alone); ``positions=None``: every slice
-    alone. A neighbour missing from the n slices (past the end of its stack, or left out)
-    is replaced by the nearest slice present between it and slice i, so a slice alone is
-    its own neighbour."""
-    index = np.repeat(np.arange(n)[:, None], 2 * k + 1, axis=1)
-    if positions is None or k == 0:
-        return index
-    if len(positions) != n:
-        raise ValueError(f"{len(positions)} slice positions for {n} slices")
-    where = {pos: i for i, pos in enumerate(positions) if pos is not None}
-    for i, pos in enumerate(positions):
-        if pos is None:
-            continue
-        stack, s = pos
-        for j, d in enumerate(range(-k, k + 1)):
-            towards = -1 if d > 0 else 1                   # from the neighbour towards s
-            for t in range(s + d, s, towards):
-                if (stack, t) in where:
-                    index[i, j] = where[(stack, t)]
-                    break
-    return index
-
-
-def model_inputs(model, images, positions=None):
-    """The input ``(N, C, H, W)`` of ``model`` for the slices ``images`` ``(N, H, W)``: each
-    slice alone (C = 1) or, for a model of C = 2k + 1 input channels (``cmr.train
-    --neighbours k``), each slice between its k neighbours on either side
-    (``neighbour_index`` of ``positions``). Inputs already ``(N, C, H, W)`` pass as
-    they are."""
-    images = np.asarray(images)
-    channels = model.config["in_channels"]
-    if images.ndim == 4:
-        if images.shape[1] != channels:
-            raise ValueError(f"inputs of {images.shape[1]} channels for a model of "
-                             f"{channels}")
-        return images
-    return images[neighbour_index(positions, len(images), (channels - 1) // 2)]
-
-
-def alone_note(models, positions):
-    """A line for the user when a 2.5D model (``in_channels`` > 1) is given slices that
-    are not named ``<stack>_slice<NN>``: each of them is its own neighbour; else None."""
-    models = models if isinstance(models, (list, tuple)) else [models]
-    alone = sum(pos is None for pos in positions)
-    if alone and any(m.config["in_channels"] > 1 for m in models):
-        return (f"note: the model takes each slice with its neighbours in its stack, but "
-                f"{alone} of the {len(positions)} slices are not named "
-                "<stack>_slice<NN>: each of those is given as its own neighbour")
-    return None
-
-
-def predict_logits(model, inputs, batch_size=16, device="cpu", bar=None):
-    """Softmax probabilities ``(N, C, H, W)`` for float inputs ``(N, C_in, H, W)`` (or
-    ``(N, H, W)``: one channel); ``bar`` (a tqdm progress bar) advances by each batch's
-    images."""
-    if inputs.ndim == 3:
-        inputs = inputs[:, None]
+def predict_logits(model, images, batch_size=16, device="cpu", bar=None):
+    """Softmax probabilities ``(N, C, H, W)`` for float images ``(N, H, W)``; ``bar`` (a
+    tqdm progress bar) advances by each batch's images."""
     out = []
     with minicnn.no_grad():
-        for start in range(0, len(inputs), batch_size):
-            x = minicnn.Tensor(np.ascontiguousarray(inputs[start:start + batch_size],
+        for start in range(0, len(images), batch_size):
+            x = minicnn.Tensor(np.ascontiguousarray(images[start:start + batch_size, None],
                                                     dtype=np.float32)).to(device)
             out.append(F.softmax(model(x), dim=1).numpy())
             if bar is not None:
@@ -102,15 +44,11 @@ def predict_logits(model, inputs, batch_size=16, device="cpu", bar=None):
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
-def predict_probs(models, images, batch_size=16, device="cpu", flip_tta=False, progress=False,
-                  positions=None):
-    """Class probabilities ``(N, C, H, W)`` of ``models`` for the slices ``images``
-    ``(N, H, W)``: one model, or a list of models (an ensemble), whose softmax
-    probabilities are averaged. Each model sees ``model_inputs`` (a 2.5D model: each
-    slice with its neighbours, found by ``positions``, one ``(stack, index)`` or None per
-    slice). With ``flip_tta`` each model also sees the left-right mirror of every input,
-    and that prediction, mirrored back, joins the average. ``progress``: a progress bar
-    (tqdm, on stderr) over every image each model sees."""
+def predict_probs(models, images, batch_size=16, device="cpu", flip_tta=False, progress=False):
+    """Class probabilities ``(N, C, H, W)`` of ``models``: one model, or a list of models (an
+    ensemble), whose softmax probabilities are averaged. With ``flip_tta`` each model also
+    sees the left-right mirror of every image, and that prediction, mirrored back, joins the
+    average. ``progress``: a progress bar (tqdm, on stderr) over every image each model sees."""
     from tqdm import tqdm
     models = list(models) if isinstance(models, (list, tuple)) else [models]
     if not models:
@@ -120,23 +58,22 @@ def predict_probs(models, images, batch_size=16, device="cpu", flip_tta=False, p
     with tqdm(total=passes * len(images), unit="img", desc="predicting", disable=not progress,
               leave=False) as bar:
         for model in models:
-            inputs = model_inputs(model, images, positions)
-            total = total + predict_logits(model, inputs, batch_size, device, bar)
+            total = total + predict_logits(model, images, batch_size, device, bar)
             count += 1
             if flip_tta:
-                total = total + predict_logits(model, inputs[..., ::-1], batch_size,
-                                               device, bar)[..., ::-1]
+                total = total + predict_logits(model, images[:, :, ::-1], batch_size,
+                                               device, bar)[:, :, :, ::-1]
                 count += 1
     return total / count
 
 
 def predict_masks(models, images, batch_size=16, device="cpu", flip_tta=False,
-                  keep_largest=False, min_confidence=0.0, progress=False, positions=None):
+                  keep_largest=False, min_confidence=0.0, progress=False):
     """Label maps ``(N, H, W)`` (uint8): argmax of the class probabilities of
-    ``predict_probs`` (one model or an ensemble; ``flip_tta``, ``progress`` and
-    ``positions`` as there); post-processed by ``drop_unsure_structures`` with
-    ``min_confidence`` > 0, then by ``keep_largest_component`` with ``keep_largest``."""
-    probs = predict_probs(models, images, batch_size, device, flip_tta, progress, positions)
+    ``predict_probs`` (one model or an ensemble, ``flip_tta`` and ``progress`` as there);
+    post-processed by ``drop_unsure_structures`` with ``min_confidence`` > 0, then by
+    ``keep_largest_component`` with ``keep_largest``."""
+    probs = predict_probs(models, images, batch_size, device, flip_tta, progress)
     masks = probs.argmax(axis=1).astype(np.uint8)
     if min_confidence > 0:
         masks = drop_unsure_structures(masks, probs, min_confidence)
@@ -274,12 +211,9 @@ def main(argv=None):
         names, images = _inputs(args.input)
         # the output folders are checked before the predictions, not after
         with output_folder(args.out) as out, output_folder(out / "overlay") as overlays:
-            positions = [metrics.slice_position(n) for n in names]
-            if alone_note(models, positions):
-                print(alone_note(models, positions))
             masks = predict_masks(models, images, args.batch_size, device, args.flip_tta,
                                   args.keep_largest, args.min_confidence,
-                                  progress=not args.no_progress, positions=positions)
+                                  progress=not args.no_progress)
             for name, image, mask in zip(names, images, masks):
                 Image.fromarray(mask).save(out / f"{name}_mask.png")
                 Image.fromarray(overlay(image, mask)).save(overlays / f"{name}.png")

@@ -41,9 +41,8 @@ from minicnn.backend import numpy_backend
 from . import checkpoint, data, distributed, phantom, runfolder
 from .augment import AugmentConfig, augment_batch
 from .cli import one_line_errors, output_folder
-from .evaluate import evaluate, format_table, positions_of
+from .evaluate import evaluate, format_table
 from .metrics import jsonable
-from .predict import neighbour_index
 from .unet import ADDED_SETTINGS, NORMS, UNet
 
 CLASSES = ("RV", "Myo", "LV")
@@ -52,8 +51,7 @@ DEFAULTS = dict(data=None, backend="numpy", epochs=50, batch_size=25, lr=2e-4, b
                 depth=4, init="torch", norm="none", augment="default", seed=0,
                 schedule="constant", weight_decay=0.0, phantom_train=200, phantom_val=40,
                 extra_data=None, extra_transpose=False, extra_val=False, flip_tta=False,
-                split_seed=None, members=1, precision="fp32", deep_supervision=False,
-                neighbours=0)
+                split_seed=None, members=1, precision="fp32", deep_supervision=False)
 PRESETS = {
     # the README's first command: a few minutes on a 2-core CPU, on the phantom
     "quick": dict(epochs=8, base=8, batch_size=8, lr=3e-3, loss="ce+dice", init="he",
@@ -274,10 +272,8 @@ def _train(cfg, out, resume, say, progress, world):
     minicnn.backend.get(device)                      # a clear error if CUDA is unusable
     train, val = load_data(cfg, say)
     minicnn.manual_seed(cfg["seed"])
-    model = UNet(1 + 2 * cfg["neighbours"], 4, cfg["base"], cfg["depth"], cfg["init"],
-                 cfg["norm"], cfg["deep_supervision"]).to(device)
-    # each training slice's input: itself, or (2.5D) its stack's neighbours around it
-    inputs = neighbour_index(positions_of(train), len(train), cfg["neighbours"])
+    model = UNet(1, 4, cfg["base"], cfg["depth"], cfg["init"], cfg["norm"],
+                 cfg["deep_supervision"]).to(device)
     opt = make_optimizer(cfg, model.parameters())
     rng = np.random.default_rng(cfg["seed"])
     history, start, best = [], 0, -1.0
@@ -298,11 +294,8 @@ def _train(cfg, out, resume, say, progress, world):
         # the log is the history of last.npz: a killed epoch's line is not repeated
         (out / "log.jsonl").write_text("".join(_log_line(record) for record in history))
         (out / "config.json").write_text(json.dumps(cfg, indent=1))
-    k = cfg["neighbours"]
-    say(f"U-Net base {cfg['base']}, depth {cfg['depth']}, norm {cfg['norm']}"
-        + (f", input: each slice with {k} neighbouring slice{'s' * (k > 1)} on either side"
-           if k else "")
-        + f": {model.num_parameters():,} parameters;"
+    say(f"U-Net base {cfg['base']}, depth {cfg['depth']}, norm {cfg['norm']}: "
+        f"{model.num_parameters():,} parameters;"
         f" backend {cfg['backend']}"
         + ("" if cfg["precision"] == "fp32" else "; TF32 convolutions"
            + (" (tensor cores)" if cfg["backend"] == "cuda" else " (emulated)"))
@@ -329,10 +322,9 @@ def _train(cfg, out, resume, say, progress, world):
             with tqdm(total=len(train), unit="img", desc=f"epoch {epoch + 1}/{cfg['epochs']}",
                       disable=not progress, leave=False) as bar:
                 for idx in data.iterate_minibatches(train, cfg["batch_size"], rng):
-                    images, masks = augment_batch(train.images[inputs[idx]], train.masks[idx],
-                                                  rng, aug)
+                    images, masks = augment_batch(train.images[idx], train.masks[idx], rng, aug)
                     mine = world.share(len(idx))        # this rank's images (all: one process)
-                    x = minicnn.Tensor(np.ascontiguousarray(images[mine],
+                    x = minicnn.Tensor(np.ascontiguousarray(images[mine, None],
                                                             dtype=np.float32)).to(device)
                     mine_masks = masks[mine].astype(np.int64)
                     if cfg["deep_supervision"]:
@@ -521,11 +513,6 @@ def build_parser():
                    help="add the loss of 1x1 heads on the decoder's lower levels against the "
                    "labels at their scale, weighted 1/2, 1/4, ... (training only: the "
                    "prediction is unchanged; cmr.unet)")
-    p.add_argument("--neighbours", type=int, metavar="K", help="2.5D: give the U-Net each "
-                   "slice between its K neighbours on either side in its stack as 2K + 1 "
-                   "input channels (found by the names patientPPP_frameFF_sliceSS; at a "
-                   "stack's end, or for a slice alone, the nearest slice repeats): meant for "
-                   "whole volumes whose crops line up (acdc96vol), not acdc96 (0)")
     p.add_argument("--augment", choices=["default", "strong", "none"],
                    help="augmentation ranges (cmr.augment.AugmentConfig; default: rotation "
                    "+-15 deg, zoom 0.9-1.1, elastic, gamma/contrast/brightness)")
@@ -570,8 +557,6 @@ def config_from_args(args):
                 "members"):
         if cfg[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
-    if cfg["neighbours"] < 0:
-        raise ValueError(f"--neighbours must be >= 0, got {cfg['neighbours']}")
     if cfg["lr"] <= 0:
         raise ValueError(f"--lr must be > 0, got {cfg['lr']}")
     if cfg["extra_val"] and not cfg["extra_data"]:

@@ -14,7 +14,6 @@ from cmr.unet import UNet
 class BrightIsLV:
     """A stand-in model: labels LV (3) where the image is brighter than 0.5, else
     background; lets find_heart be tested without a trained network."""
-    config = {"in_channels": 1}
 
     def __call__(self, x):
         img = x.numpy()[:, :1]
