@@ -57,6 +57,17 @@ class TorchUNet(tnn.Module):
         return (self.head(x), heads) if aux else self.head(x)
 
 
+def assert_same_loss_and_gradients(loss, ref_loss, ours, theirs):
+    """Our loss and PyTorch's (float64) agree, and after both backward passes so does every
+    parameter's gradient (``theirs``: PyTorch's parameters by our names)."""
+    assert abs(loss.item() - ref_loss.item()) < 1e-12
+    loss.backward()
+    ref_loss.backward()
+    for name, p in ours.named_parameters():
+        np.testing.assert_allclose(Tensor(p.grad).numpy(), theirs[name].grad.numpy(),
+                                   rtol=1e-8, atol=1e-12, err_msg=name)
+
+
 def test_parameter_count_of_the_original_network():
     assert UNet().num_parameters() == 31_030_788
     assert sum(p.numel() for p in TorchUNet(64, 4).parameters()) == 31_030_788
@@ -86,12 +97,7 @@ def test_matches_pytorch(device, base, depth, size, norm):
     np.testing.assert_allclose(logits.numpy(), ref_logits.detach().numpy(), rtol=1e-9, atol=1e-11)
     loss = F.cross_entropy(logits, t, w)
     ref_loss = tnn.functional.cross_entropy(ref_logits, torch.tensor(t), torch.tensor(w))
-    assert abs(loss.item() - ref_loss.item()) < 1e-12
-    loss.backward()
-    ref_loss.backward()
-    for name, p in ours.named_parameters():
-        np.testing.assert_allclose(Tensor(p.grad).numpy(), theirs[name].grad.numpy(),
-                                   rtol=1e-8, atol=1e-12, err_msg=name)
+    assert_same_loss_and_gradients(loss, ref_loss, ours, theirs)
     opt = optim.Adam(ours.parameters(), lr=2e-4, betas=(0.9, 0.99))
     ref_opt = torch.optim.Adam(ref.parameters(), lr=2e-4, betas=(0.9, 0.99))
     opt.step()
@@ -161,12 +167,7 @@ def test_deep_supervision_loss_and_gradients_match_pytorch():
     ref_loss = ref_loss / (1 + 0.5 + 0.25)
     for a, b in zip(aux, ref_aux):
         np.testing.assert_allclose(a.numpy(), b.detach().numpy(), rtol=1e-9, atol=1e-11)
-    assert abs(loss.item() - ref_loss.item()) < 1e-12
-    loss.backward()
-    ref_loss.backward()
-    for name, p in ours.named_parameters():
-        np.testing.assert_allclose(Tensor(p.grad).numpy(), theirs[name].grad.numpy(),
-                                   rtol=1e-8, atol=1e-12, err_msg=name)
+    assert_same_loss_and_gradients(loss, ref_loss, ours, theirs)
 
 
 def test_aux_outputs_need_a_deep_supervision_model():
