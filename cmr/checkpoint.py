@@ -36,7 +36,7 @@ class CheckpointError(ValueError):
 
 
 #: The model that ships with the package (``cmr/models/README.md`` is its model card).
-SHIPPED = Path(__file__).parent / "models" / "cpu16_acdc.npz"
+SHIPPED = Path(__file__).parent / "models" / "cpu16_acdc_ds.npz"
 
 
 def _temporary_name(path):

@@ -29,7 +29,7 @@ def test_wheel_ships_kernels_inside_minicnn(tmp_path):
         assert f"minicnn/backend/cuda/{module}.py" in names, module   # the CUDA backend
     assert not any(n.startswith("kernels/") for n in names), "a top-level kernels package"
     assert any(n.startswith("cmr/") for n in names)
-    assert "cmr/models/cpu16_acdc.npz" in names and "cmr/models/README.md" in names  # shipped
+    assert "cmr/models/cpu16_acdc_ds.npz" in names and "cmr/models/README.md" in names  # shipped
 
 
 def test_minicnn_never_imports_torch_or_cmr():

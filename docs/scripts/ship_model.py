@@ -3,9 +3,10 @@
     python docs/scripts/ship_model.py RUN [RUN ...] --data DATA \
         [--out benchmarks/results/cpu/shipped_model]
 
-Each ``RUN`` is a ``cmr.train`` run folder trained with acdc96 (``--preset cpu16-acdc --data
+Each ``RUN`` is a ``cmr.train`` run folder trained with acdc96 (``--preset cpu16-acdc-ds --data
 DATA/cmr --extra-data DATA/acdc96``, one per seed, ``--split-seed 0``); ``DATA`` holds
-``cmr/``, ``acdc96/`` and ``acdc96vol/``. Steps:
+``cmr/``, ``acdc96/`` and ``acdc96vol/``. A run whose configuration is not the preset's
+(``--preset``, the model card's name; seeds and data folders aside) is refused. Steps:
 
 1. Of every run's ``best.npz`` (chosen on ``cmr/val`` during training) and ``last.npz``,
    keep the one with the highest ACDC mean Dice (3-D, per volume) on acdc96vol's
@@ -28,10 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from cmr import checkpoint, metrics  # noqa: E402
+from cmr import checkpoint, metrics, train  # noqa: E402
 from cmr.evaluate import evaluate, load_split  # noqa: E402
 
-NAME = "cpu16-acdc"
+PRESET = "cpu16-acdc-ds"                # the shipped model's recipe: its card's name
 VOLUMES = "acdc96vol test (volumes)"    # the one set of whole volumes: ACDC's 3-D Dice
 
 
@@ -57,6 +58,18 @@ def row(name, result):
     return f"| {name} | {result['n_images']} | " + " | ".join(cells) + " |"
 
 
+def check_preset(run, preset):
+    """Refuse a run folder whose recorded configuration is not ``preset``'s."""
+    want = dict(train.DEFAULTS, **train.PRESETS[preset])
+    have = dict(train.DEFAULTS, **json.loads((run / "config.json").read_text()))
+    ignored = ("data", "extra_data", "seed", "split_seed", "backend")    # not the recipe
+    differ = sorted(k for k in want if k not in ignored
+                    and (list(want[k]) if isinstance(want[k], tuple) else want[k]) != have[k])
+    if differ:
+        sys.exit(f"error: {run} was not trained with --preset {preset}: "
+                 + ", ".join(f"{k} {have[k]!r} (the preset: {want[k]!r})" for k in differ))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,7 +77,11 @@ def main(argv=None):
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/cpu/shipped_model")
     parser.add_argument("--dst", type=Path, default=checkpoint.SHIPPED)
+    parser.add_argument("--preset", default=PRESET, choices=sorted(train.PRESETS),
+                        help="the runs' recipe, checked and written on the card")
     args = parser.parse_args(argv)
+    for run in args.runs:
+        check_preset(run, args.preset)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
 
@@ -86,7 +103,7 @@ def main(argv=None):
     results = {"float32 " + chosen.split("/")[-1]: scores([checkpoint.load_model(src)[0]], args.data),
                "float16 export": scores([checkpoint.load_model(args.dst)[0]], args.data)}
     meta = checkpoint.load(src)[0]
-    card = {"name": NAME, "source": chosen, "epoch": meta["epoch"],
+    card = {"name": args.preset, "source": chosen, "epoch": meta["epoch"],
             "chosen_by": {k: round(v, 4) for k, v in choice.items()},
             "parameters_dtype": "float16", "made": datetime.date.today().isoformat(),
             "commit": commit,
@@ -96,9 +113,9 @@ def main(argv=None):
     checkpoint.export(src, args.dst, **card)
     size = args.dst.stat().st_size
 
-    lines = [f"# The shipped model ({NAME})", "",
+    lines = [f"# The shipped model ({args.preset})", "",
              f"`python docs/scripts/ship_model.py {' '.join(str(r) for r in args.runs)} "
-             "--data DATA`  ",
+             + (f"--preset {args.preset} " if args.preset != PRESET else "") + "--data DATA`  ",
              f"date: {card['made']}; git {commit}; CPU (NumPy backend)  ",
              f"source: `{chosen}` (epoch {meta['epoch']}, seed {meta['train']['seed']}), "
              "chosen over the other checkpoints by the 3-D mean Dice on acdc96vol's "

@@ -213,7 +213,7 @@ def test_the_shipped_model_segments_a_held_out_acdc96vol_volume_with_no_checkpoi
     nib.save(nib.Nifti1Image(volume, np.eye(4)), str(src))
     assert predict.main(["--input", str(src), "--out", str(out), "--scale", "1",
                          "--no-progress"]) == 0
-    assert "model: the shipped cpu16-acdc" in capsys.readouterr().out
+    assert "model: the shipped cpu16-acdc-ds (" in capsys.readouterr().out
     labels = np.asanyarray(nib.load(str(out)).dataobj)
     for c, name in ((1, "RV"), (2, "Myo"), (3, "LV")):
         p, t = labels == c, truth == c

@@ -37,7 +37,7 @@ def test_export_keeps_the_weights_in_float16_and_drops_the_optimizer(tmp_path):
 def test_no_checkpoint_means_the_shipped_model(tmp_path, capsys):
     assert checkpoint.resolve(None) == checkpoint.resolve([]) == [checkpoint.SHIPPED]
     meta = checkpoint.load(checkpoint.SHIPPED)[0]
-    assert meta["model"]["base"] == 16 and meta["card"]["name"] == "cpu16-acdc"
+    assert meta["model"]["base"] == 16 and meta["card"]["name"] == "cpu16-acdc-ds"
     assert meta["train"]["data"] == "DATA/cmr" and '"/' not in json.dumps(meta)  # no path
     assert checkpoint.SHIPPED.stat().st_size <= 10e6
     assert (checkpoint.SHIPPED.parent / "README.md").is_file()            # its model card
@@ -52,7 +52,7 @@ def test_no_checkpoint_means_the_shipped_model(tmp_path, capsys):
     assert evaluate.main(["--data", str(folder), "--json", str(tmp_path / "e.json"),
                           "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "model: the shipped cpu16-acdc" in out and "3 images" in out
+    assert "model: the shipped cpu16-acdc-ds (" in out and "3 images" in out
     assert json.loads((tmp_path / "e.json").read_text())["n_images"] == 3
 
 
@@ -61,3 +61,22 @@ def test_a_missing_shipped_model_is_one_clear_error(monkeypatch, tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="no --checkpoint given and the "
                        "shipped model .* is missing"):
         checkpoint.resolve(None)
+
+
+def test_ship_model_refuses_a_run_of_another_recipe(tmp_path):
+    """docs/scripts/ship_model.py names the card after --preset: a run folder whose recorded
+    configuration differs from it (seed and data folders aside) is refused, by name."""
+    import importlib.util
+    from pathlib import Path
+    from cmr import train
+    script = Path(__file__).resolve().parents[2] / "docs" / "scripts" / "ship_model.py"
+    spec = importlib.util.spec_from_file_location("ship_model", script)
+    ship_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship_model)
+    config = dict(train.DEFAULTS, **train.PRESETS["cpu16-acdc-ds"], seed=2, split_seed=0,
+                  data="/elsewhere/cmr", backend="cuda")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ship_model.check_preset(tmp_path, "cpu16-acdc-ds")              # accepted
+    with pytest.raises(SystemExit, match="not trained with --preset cpu16-acdc: "
+                       "deep_supervision True"):
+        ship_model.check_preset(tmp_path, "cpu16-acdc")

@@ -116,6 +116,12 @@ def test_augment_flag_and_presets_reach_the_config(tmp_path):
     vol = train.config_from_args(parser.parse_args(["--preset", "cpu16-acdc",
                                                     "--no-extra-transpose"]))
     assert vol == dict(best, extra_transpose=False)   # acdc96vol: the coursework orientation
+    # cpu16-acdc-ds is the configuration the shipped model was trained with (its seed: 0)
+    shipped = checkpoint.load(checkpoint.SHIPPED)[0]
+    ds = train.config_from_args(parser.parse_args(["--preset", shipped["card"]["name"],
+                                                   "--split-seed", "0"]))
+    assert ds == dict(best, deep_supervision=True, split_seed=0)
+    assert_recorded(ds, shipped["train"], ("data", "extra_data"), "the shipped model")
     # each preset is the configuration that its recorded run wrote (gpu64-strong: the GPU run
     # A7; cpu16-acdc-strong: the CPU run on the corrected acdc96 split)
     strong = train.config_from_args(parser.parse_args(["--preset", "gpu64-strong"]))
