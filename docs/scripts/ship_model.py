@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from cmr import checkpoint, metrics, train  # noqa: E402
+from cmr import checkpoint, metrics, runfolder, train  # noqa: E402
 from cmr.evaluate import evaluate, load_split  # noqa: E402
 
 PRESET = "cpu16-acdc-ds"                # the shipped model's recipe: its card's name
@@ -60,11 +60,14 @@ def row(name, result):
 
 def check_preset(run, preset):
     """Refuse a run folder whose recorded configuration is not ``preset``'s."""
+    try:
+        have = dict(train.DEFAULTS, **runfolder.saved_config(run))
+    except checkpoint.CheckpointError as err:
+        sys.exit(f"error: {err}")
     want = dict(train.DEFAULTS, **train.PRESETS[preset])
-    have = dict(train.DEFAULTS, **json.loads((run / "config.json").read_text()))
     ignored = ("data", "extra_data", "seed", "split_seed", "backend")    # not the recipe
-    differ = sorted(k for k in want if k not in ignored
-                    and (list(want[k]) if isinstance(want[k], tuple) else want[k]) != have[k])
+    differ = [k for k in want if k not in ignored     # tuples compared as their JSON lists
+              and json.loads(json.dumps(want[k])) != have[k]]
     if differ:
         sys.exit(f"error: {run} was not trained with --preset {preset}: "
                  + ", ".join(f"{k} {have[k]!r} (the preset: {want[k]!r})" for k in differ))

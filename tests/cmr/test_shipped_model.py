@@ -80,3 +80,6 @@ def test_ship_model_refuses_a_run_of_another_recipe(tmp_path):
     with pytest.raises(SystemExit, match="not trained with --preset cpu16-acdc: "
                        "deep_supervision True"):
         ship_model.check_preset(tmp_path, "cpu16-acdc")
+    with pytest.raises(SystemExit, match="^error: nothing to resume in .*: no last.npz or "
+                       "config.json$"):
+        ship_model.check_preset(tmp_path / "empty", "cpu16-acdc-ds")
