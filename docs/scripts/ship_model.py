@@ -6,7 +6,7 @@
 Each ``RUN`` is a ``cmr.train`` run folder trained with acdc96 (``--preset cpu16-acdc-ds --data
 DATA/cmr --extra-data DATA/acdc96``, one per seed, ``--split-seed 0``); ``DATA`` holds
 ``cmr/``, ``acdc96/`` and ``acdc96vol/``. A run whose configuration is not the preset's
-(``--preset``, the model card's name; seeds and data folders aside) is refused. Steps:
+(``--preset``, the model card's name; seeds, data folders and backend aside) is refused. Steps:
 
 1. Of every run's ``best.npz`` (chosen on ``cmr/val`` during training) and ``last.npz``,
    keep the one with the highest ACDC mean Dice (3-D, per volume) on acdc96vol's
