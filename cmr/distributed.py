@@ -121,6 +121,9 @@ class MPIWorld(OneProcess):
     """``size`` ranks on an MPI communicator (mpi4py); gradients summed over host buffers."""
 
     POLL_S = 0.001       # how often a waiting rank asks MPI whether the collective is done
+    # MPICH's launcher forwards a rank's stderr asynchronously and tears the job down at
+    # ``Abort``: without a pause the error line was lost in 6 runs of 30 (2026-12-03).
+    ABORT_PAUSE_S = 0.5
 
     def __init__(self, comm, timeout):
         self.comm, self.timeout = comm, float(timeout)
@@ -141,6 +144,7 @@ class MPIWorld(OneProcess):
                                  f"other ranks for {self.timeout:g} s in the {what} (a rank "
                                  "died or hangs); stopping every rank\n")
                 sys.stderr.flush()
+                time.sleep(self.ABORT_PAUSE_S)      # let the launcher forward the line
                 self.comm.Abort(3)
             time.sleep(self.POLL_S)
 
