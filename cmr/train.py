@@ -42,7 +42,7 @@ from .augment import AugmentConfig, augment_batch
 from .cli import one_line_errors, output_folder
 from .evaluate import evaluate, format_table
 from .metrics import jsonable
-from .presets import DEFAULTS, PRESET_TIMES, PRESETS, presets_help  # noqa: F401 (re-exported)
+from .presets import DEFAULTS, PRESETS, presets_help
 from .unet import ADDED_SETTINGS, NORMS, UNet
 
 CLASSES = ("RV", "Myo", "LV")

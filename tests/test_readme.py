@@ -20,7 +20,7 @@ def test_readme_commands_reference_real_modules():
     for module in re.findall(r"python -m (cmr\.\w+)", text):
         assert (README.parent / (module.replace(".", "/") + ".py")).is_file(), module
     for preset in re.findall(r"--preset ([\w-]+)", text):
-        from cmr.train import PRESETS
+        from cmr.presets import PRESETS
         assert preset in PRESETS, preset
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from cmr import checkpoint, metrics, runfolder, train  # noqa: E402
+from cmr import checkpoint, metrics, presets, runfolder  # noqa: E402
 from cmr.evaluate import evaluate, load_split  # noqa: E402
 
 PRESET = "cpu16-acdc-ds"                # the shipped model's recipe: its card's name
@@ -61,10 +61,10 @@ def row(name, result):
 def check_preset(run, preset):
     """Refuse a run folder whose recorded configuration is not ``preset``'s."""
     try:
-        have = dict(train.DEFAULTS, **runfolder.saved_config(run))
+        have = dict(presets.DEFAULTS, **runfolder.saved_config(run))
     except checkpoint.CheckpointError as err:
         sys.exit(f"error: {err}")
-    want = dict(train.DEFAULTS, **train.PRESETS[preset])
+    want = dict(presets.DEFAULTS, **presets.PRESETS[preset])
     ignored = ("data", "extra_data", "seed", "split_seed", "backend")    # not the recipe
     differ = [k for k in want if k not in ignored     # tuples compared as their JSON lists
               and json.loads(json.dumps(want[k])) != have[k]]
@@ -80,7 +80,7 @@ def main(argv=None):
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/cpu/shipped_model")
     parser.add_argument("--dst", type=Path, default=checkpoint.SHIPPED)
-    parser.add_argument("--preset", default=PRESET, choices=sorted(train.PRESETS),
+    parser.add_argument("--preset", default=PRESET, choices=sorted(presets.PRESETS),
                         help="the runs' recipe, checked and written on the card")
     args = parser.parse_args(argv)
     for run in args.runs:

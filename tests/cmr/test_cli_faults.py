@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmr import checkpoint, evaluate, predict, train
+from cmr import checkpoint, evaluate, predict, presets, train
 from cmr.phantom import make_phantom
 from cmr.unet import UNet
 
@@ -385,8 +385,8 @@ def test_each_epoch_line_gives_the_runs_eta(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ item 11: --help
 def test_help_shows_each_presets_settings_and_time():
     text = " ".join(train.build_parser().format_help().split())
-    for name, settings in train.PRESETS.items():
-        assert f" {name}: " in text and train.PRESET_TIMES[name] in text, name
+    for name, settings in presets.PRESETS.items():
+        assert f" {name}: " in text and presets.PRESET_TIMES[name] in text, name
         for key, value in settings.items():
             assert f"--{key.replace('_', '-')}" in text
     assert ("quick: --epochs 8 --base 8 --batch-size 8 --lr 0.003 --loss ce+dice --init he "

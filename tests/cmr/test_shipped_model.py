@@ -68,12 +68,12 @@ def test_ship_model_refuses_a_run_of_another_recipe(tmp_path):
     configuration differs from it (seed and data folders aside) is refused, by name."""
     import importlib.util
     from pathlib import Path
-    from cmr import train
+    from cmr import presets
     script = Path(__file__).resolve().parents[2] / "docs" / "scripts" / "ship_model.py"
     spec = importlib.util.spec_from_file_location("ship_model", script)
     ship_model = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ship_model)
-    config = dict(train.DEFAULTS, **train.PRESETS["cpu16-acdc-ds"], seed=2, split_seed=0,
+    config = dict(presets.DEFAULTS, **presets.PRESETS["cpu16-acdc-ds"], seed=2, split_seed=0,
                   data="/elsewhere/cmr", backend="cuda")
     (tmp_path / "config.json").write_text(json.dumps(config))
     ship_model.check_preset(tmp_path, "cpu16-acdc-ds")              # accepted
